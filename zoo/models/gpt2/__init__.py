@@ -1,0 +1,5 @@
+"""GPT-2 family."""
+
+from zoo.models.gpt2.model import GPT2, GPT2_SIZES
+
+__all__ = ["GPT2", "GPT2_SIZES"]

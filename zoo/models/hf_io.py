@@ -1,0 +1,106 @@
+"""Reading and writing Hugging Face-style model directories (``config.json`` + weights).
+
+Family-agnostic file handling only; the key names of each family live in its ``convert.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local directory as is; otherwise a Hugging Face Hub name, downloaded when online.
+
+    Raises:
+        FileNotFoundError: no such directory and the name cannot be fetched (offline, or no
+            ``huggingface_hub``); the message says which.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{path} is a file; expected a model directory with config.json and weights")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{name_or_path!s} is not a local directory, and fetching it from the Hugging Face Hub needs "
+            "`pip install huggingface_hub`"
+        ) from None
+    try:
+        local = snapshot_download(
+            str(name_or_path), allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin", "*.txt"]
+        )
+    except Exception as err:  # offline, unknown repo, auth: all end here with the cause attached
+        raise FileNotFoundError(
+            f"{name_or_path!s} is not a local directory and could not be downloaded from the Hugging Face "
+            f"Hub ({type(err).__name__}: {err}). Offline? Download it elsewhere and pass the directory."
+        ) from err
+    return Path(local)
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: not a Hugging Face model directory")
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}:{err.lineno}: invalid JSON ({err.msg})") from err
+
+
+def read_state_dict(model_dir: Path) -> dict[str, Tensor]:
+    """Load ``model.safetensors`` or, failing that, ``pytorch_model.bin`` (with ``weights_only=True``)."""
+    st = model_dir / "model.safetensors"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    pt = model_dir / "pytorch_model.bin"
+    if pt.is_file():
+        try:
+            return torch.load(pt, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"{pt}: not a loadable weights-only PyTorch state dict ({err})") from err
+    raise FileNotFoundError(f"{model_dir} has none of {', '.join(WEIGHT_FILES)}")
+
+
+def config_value(config: dict[str, Any], key: str, source: Path) -> Any:
+    if key not in config:
+        raise KeyError(f"{source / 'config.json'} has no {key!r}; is this the right model family?")
+    return config[key]
+
+
+def write_model_dir(directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, Tensor]) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` atomically: into a temporary sibling directory that
+    replaces ``directory`` only once complete, so an interrupted export never leaves a half-written model."""
+    from safetensors.torch import save_file
+
+    target = Path(directory).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,17 @@
+"""Family-agnostic Transformer building blocks (no Lightning here)."""
+
+from zoo.nn.attention import CrossAttention, KVCache, SelfAttention, build_attention_mask
+from zoo.nn.block import PostNormBlock, PreNormBlock
+from zoo.nn.embeddings import TokenEmbedding
+from zoo.nn.mlp import MLP
+
+__all__ = [
+    "MLP",
+    "CrossAttention",
+    "KVCache",
+    "PostNormBlock",
+    "PreNormBlock",
+    "SelfAttention",
+    "TokenEmbedding",
+    "build_attention_mask",
+]

@@ -1,0 +1,36 @@
+"""Position-wise feed-forward network."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """``Linear -> activation -> Linear -> dropout``.
+
+    Args:
+        embed_dim: Input and output width C.
+        hidden_dim: Inner width (4·C in GPT-2 and BERT).
+        activation: Non-linearity module (GPT-2: ``nn.GELU(approximate="tanh")``; BERT: ``nn.GELU()``).
+        dropout: Dropout on the output (training only).
+        bias: Whether the linear layers have biases.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        hidden_dim: int,
+        activation: nn.Module,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(embed_dim, hidden_dim, bias=bias)
+        self.activation = activation
+        self.out_proj = nn.Linear(hidden_dim, embed_dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        return self.dropout(self.out_proj(self.activation(self.in_proj(x))))

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_file(relative: str) -> Path:
+    """A file under ../shared/data, or skip the test saying what is missing."""
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"{path} not found: the shared datasets live in ../shared/data beside the repo")
+    return path
+
+
+@pytest.fixture
+def stdlib_text_file(tmp_path: Path) -> Path:
+    """~200 kB of real text every Python installation has (a few stdlib modules)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    text = "".join((stdlib / name).read_text(encoding="utf-8") for name in ("argparse.py", "textwrap.py"))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    return path

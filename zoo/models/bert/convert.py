@@ -1,0 +1,214 @@
+"""Hugging Face BERT checkpoints <-> :class:`zoo.models.bert.Bert`.
+
+The only module that knows Hugging Face's BERT names (``hidden_size``, ``attention.self.query``, ``cls.*``).
+Checkpoints come with or without the ``bert.`` prefix (``BertForPreTraining`` vs ``BertModel``), with or
+without the pooler and the ``cls.*`` pretraining heads, and with the LayerNorm parameters of TF-converted
+checkpoints named ``gamma``/``beta``. Separate query/key/value weights become our fused ``qkv_proj``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from zoo.models.hf_io import config_value, read_config, read_state_dict, resolve_model_dir, write_model_dir
+
+if TYPE_CHECKING:
+    from zoo.models.bert.model import Bert
+
+# ours -> theirs; encoder names are relative to the ``bert.`` prefix, head names are not
+_EMBEDDING_KEYS = {
+    "embeddings.tokens.weight": "embeddings.word_embeddings.weight",
+    "embeddings.positions.weight": "embeddings.position_embeddings.weight",
+    "embeddings.segments.weight": "embeddings.token_type_embeddings.weight",
+    "embeddings.norm.weight": "embeddings.LayerNorm.weight",
+    "embeddings.norm.bias": "embeddings.LayerNorm.bias",
+}
+_QKV = ("attention.self.query", "attention.self.key", "attention.self.value")  # concatenated in this order
+_LAYER_KEYS = {
+    "self_attn.out_proj.weight": "attention.output.dense.weight",
+    "self_attn.out_proj.bias": "attention.output.dense.bias",
+    "self_attn_norm.weight": "attention.output.LayerNorm.weight",
+    "self_attn_norm.bias": "attention.output.LayerNorm.bias",
+    "mlp.in_proj.weight": "intermediate.dense.weight",
+    "mlp.in_proj.bias": "intermediate.dense.bias",
+    "mlp.out_proj.weight": "output.dense.weight",
+    "mlp.out_proj.bias": "output.dense.bias",
+    "mlp_norm.weight": "output.LayerNorm.weight",
+    "mlp_norm.bias": "output.LayerNorm.bias",
+}
+_POOLER_KEYS = {"pooler.proj.weight": "pooler.dense.weight", "pooler.proj.bias": "pooler.dense.bias"}
+_MLM_KEYS = {
+    "mlm_head.proj.weight": "cls.predictions.transform.dense.weight",
+    "mlm_head.proj.bias": "cls.predictions.transform.dense.bias",
+    "mlm_head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "mlm_head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "mlm_head.decoder.bias": "cls.predictions.bias",
+}
+_NSP_KEYS = {"nsp_head.weight": "cls.seq_relationship.weight", "nsp_head.bias": "cls.seq_relationship.bias"}
+# Buffers of some transformers versions, and the decoder weight/bias that alias the word embedding and
+# ``cls.predictions.bias`` (older checkpoints store the aliases too).
+_IGNORED = {
+    "embeddings.position_ids",
+    "embeddings.token_type_ids",
+    "cls.predictions.decoder.weight",
+    "cls.predictions.decoder.bias",
+}
+
+
+def config_from_hf(config: dict[str, Any], source: Path) -> dict[str, Any]:
+    """``Bert`` constructor arguments (without the heads flag) from a Hugging Face ``config.json`` dict."""
+    where = source / "config.json"
+    checks = {
+        "hidden_act": ("gelu", "BERT's exact GELU"),
+        "position_embedding_type": ("absolute", "learned absolute positions"),
+        "tie_word_embeddings": (True, "an MLM decoder tied to the word embeddings"),
+        "is_decoder": (False, "a bidirectional encoder"),
+    }
+    for key, (expected, meaning) in checks.items():
+        if config.get(key, expected) != expected:
+            raise ValueError(
+                f"{where}: {key}={config[key]!r}, but Bert supports only {meaning} ({expected!r})"
+            )
+    return dict(
+        vocab_size=config_value(config, "vocab_size", source),
+        max_seq_len=config_value(config, "max_position_embeddings", source),
+        embed_dim=config_value(config, "hidden_size", source),
+        num_heads=config_value(config, "num_attention_heads", source),
+        num_layers=config_value(config, "num_hidden_layers", source),
+        hidden_dim=config_value(config, "intermediate_size", source),
+        dropout=float(config.get("hidden_dropout_prob", 0.1)),
+        attention_dropout=float(config.get("attention_probs_dropout_prob", 0.1)),
+        type_vocab_size=config_value(config, "type_vocab_size", source),
+        layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+        pad_token_id=config.get("pad_token_id", 0),
+    )
+
+
+def _canonical_names(hf: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the ``bert.`` prefix, rename ``LayerNorm.gamma/beta``, prefer ``cls.predictions.bias``."""
+    has_prefix = any(k.startswith("bert.") for k in hf)
+    out: dict[str, Tensor] = {}
+    for key, value in hf.items():
+        if has_prefix and key.startswith("bert."):
+            key = key[len("bert.") :]
+        if key.endswith("LayerNorm.gamma"):
+            key = key[: -len("gamma")] + "weight"
+        elif key.endswith("LayerNorm.beta"):
+            key = key[: -len("beta")] + "bias"
+        out[key] = value
+    if "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
+        out["cls.predictions.bias"] = out.pop("cls.predictions.decoder.bias")
+    return out
+
+
+def state_dict_from_hf(
+    hf: dict[str, Tensor], *, num_layers: int, with_pretraining_heads: bool, source: Path
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Our state dict from a Hugging Face one, and the Hugging Face names of the optional parts (pooler,
+    heads) the checkpoint lacks. Tensors not consumed raise ``KeyError``, as do missing encoder weights."""
+    hf = _canonical_names(hf)
+    used: set[str] = set()
+
+    def take(key: str) -> Tensor:
+        if key not in hf:
+            raise KeyError(f"{source}: weight {key!r} is missing; not a BERT checkpoint of this size?")
+        used.add(key)
+        return hf[key]
+
+    ours = {mine: take(theirs) for mine, theirs in _EMBEDDING_KEYS.items()}
+    for i in range(num_layers):
+        prefix = f"encoder.layer.{i}."
+        for suffix in ("weight", "bias"):
+            parts = [take(f"{prefix}{name}.{suffix}") for name in _QKV]
+            ours[f"layers.{i}.self_attn.qkv_proj.{suffix}"] = torch.cat(parts, dim=0)  # (3C, C) / (3C,)
+        ours.update({f"layers.{i}.{mine}": take(prefix + theirs) for mine, theirs in _LAYER_KEYS.items()})
+    head_groups = [_MLM_KEYS, _NSP_KEYS]
+    missing: list[str] = []
+    for group in [_POOLER_KEYS, *head_groups] if with_pretraining_heads else [_POOLER_KEYS]:
+        if not any(theirs in hf for theirs in group.values()):
+            missing += group.values()
+            continue
+        ours.update({mine: take(theirs) for mine, theirs in group.items()})  # a partial group is an error
+    if with_pretraining_heads:
+        ours["mlm_head.decoder.weight"] = ours["embeddings.tokens.weight"]
+    ignored = set(_IGNORED)
+    if not with_pretraining_heads:
+        ignored |= {theirs for group in head_groups for theirs in group.values()}
+    unexpected = sorted(set(hf) - used - ignored)
+    if unexpected:
+        more = " ..." if len(unexpected) > 8 else ""
+        raise KeyError(f"{source}: unexpected weights for BERT: {unexpected[:8]}{more}")
+    return ours, missing
+
+
+def load_hf(cls: type[Bert], name_or_path: str | os.PathLike, *, with_pretraining_heads: bool = True) -> Bert:
+    model_dir = resolve_model_dir(name_or_path)
+    kwargs = config_from_hf(read_config(model_dir), model_dir)
+    model = cls(**kwargs, with_pretraining_heads=with_pretraining_heads)
+    state, missing = state_dict_from_hf(
+        read_state_dict(model_dir),
+        num_layers=kwargs["num_layers"],
+        with_pretraining_heads=with_pretraining_heads,
+        source=model_dir,
+    )
+    result = model.load_state_dict(state, strict=False)
+    theirs_to_ours = {t: m for group in (_POOLER_KEYS, _MLM_KEYS, _NSP_KEYS) for m, t in group.items()}
+    if result.unexpected_keys or set(result.missing_keys) != {theirs_to_ours[t] for t in missing}:
+        raise RuntimeError(f"{model_dir}: conversion bug: {result}")  # the key tables above are out of date
+    if missing:
+        warnings.warn(
+            f"{model_dir} has no {', '.join(missing)}; these parts of Bert keep their fresh initialisation",
+            UserWarning,
+            stacklevel=3,
+        )
+    return model
+
+
+def config_to_hf(args: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` dict for ``Bert`` init arguments."""
+    heads = args["with_pretraining_heads"]
+    return {
+        "architectures": ["BertForPreTraining" if heads else "BertModel"],
+        "model_type": "bert",
+        "vocab_size": args["vocab_size"],
+        "max_position_embeddings": args["max_seq_len"],
+        "hidden_size": args["embed_dim"],
+        "num_attention_heads": args["num_heads"],
+        "num_hidden_layers": args["num_layers"],
+        "intermediate_size": args["hidden_dim"] or 4 * args["embed_dim"],
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": args["dropout"],
+        "attention_probs_dropout_prob": args["attention_dropout"],
+        "type_vocab_size": args["type_vocab_size"],
+        "layer_norm_eps": args["layer_norm_eps"],
+        "pad_token_id": args["pad_token_id"],
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+        "initializer_range": 0.02,
+    }
+
+
+def save_hf(model: Bert, directory: str | os.PathLike) -> Path:
+    args = model.spec["init_args"] if model.spec else None
+    if args is None:
+        raise ValueError("this Bert was built with non-plain arguments; cannot write its config.json")
+    heads = args["with_pretraining_heads"]
+    prefix = "bert." if heads else ""  # BertForPreTraining nests the encoder; BertModel does not
+    ours = model.state_dict()
+    theirs = {prefix + t: ours[m] for m, t in {**_EMBEDDING_KEYS, **_POOLER_KEYS}.items()}
+    for i in range(args["num_layers"]):
+        layer = f"{prefix}encoder.layer.{i}."
+        for suffix in ("weight", "bias"):
+            qkv = ours[f"layers.{i}.self_attn.qkv_proj.{suffix}"].chunk(3, dim=0)  # 3 x (C, C) / (C,)
+            # clone: safetensors refuses tensors that share storage
+            theirs.update({f"{layer}{name}.{suffix}": t.clone() for name, t in zip(_QKV, qkv)})
+        theirs.update({layer + t: ours[f"layers.{i}.{m}"] for m, t in _LAYER_KEYS.items()})
+    if heads:
+        theirs.update({t: ours[m] for m, t in {**_MLM_KEYS, **_NSP_KEYS}.items()})
+    return write_model_dir(directory, config_to_hf(args), theirs)

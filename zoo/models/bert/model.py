@@ -1,0 +1,250 @@
+"""BERT: a bidirectional encoder with post-norm blocks, a [CLS] pooler and MLM + NSP pretraining heads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.spec import Configurable
+from zoo.nn import MLP, PostNormBlock, SelfAttention, TokenEmbedding
+
+#: Named sizes: ``(embed_dim, num_heads, num_layers)``; ``hidden_dim`` defaults to ``4 * embed_dim``.
+#: ``bert-tiny`` .. ``bert-medium`` are Google's compact BERTs (Turc et al., 2019).
+BERT_SIZES: dict[str, dict[str, int]] = {
+    "bert-tiny": dict(embed_dim=128, num_heads=2, num_layers=2),  # 4.4M
+    "bert-mini": dict(embed_dim=256, num_heads=4, num_layers=4),  # 11M
+    "bert-small": dict(embed_dim=512, num_heads=8, num_layers=4),  # 29M
+    "bert-medium": dict(embed_dim=512, num_heads=8, num_layers=8),  # 41M
+    "bert-base": dict(embed_dim=768, num_heads=12, num_layers=12),  # 110M
+    "bert-large": dict(embed_dim=1024, num_heads=16, num_layers=24),  # 340M
+}
+
+
+class BertPretrainingOutput(NamedTuple):
+    """What :meth:`Bert.forward` returns.
+
+    Attributes:
+        mlm_logits: (B, T, vocab_size) masked-language-model logits at every position.
+        nsp_logits: (B, 2) next-sentence logits (index 0: "B follows A", 1: "B is random").
+    """
+
+    mlm_logits: Tensor
+    nsp_logits: Tensor
+
+
+class Pooler(nn.Module):
+    """``tanh(Linear(hidden[:, 0]))``: the [CLS] position summarises the sequence.
+
+    Args:
+        embed_dim: Model width C.
+    """
+
+    def __init__(self, *, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(B, T, C) -> (B, C)."""
+        return self.activation(self.proj(hidden[:, 0]))
+
+
+class MaskedLMHead(nn.Module):
+    """``Linear -> activation -> LayerNorm -> decoder``; the caller ties ``decoder.weight`` to the token
+    embedding, the decoder's bias is the head's own.
+
+    Args:
+        embed_dim: Model width C.
+        vocab_size: Number of token ids V.
+        activation: Non-linearity after the first projection (BERT: ``nn.GELU()``).
+        layer_norm_eps: LayerNorm epsilon.
+    """
+
+    def __init__(
+        self, *, embed_dim: int, vocab_size: int, activation: nn.Module, layer_norm_eps: float
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.activation = activation
+        self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+        self.decoder = nn.Linear(embed_dim, vocab_size)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(..., C) -> (..., V)."""
+        return self.decoder(self.norm(self.activation(self.proj(hidden))))
+
+
+class Bert(Configurable, nn.Module):
+    """BERT encoder (Devlin et al., 2019) with optional pretraining heads.
+
+    The methods are the pieces a task needs: :meth:`encode` for hidden states, :meth:`pool` for the
+    [CLS] summary, :meth:`mlm_logits` (on any gathered positions, so an MLM task can skip the
+    unmasked ones) and :meth:`nsp_logits`. :meth:`forward` chains them over every position.
+
+    Args:
+        vocab_size: Number of token ids (30522 for Google's uncased WordPiece vocabulary).
+        max_seq_len: Number of learned positions.
+        embed_dim: Model width C.
+        num_heads: Attention heads per layer.
+        num_layers: Number of Transformer blocks.
+        hidden_dim: MLP inner width; ``None`` means ``4 * embed_dim``.
+        dropout: Dropout on embeddings and residual branches.
+        attention_dropout: Dropout on attention probabilities.
+        type_vocab_size: Number of segment (token type) ids.
+        layer_norm_eps: LayerNorm epsilon.
+        pad_token_id: Token id of [PAD]; its embedding starts at zero and gets no gradient.
+        with_pretraining_heads: Build the MLM and NSP heads (``False`` for a bare encoder + pooler).
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int = 30522,
+        max_seq_len: int = 512,
+        embed_dim: int = 768,
+        num_heads: int = 12,
+        num_layers: int = 12,
+        hidden_dim: int | None = None,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        pad_token_id: int | None = 0,
+        with_pretraining_heads: bool = True,
+    ) -> None:
+        super().__init__()
+        hidden_dim = hidden_dim or 4 * embed_dim
+        self.vocab_size = vocab_size
+        self.max_seq_len = max_seq_len
+        self.num_layers = num_layers
+        self.pad_token_id = pad_token_id
+        self.embeddings = TokenEmbedding(
+            vocab_size=vocab_size,
+            embed_dim=embed_dim,
+            max_seq_len=max_seq_len,
+            num_segments=type_vocab_size,
+            norm=nn.LayerNorm(embed_dim, eps=layer_norm_eps),
+            dropout=dropout,
+            padding_idx=pad_token_id,
+        )
+        self.layers = nn.ModuleList(
+            PostNormBlock(
+                self_attn=SelfAttention(embed_dim=embed_dim, num_heads=num_heads, dropout=attention_dropout),
+                mlp=MLP(embed_dim=embed_dim, hidden_dim=hidden_dim, activation=nn.GELU(), dropout=dropout),
+                self_attn_norm=nn.LayerNorm(embed_dim, eps=layer_norm_eps),
+                mlp_norm=nn.LayerNorm(embed_dim, eps=layer_norm_eps),
+                dropout=dropout,
+            )
+            for _ in range(num_layers)
+        )
+        self.pooler = Pooler(embed_dim=embed_dim)
+        self.mlm_head: MaskedLMHead | None = None
+        self.nsp_head: nn.Linear | None = None
+        if with_pretraining_heads:
+            self.mlm_head = MaskedLMHead(
+                embed_dim=embed_dim,
+                vocab_size=vocab_size,
+                activation=nn.GELU(),
+                layer_norm_eps=layer_norm_eps,
+            )
+            self.mlm_head.decoder.weight = self.embeddings.tokens.weight
+            self.nsp_head = nn.Linear(embed_dim, 2)
+        self.reset_parameters()
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> Bert:
+        """Build a named size (see ``BERT_SIZES``), e.g. ``Bert.from_name("bert-mini", vocab_size=8192)``."""
+        if name not in BERT_SIZES:
+            raise ValueError(f"unknown BERT size {name!r}; choose one of {sorted(BERT_SIZES)}")
+        return cls(**{**BERT_SIZES[name], **overrides})
+
+    @classmethod
+    def from_hf(cls, name_or_path: str | os.PathLike, *, with_pretraining_heads: bool = True) -> Bert:
+        """Load a Hugging Face BERT directory (``config.json`` + ``model.safetensors`` or
+        ``pytorch_model.bin``) saved from ``BertModel``, ``BertForPreTraining`` or ``BertForMaskedLM``, or
+        a Hub name when ``huggingface_hub`` is installed and online.
+
+        Parts the checkpoint lacks (the pooler, the MLM or NSP head) keep their fresh initialisation and
+        are named in a ``UserWarning``. With ``with_pretraining_heads=False`` the checkpoint's heads are
+        dropped.
+        """
+        from zoo.models.bert.convert import load_hf
+
+        return load_hf(cls, name_or_path, with_pretraining_heads=with_pretraining_heads)
+
+    def to_hf(self, directory: str | os.PathLike) -> Path:
+        """Write a Hugging Face directory (safetensors, atomic) that ``BertForPreTraining`` loads
+        (``BertModel`` when this model has no pretraining heads)."""
+        from zoo.models.bert.convert import save_hf
+
+        return save_hf(self, directory)
+
+    def reset_parameters(self) -> None:
+        """BERT initialisation: N(0, 0.02) weights, zero biases, LayerNorm ones/zeros, zero [PAD] row."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+        if self.pad_token_id is not None:  # after the loop: the tied MLM decoder re-draws the same table
+            with torch.no_grad():
+                self.embeddings.tokens.weight[self.pad_token_id].zero_()
+
+    def forward(
+        self, input_ids: Tensor, *, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> BertPretrainingOutput:
+        """MLM logits at every position and NSP logits, for inference and parity checks.
+
+        Training an MLM should call :meth:`encode` and run :meth:`mlm_logits` on the masked positions only.
+
+        Args:
+            input_ids: (B, T) token ids.
+            attention_mask: (B, T), 1 at real tokens and 0 at padding.
+            token_type_ids: (B, T) segment ids (0 for sentence A, 1 for sentence B); default zeros.
+
+        Returns:
+            ``(mlm_logits (B, T, V), nsp_logits (B, 2))``.
+        """
+        hidden = self.encode(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return BertPretrainingOutput(self.mlm_logits(hidden), self.nsp_logits(self.pool(hidden)))
+
+    def encode(
+        self, input_ids: Tensor, *, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """Last-layer hidden states (B, T, C); same arguments as :meth:`forward`.
+
+        Padding positions hold values that mean nothing; mask them out downstream.
+        """
+        x = self.embeddings(input_ids, token_type_ids=token_type_ids)  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, padding_mask=attention_mask, causal=False)
+        return x
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        """Pooled [CLS] summary (B, C) of hidden states (B, T, C), the input of NSP and classifiers."""
+        return self.pooler(hidden)
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits (..., V) for hidden states (..., C), e.g. (N, C) gathered at masked positions."""
+        if self.mlm_head is None:
+            raise RuntimeError("this Bert was built with with_pretraining_heads=False; it has no MLM head")
+        return self.mlm_head(hidden)
+
+    def nsp_logits(self, pooled: Tensor) -> Tensor:
+        """Next-sentence logits (B, 2) for pooled outputs (B, C)."""
+        if self.nsp_head is None:
+            raise RuntimeError("this Bert was built with with_pretraining_heads=False; it has no NSP head")
+        return self.nsp_head(pooled)
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        """Parameter count (tied weights counted once); optionally without the embedding tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(p.numel() for p in self.embeddings.parameters() if p.dim() == 2)
+        return n

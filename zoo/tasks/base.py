@@ -1,0 +1,112 @@
+"""The shared part of every zoo task: an injected backbone that checkpoints safely, and the optimizer."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from zoo.models.spec import from_spec, spec_of
+
+try:  # the config LightningCLI instantiated this module from (plain dicts), when it did
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+except ImportError:  # pragma: no cover - older/newer Lightning without it
+    _given_hyperparameters = None
+
+
+def _cli_backbone_config() -> dict[str, Any] | None:
+    given = _given_hyperparameters.get() if _given_hyperparameters is not None else None
+    backbone = given.get("backbone") if isinstance(given, dict) else None
+    return backbone if isinstance(backbone, dict) else None
+
+
+class BackboneTask(L.LightningModule):
+    """Base class for tasks built around an injected backbone network.
+
+    The checkpoint never pickles the backbone: its hyper-parameters hold the backbone's spec
+    (``{"class_path", "init_args"}``), so ``Task.load_from_checkpoint(path)`` works with
+    ``weights_only=True`` whether the run came from ``zoo fit`` or from plain Python.
+
+    Args:
+        backbone: The network, or its spec as a ``{"class_path": ..., "init_args": ...}`` dict.
+        learning_rate: Peak learning rate of AdamW.
+        weight_decay: Decoupled weight decay, applied to matrices only (not biases, norms' gains).
+        betas: AdamW betas.
+        warmup_steps: Linear warm-up steps from 0 to ``learning_rate``.
+        min_lr_ratio: Cosine decay ends at ``learning_rate * min_lr_ratio``.
+        total_steps: Length of the schedule; ``None`` uses ``trainer.max_steps`` (or the estimate of
+            optimizer steps when ``max_steps`` is unset).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module | dict,
+        *,
+        learning_rate: float = 3e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        total_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        caller = inspect.currentframe()
+        self.save_hyperparameters(ignore=["backbone"], frame=caller)
+        if isinstance(backbone, dict):
+            spec, backbone = backbone, from_spec(backbone)
+        else:
+            spec = spec_of(backbone) or _cli_backbone_config()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone must be an nn.Module or a class_path spec, got {type(backbone).__name__}")
+        if spec is None:
+            rank_zero_warn(
+                f"{type(backbone).__name__} does not record its constructor arguments (subclass "
+                "zoo.models.Configurable): checkpoints will need `backbone=...` passed to load_from_checkpoint."
+            )
+        else:
+            self.save_hyperparameters({"backbone": spec}, frame=caller)
+        self.backbone = backbone
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = all(p.is_cuda for p in decay + no_decay) or None
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), fused=fused)
+        total = hp.total_steps or self._schedule_length()
+        schedule = warmup_cosine(warmup_steps=hp.warmup_steps, total_steps=total, min_ratio=hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _schedule_length(self) -> int:
+        # max_steps first: estimated_stepping_batches builds the train loader, which can drop a restored
+        # loader state on resume (Lightning #20550).
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        return int(self.trainer.estimated_stepping_batches)
+
+
+def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float):
+    """LR multiplier: linear warm-up to 1 over ``warmup_steps``, cosine decay to ``min_ratio`` at
+    ``total_steps``, constant ``min_ratio`` afterwards."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if step >= total_steps:
+            return min_ratio
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress))
+
+    return multiplier

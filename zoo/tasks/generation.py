@@ -1,0 +1,113 @@
+"""Autoregressive sampling for decoder-only backbones: batched prompts, KV cache, stop tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set logits outside the top-k / nucleus (top-p) set to ``-inf``. ``logits``: (B, V)."""
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop a token when the tokens ranked above it already cover top_p; the best one always stays
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick_next(
+    logits: Tensor,
+    *,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Next token ids (B,) from last-position logits (B, V); ``temperature == 0`` is greedy."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Left-pad prompts into ids (B, P) and attention mask (B, P) (1 at real tokens)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt, each with at least one token")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long, device=device)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+def positions_from_mask(mask: Tensor) -> Tensor:
+    """Position ids that start at 0 at each row's first real token (left padding). (B, T) -> (B, T)."""
+    return (mask.cumsum(dim=-1) - 1).clamp(min=0)
+
+
+@torch.inference_mode()
+def generate(
+    backbone: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Continue each prompt by up to ``max_new_tokens`` tokens; return only the new tokens.
+
+    A row stops at its first stop token (which is not returned). When prompt plus new tokens fit the
+    backbone's ``max_seq_len`` and it offers ``init_kv_caches``, decoding is incremental (each step feeds
+    one token); otherwise every step re-reads the last ``max_seq_len`` tokens (a sliding window).
+    """
+    device = next(backbone.parameters()).device
+    ids, mask = left_pad(prompts, pad_id=0, device=device)
+    B, P = ids.shape
+    max_len = getattr(backbone, "max_seq_len", None)
+    use_cache = hasattr(backbone, "init_kv_caches") and max_len is not None and P + max_new_tokens <= max_len
+    caches = backbone.init_kv_caches(B, P + max_new_tokens) if use_cache else None
+    stop = torch.as_tensor(list(stop_tokens), dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    out: list[Tensor] = []
+    step_ids, step_pos = ids, positions_from_mask(mask)
+    for _ in range(max_new_tokens):
+        if use_cache:
+            logits = backbone(step_ids, attention_mask=mask, position_ids=step_pos, kv_caches=caches)
+        else:
+            window = slice(-max_len, None) if max_len else slice(None)
+            w_mask = mask[:, window]
+            logits = backbone(ids[:, window], attention_mask=w_mask, position_ids=positions_from_mask(w_mask))
+        nxt = pick_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        nxt = nxt.masked_fill(done, 0)
+        out.append(nxt)
+        if stop.numel():
+            done |= torch.isin(nxt, stop)
+            if bool(done.all()):
+                break
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+        step_ids, step_pos = nxt[:, None], mask.sum(dim=1, keepdim=True) - 1
+    return _trim(torch.stack(out, dim=1) if out else ids.new_zeros(B, 0), stop_tokens)
+
+
+def _trim(new: Tensor, stop_tokens: Sequence[int]) -> list[list[int]]:
+    result = []
+    stops = set(stop_tokens)
+    for row in new.tolist():
+        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+        result.append(row[:cut])
+    return result

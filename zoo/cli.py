@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from pathlib import Path
+from typing import Any
+
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 
@@ -18,6 +22,32 @@ class ZooCLI(LightningCLI):
         parser.link_arguments(
             "data.vocab_size", "model.init_args.backbone.init_args.vocab_size", apply_on="instantiate"
         )
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        check_config_files(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
+
+
+def check_config_files(args: Any) -> None:
+    """Fail early, naming file, line and column, when a ``--config`` file is missing or not valid YAML
+    (jsonargparse's own message only says ``<unicode string>``)."""
+    if not isinstance(args, list | tuple):
+        return
+    for flag, value in zip(args, list(args[1:]) + [None]):
+        if isinstance(flag, str) and flag.startswith("--config="):
+            flag, value = "--config", flag.split("=", 1)[1]
+        if flag not in ("--config", "-c") or not isinstance(value, str):
+            continue
+        path = Path(value)
+        if not path.is_file():
+            sys.exit(f"error: config file {path} not found")
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            problem = getattr(err, "problem", None) or str(err)
+            sys.exit(f"error: {where}: invalid YAML: {problem}")
 
 
 def main(args: list[str] | None = None) -> None:

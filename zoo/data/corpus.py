@@ -46,7 +46,9 @@ def resolve_files(specs: list[str], *, cache_dir: Path) -> list[Path]:
 
 def download(url: str, *, cache_dir: Path) -> Path:
     """Download ``url`` once into ``cache_dir/downloads`` (atomic rename; reused afterwards)."""
-    name = hashlib.sha256(url.encode()).hexdigest()[:12] + "-" + (url.rstrip("/").rsplit("/", 1)[-1] or "file")
+    name = (
+        hashlib.sha256(url.encode()).hexdigest()[:12] + "-" + (url.rstrip("/").rsplit("/", 1)[-1] or "file")
+    )
     target = cache_dir / "downloads" / name
     if target.is_file():
         return target

@@ -29,26 +29,34 @@ CACHE_VERSION = 1
 
 
 class TokenBlocks(Dataset):
-    """Consecutive, non-overlapping blocks of a token array with next-token targets.
+    """Fixed-length blocks of a token array with next-token targets.
 
-    Item ``i`` is ``{"input_ids": tokens[i*T : i*T+T], "labels": tokens[i*T+1 : i*T+T+1]}``.
+    Item ``i`` starts at ``s = i * stride``: ``{"input_ids": tokens[s : s+T], "labels": tokens[s+1 : s+T+1]}``.
+    ``stride == T`` gives consecutive, non-overlapping blocks; a smaller stride gives overlapping windows
+    (``stride=1`` makes every position a possible start, like sampling random offsets).
 
     Args:
         tokens: 1-D token array (usually a ``np.memmap``).
         block_size: T, the number of positions per example.
+        stride: Distance between block starts (defaults to ``block_size``).
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int) -> None:
+    def __init__(self, tokens: np.ndarray, block_size: int, stride: int | None = None) -> None:
         if len(tokens) < block_size + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1 positions")
+        if stride is not None and not 0 < stride:
+            raise ValueError(f"stride must be positive, got {stride}")
         self.tokens = tokens
         self.block_size = block_size
+        self.stride = stride or block_size
 
     def __len__(self) -> int:
-        return (len(self.tokens) - 1) // self.block_size
+        return (len(self.tokens) - 1 - self.block_size) // self.stride + 1
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        start = i * self.block_size
+        if not 0 <= i < len(self):
+            raise IndexError(f"block {i} out of range for {len(self)} blocks")
+        start = i * self.stride
         chunk = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
         return {"input_ids": chunk[:-1], "labels": chunk[1:]}
 
@@ -64,12 +72,15 @@ class TextDataModule(L.LightningDataModule):
     Args:
         files: Training corpus: paths, globs, ``stdlib:GLOB`` (the Python standard library's sources), URLs,
             or ``tinyshakespeare`` (downloaded once into ``cache_dir``).
-        val_files: Separate validation files; when ``None`` the last ``val_fraction`` of the tokens is held out.
+        val_files: Separate validation files; when ``None`` the last ``val_fraction`` of the tokens is
+            held out.
         val_fraction: Share of the corpus held out for validation when ``val_files`` is not given.
         tokenizer: ``"char"``, ``"bpe"`` (trained on ``files``), or a path to ``tokenizer.json`` / a directory
             with ``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``.
         bpe_vocab_size: Vocabulary size when training ``"bpe"``.
         max_seq_len: Positions per training example.
+        train_stride: Distance between training block starts; ``None`` means ``max_seq_len`` (disjoint
+            blocks), 1 makes every token a possible start. Validation blocks are always disjoint.
         batch_size: Training batch size per device.
         eval_batch_size: Validation/test batch size (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -86,6 +97,7 @@ class TextDataModule(L.LightningDataModule):
         tokenizer: str = "char",
         bpe_vocab_size: int = 8192,
         max_seq_len: int = 256,
+        train_stride: int | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -101,6 +113,7 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer_spec = tokenizer
         self.bpe_vocab_size = bpe_vocab_size
         self.max_seq_len = max_seq_len
+        self.train_stride = train_stride
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -144,8 +157,12 @@ class TextDataModule(L.LightningDataModule):
         if path.is_file():
             return Tokenizer.from_file(str(path))
         texts = (read_text(f) for f in files)
-        tok = train_char_tokenizer(texts) if spec == "char" else train_bpe_tokenizer(
-            (chunk for text in texts for chunk in text_chunks(text, 4096)), vocab_size=self.bpe_vocab_size
+        tok = (
+            train_char_tokenizer(texts)
+            if spec == "char"
+            else train_bpe_tokenizer(
+                (chunk for text in texts for chunk in text_chunks(text, 4096)), vocab_size=self.bpe_vocab_size
+            )
         )
         _atomic_write_text(path, tok.to_str())
         return tok
@@ -166,7 +183,7 @@ class TextDataModule(L.LightningDataModule):
         else:
             split = int(len(train_tokens) * (1.0 - self.val_fraction))
             train_tokens, val_tokens = train_tokens[:split], train_tokens[split:]
-        self.train_set = TokenBlocks(train_tokens, self.max_seq_len)
+        self.train_set = TokenBlocks(train_tokens, self.max_seq_len, self.train_stride)
         self.val_set = TokenBlocks(val_tokens, self.max_seq_len)
 
     def train_dataloader(self) -> DataLoader:
@@ -205,7 +222,9 @@ class TextDataModule(L.LightningDataModule):
 
     def _token_file(self, specs: list[str]) -> Path:
         files = resolve_files(specs, cache_dir=self.cache_dir)
-        key = _digest(files_digest(files), self.tokenizer.to_str(), np.dtype(self._dtype).name, str(CACHE_VERSION))
+        key = _digest(
+            files_digest(files), self.tokenizer.to_str(), np.dtype(self._dtype).name, str(CACHE_VERSION)
+        )
         path = self.cache_dir / "tokens" / f"{key}.{np.dtype(self._dtype).name}"
         if not path.is_file():
             _encode_to_file(files, self.tokenizer, self._dtype, path)

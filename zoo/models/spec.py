@@ -52,7 +52,10 @@ class Configurable:
             bound.apply_defaults()
             init_args = {k: v for k, v in bound.arguments.items() if k != "self"}
             plain = all(_is_plain(v) for v in init_args.values())
-            spec = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": init_args}
+            spec = {
+                "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                "init_args": init_args,
+            }
             object.__setattr__(self, "spec", spec if plain else None)
 
         recording_init._zoo_records = True  # type: ignore[attr-defined]

@@ -64,11 +64,16 @@ class PreNormBlock(_Block):
         cross_kv_cache: KVCache | None = None,
     ) -> Tensor:
         """(B, T, C) -> (B, T, C); see :meth:`SelfAttention.forward` for the mask arguments."""
-        h = self.self_attn(self.self_attn_norm(x), padding_mask=padding_mask, causal=causal, kv_cache=kv_cache)
+        h = self.self_attn(
+            self.self_attn_norm(x), padding_mask=padding_mask, causal=causal, kv_cache=kv_cache
+        )
         x = x + self.dropout(h)
         if self.cross_attn is not None:
             h = self.cross_attn(
-                self.cross_attn_norm(x), memory, memory_padding_mask=memory_padding_mask, kv_cache=cross_kv_cache
+                self.cross_attn_norm(x),
+                memory,
+                memory_padding_mask=memory_padding_mask,
+                kv_cache=cross_kv_cache,
             )
             x = x + self.dropout(h)
         return x + self.mlp(self.mlp_norm(x))

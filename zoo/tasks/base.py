@@ -33,7 +33,9 @@ class BackboneTask(L.LightningModule):
     ``weights_only=True`` whether the run came from ``zoo fit`` or from plain Python.
 
     Args:
-        backbone: The network, or its spec as a ``{"class_path": ..., "init_args": ...}`` dict.
+        backbone: The network. Its spec, a ``{"class_path": ..., "init_args": ...}`` dict, is accepted too
+            (that is how checkpoints rebuild it); the annotation stays ``nn.Module`` so the CLI validates
+            the backbone's arguments against its signature.
         learning_rate: Peak learning rate of AdamW.
         weight_decay: Decoupled weight decay, applied to matrices only (not biases, norms' gains).
         betas: AdamW betas.
@@ -45,7 +47,7 @@ class BackboneTask(L.LightningModule):
 
     def __init__(
         self,
-        backbone: nn.Module | dict,
+        backbone: nn.Module,
         *,
         learning_rate: float = 3e-4,
         weight_decay: float = 0.1,
@@ -62,30 +64,42 @@ class BackboneTask(L.LightningModule):
         else:
             spec = spec_of(backbone) or _cli_backbone_config()
         if not isinstance(backbone, nn.Module):
-            raise TypeError(f"backbone must be an nn.Module or a class_path spec, got {type(backbone).__name__}")
+            raise TypeError(
+                f"backbone must be an nn.Module or a class_path spec, got {type(backbone).__name__}"
+            )
         if spec is None:
             rank_zero_warn(
                 f"{type(backbone).__name__} does not record its constructor arguments (subclass "
-                "zoo.models.Configurable): checkpoints will need `backbone=...` passed to load_from_checkpoint."
+                "zoo.models.Configurable): checkpoints will need `backbone=...` passed to "
+                "load_from_checkpoint."
             )
         else:
             self.save_hyperparameters({"backbone": spec}, frame=caller)
         self.backbone = backbone
+        # read by configure_optimizers; kept as attributes because a subclass's saved hyper-parameters
+        # only hold the subclass's own constructor arguments
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.total_steps = total_steps
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
         decay, no_decay = [], []
         for p in self.parameters():
             if p.requires_grad:
                 (decay if p.dim() >= 2 else no_decay).append(p)
         groups = [
-            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
         fused = all(p.is_cuda for p in decay + no_decay) or None
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), fused=fused)
-        total = hp.total_steps or self._schedule_length()
-        schedule = warmup_cosine(warmup_steps=hp.warmup_steps, total_steps=total, min_ratio=hp.min_lr_ratio)
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas, fused=fused)
+        total = self.total_steps or self._schedule_length()
+        schedule = warmup_cosine(
+            warmup_steps=self.warmup_steps, total_steps=total, min_ratio=self.min_lr_ratio
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

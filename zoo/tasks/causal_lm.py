@@ -41,7 +41,7 @@ class CausalLM(BackboneTask):
 
     def __init__(
         self,
-        backbone: nn.Module | dict,
+        backbone: nn.Module,
         *,
         learning_rate: float = 6e-4,
         weight_decay: float = 0.1,
@@ -64,6 +64,11 @@ class CausalLM(BackboneTask):
             min_lr_ratio=min_lr_ratio,
             total_steps=total_steps,
         )
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.stop_tokens = list(stop_tokens or [])
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
         self.test_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
         self._last_step_time: float | None = None
@@ -91,14 +96,13 @@ class CausalLM(BackboneTask):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[list[int]]:
         """Continue each prompt in ``batch["prompts"]`` (lists of ids); returns the new ids."""
-        hp = self.hparams
         return self.generate(
             batch["prompts"],
-            max_new_tokens=hp.max_new_tokens,
-            temperature=hp.temperature,
-            top_k=hp.top_k,
-            top_p=hp.top_p,
-            stop_tokens=hp.stop_tokens or (),
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop_tokens=self.stop_tokens,
         )
 
     def generate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -73,6 +74,9 @@ def generate(
     A row stops at its first stop token (which is not returned). When prompt plus new tokens fit the
     backbone's ``max_seq_len`` and it offers ``init_kv_caches``, decoding is incremental (each step feeds
     one token); otherwise every step re-reads the last ``max_seq_len`` tokens (a sliding window).
+
+    The backbone is called as ``backbone(input_ids, attention_mask=...)``, plus ``position_ids`` when its
+    ``forward`` accepts them (needed for correct positions under left padding) and ``kv_caches``.
     """
     device = next(backbone.parameters()).device
     ids, mask = left_pad(prompts, pad_id=0, device=device)
@@ -80,6 +84,7 @@ def generate(
     max_len = getattr(backbone, "max_seq_len", None)
     use_cache = hasattr(backbone, "init_kv_caches") and max_len is not None and P + max_new_tokens <= max_len
     caches = backbone.init_kv_caches(B, P + max_new_tokens) if use_cache else None
+    takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
     stop = torch.as_tensor(list(stop_tokens), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out: list[Tensor] = []
@@ -90,7 +95,8 @@ def generate(
         else:
             window = slice(-max_len, None) if max_len else slice(None)
             w_mask = mask[:, window]
-            logits = backbone(ids[:, window], attention_mask=w_mask, position_ids=positions_from_mask(w_mask))
+            extra = {"position_ids": positions_from_mask(w_mask)} if takes_positions else {}
+            logits = backbone(ids[:, window], attention_mask=w_mask, **extra)
         nxt = pick_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         nxt = nxt.masked_fill(done, 0)
         out.append(nxt)

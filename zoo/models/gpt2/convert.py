@@ -45,7 +45,9 @@ def config_from_hf(config: dict, source: Path) -> dict:
     """``GPT2`` constructor arguments from a Hugging Face ``config.json`` dict."""
     activation = config.get("activation_function", "gelu_new")
     if activation not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"{source / 'config.json'}: activation_function={activation!r} is not GPT-2's gelu_new")
+        raise ValueError(
+            f"{source / 'config.json'}: activation_function={activation!r} is not GPT-2's gelu_new"
+        )
     return dict(
         vocab_size=config_value(config, "vocab_size", source),
         max_seq_len=config_value(config, "n_positions", source),
@@ -86,7 +88,9 @@ def state_dict_from_hf(hf: dict[str, Tensor], num_layers: int, tie_weights: bool
         ours["lm_head.weight"] = ours["embeddings.tokens.weight"]
     unexpected = sorted(set(hf) - used)
     if unexpected:
-        raise KeyError(f"{source}: unexpected weights for GPT-2: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        raise KeyError(
+            f"{source}: unexpected weights for GPT-2: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+        )
     return ours
 
 
@@ -94,7 +98,9 @@ def load_hf(cls: type[GPT2], name_or_path: str | os.PathLike) -> GPT2:
     model_dir = resolve_model_dir(name_or_path)
     kwargs = config_from_hf(read_config(model_dir), model_dir)
     model = cls(**kwargs)
-    state = state_dict_from_hf(read_state_dict(model_dir), kwargs["num_layers"], kwargs["tie_weights"], model_dir)
+    state = state_dict_from_hf(
+        read_state_dict(model_dir), kwargs["num_layers"], kwargs["tie_weights"], model_dir
+    )
     model.load_state_dict(state, strict=True)
     return model
 

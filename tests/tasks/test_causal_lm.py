@@ -1,0 +1,135 @@
+"""CausalLM: a tiny fit lowers the loss, checkpoints reload weights-only, users can subclass."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from zoo.data import TextDataModule
+from zoo.models.gpt2 import GPT2
+from zoo.tasks import CausalLM
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def _data(corpus: Path, tmp_path: Path, **kw) -> TextDataModule:
+    return TextDataModule(
+        [str(corpus)],
+        tokenizer="char",
+        max_seq_len=32,
+        batch_size=16,
+        cache_dir=str(tmp_path / "cache"),
+        **kw,
+    )
+
+
+def _trainer(tmp_path: Path, **kw) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        max_steps=60,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        num_sanity_val_steps=0,
+        limit_val_batches=8,
+    )
+    return L.Trainer(**{**defaults, **kw})
+
+
+def test_tiny_fit_lowers_validation_loss(stdlib_text_file, tmp_path):
+    L.seed_everything(0)
+    dm = _data(stdlib_text_file, tmp_path)
+    model = CausalLM(
+        GPT2(vocab_size=dm.vocab_size, max_seq_len=32, embed_dim=48, num_heads=4, num_layers=2),
+        learning_rate=3e-3,
+        warmup_steps=5,
+    )
+    trainer = _trainer(tmp_path, enable_checkpointing=False)
+    before = trainer.validate(model, datamodule=dm, verbose=False)[0]["val_loss"]
+    trainer.fit(model, datamodule=dm)
+    after = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    assert after["val_loss"] < before - 0.5, (before, after)
+    assert after["val_ppl"] == pytest.approx(torch.tensor(after["val_loss"]).exp().item(), rel=1e-3)
+
+
+def test_python_checkpoint_reloads_weights_only(stdlib_text_file, tmp_path):
+    dm = _data(stdlib_text_file, tmp_path)
+    model = CausalLM(GPT2(vocab_size=dm.vocab_size, max_seq_len=32, embed_dim=32, num_heads=2, num_layers=1))
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    torch.load(path, weights_only=True)  # nothing in it needs unpickling code
+    again = CausalLM.load_from_checkpoint(path, weights_only=True)
+    assert again.hparams.backbone["class_path"].endswith("GPT2")
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+
+
+def test_user_subclass_and_backbone_train_with_zoo_fit(stdlib_text_file, tmp_path):
+    """A project outside zoo/ subclasses CausalLM and brings its own backbone, both by class_path."""
+    config = tmp_path / "user.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            seed_everything: 0
+            trainer:
+              accelerator: cpu
+              max_steps: 40
+              val_check_interval: 40
+              check_val_every_n_epoch: null
+              limit_val_batches: 4
+              enable_progress_bar: false
+              default_root_dir: {tmp_path / "run"}
+              logger: false
+              callbacks:
+                - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+                  init_args: {{dirpath: {tmp_path / "ckpt"}, save_last: true}}
+            model:
+              class_path: my_lm.LabelSmoothedLM
+              init_args:
+                backbone:
+                  class_path: my_lm.GRULM
+                  init_args: {{embed_dim: 32}}
+                label_smoothing: 0.05
+            data:
+              class_path: zoo.data.TextDataModule
+              init_args:
+                files: [{stdlib_text_file}]
+                max_seq_len: 32
+                batch_size: 16
+                cache_dir: {tmp_path / "cache"}
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(FIXTURES / "user_project")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.cli", "fit", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sys.path.insert(0, str(FIXTURES / "user_project"))
+    try:
+        import my_lm
+
+        model = my_lm.LabelSmoothedLM.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    finally:
+        sys.path.remove(str(FIXTURES / "user_project"))
+    assert isinstance(model.backbone, my_lm.GRULM)
+    assert model.label_smoothing == 0.05
+    assert (
+        model.backbone.embed.num_embeddings
+        == TextDataModule([str(stdlib_text_file)], cache_dir=str(tmp_path / "cache")).vocab_size
+    )  # linked from the data, never typed
+    assert len(model.generate([[1, 2, 3]], max_new_tokens=5)[0]) == 5

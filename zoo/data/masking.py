@@ -1,0 +1,192 @@
+"""Dynamic masking for masked language modelling: pad a list of examples and mask it, BERT's way.
+
+Every draw of a batch masks afresh (RoBERTa's dynamic masking), yet reproducibly: each example's mask
+comes from its own ``torch.Generator`` seeded by ``(seed, epoch, index)``, so it does not depend on the
+batch it lands in, the number of ranks, the worker process or any global RNG, and changes every epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from zoo.data.wordpiece import CONTINUING_SUBWORD_PREFIX, special_token_ids
+
+IGNORE_INDEX = -100
+#: Of the chosen tokens, this share becomes [MASK] and half the rest a random token (BERT's 80/10/10).
+MASK_SHARE = 0.8
+RANDOM_SHARE = 0.1
+
+
+def example_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A CPU generator whose stream is a function of ``(seed, epoch, index)`` only."""
+    state = np.random.SeedSequence((seed, epoch, index)).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)  # manual_seed takes a non-negative int64
+
+
+class MLMCollator:
+    """Pad examples to the longest one and choose masked-LM targets.
+
+    Of the maskable (non-special) tokens of each example, exactly
+    ``max(1, round(mlm_probability * n))`` are chosen, like Google's ``create_pretraining_data``. A chosen
+    token becomes ``[MASK]`` with probability 0.8, a random non-special token with 0.1 and stays as it is
+    with 0.1; its label is the original id, every other label is ``-100``. With ``whole_word`` a word's
+    ``##`` continuation pieces are chosen together with the piece that starts it, and a word that would
+    overshoot the count is skipped for a later one.
+
+    Each example is a mapping with ``input_ids`` (1-D ids), ``index`` (its dataset index, which seeds its
+    mask), optionally ``epoch`` (default 0), ``token_type_ids`` and ``next_sentence_label``.
+
+    Args:
+        mask_token_id: Id of ``[MASK]``.
+        pad_token_id: Id of ``[PAD]``, used for padding ``input_ids``.
+        special_token_ids: Ids never chosen and never drawn as random replacements (``[PAD] [UNK] [CLS]
+            [SEP] [MASK]``; like Hugging Face's collator, and unlike Google's script, ``[UNK]`` is not a target).
+        vocab_size: Number of token ids; random replacements are drawn from ``range(vocab_size)`` minus
+            ``special_token_ids``.
+        continuation_ids: Ids of ``##`` continuation pieces (needed by ``whole_word``).
+        mlm_probability: Share of maskable tokens chosen per example.
+        whole_word: Choose whole words rather than single pieces.
+        pad_to_multiple_of: Round the padded length up to a multiple of this (8 suits tensor cores).
+        max_length: Never pad beyond this length (the model's positions) when rounding up.
+        seed: Base seed of every mask.
+    """
+
+    def __init__(
+        self,
+        *,
+        mask_token_id: int,
+        pad_token_id: int,
+        special_token_ids: Sequence[int],
+        vocab_size: int,
+        continuation_ids: Sequence[int] = (),
+        mlm_probability: float = 0.15,
+        whole_word: bool = False,
+        pad_to_multiple_of: int | None = None,
+        max_length: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 < mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        if whole_word and not continuation_ids:
+            raise ValueError("whole_word needs the ids of the ## continuation pieces (continuation_ids)")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
+        special = torch.tensor(sorted(set(special_token_ids)), dtype=torch.long)
+        replacements = torch.ones(vocab_size, dtype=torch.bool)
+        replacements[special[special < vocab_size]] = False
+        if not replacements.any():
+            raise ValueError("every id is special: no token to draw as a random replacement")
+        self.mask_token_id = mask_token_id
+        self.pad_token_id = pad_token_id
+        self.special_ids = special
+        self.replacement_ids = replacements.nonzero().squeeze(1)  # (R,)
+        self.continuation_ids = torch.tensor(sorted(set(continuation_ids)), dtype=torch.long)
+        self.mlm_probability = mlm_probability
+        self.whole_word = whole_word
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_length = max_length
+        self.seed = seed
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Tokenizer, **kwargs: Any) -> MLMCollator:
+        """Take the special and ``##`` continuation ids from a BERT WordPiece tokenizer; ``kwargs`` are
+        the remaining constructor arguments (``mlm_probability``, ``whole_word``, ``seed``, ...)."""
+        ids = special_token_ids(tokenizer)
+        vocab = tokenizer.get_vocab()
+        return cls(
+            mask_token_id=ids["mask"],
+            pad_token_id=ids["pad"],
+            special_token_ids=list(ids.values()),
+            vocab_size=tokenizer.get_vocab_size(),
+            continuation_ids=[i for t, i in vocab.items() if t.startswith(CONTINUING_SUBWORD_PREFIX)],
+            **kwargs,
+        )
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+        """Batch of ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels`` (all (B, T)) and, when
+        the examples have it, ``next_sentence_label`` (B,)."""
+        if not examples:
+            raise ValueError("cannot collate an empty list of examples")
+        rows = [torch.as_tensor(np.asarray(e["input_ids"]), dtype=torch.long) for e in examples]
+        T = self._padded_length(max(len(r) for r in rows))
+        B = len(rows)
+        input_ids = torch.full((B, T), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((B, T), dtype=torch.long)
+        token_type_ids = torch.zeros((B, T), dtype=torch.long)
+        for b, (example, ids) in enumerate(zip(examples, rows)):
+            if "index" not in example:
+                raise KeyError("each example needs its dataset 'index' to seed its mask")
+            generator = example_generator(self.seed, int(example.get("epoch", 0)), int(example["index"]))
+            n = len(ids)
+            input_ids[b, :n], labels[b, :n] = self.mask(ids, generator)
+            attention_mask[b, :n] = 1
+            if "token_type_ids" in example:
+                token_type_ids[b, :n] = torch.as_tensor(np.asarray(example["token_type_ids"]))
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "labels": labels,
+        }
+        if "next_sentence_label" in examples[0]:
+            batch["next_sentence_label"] = torch.tensor(
+                [int(e["next_sentence_label"]) for e in examples], dtype=torch.long
+            )
+        return batch
+
+    def mask(self, ids: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Mask one example: ``ids`` (T,) -> ``(masked ids (T,), labels (T,))``."""
+        chosen = self._choose(ids, generator)  # (T,) bool
+        labels = torch.where(chosen, ids, IGNORE_INDEX)
+        action = torch.rand(ids.shape, generator=generator)  # one draw per position keeps streams aligned
+        random_ids = self.replacement_ids[
+            torch.randint(len(self.replacement_ids), ids.shape, generator=generator)
+        ]
+        masked = ids.clone()
+        masked[chosen & (action < MASK_SHARE)] = self.mask_token_id
+        use_random = chosen & (action >= MASK_SHARE) & (action < MASK_SHARE + RANDOM_SHARE)
+        masked[use_random] = random_ids[use_random]
+        return masked, labels
+
+    def _choose(self, ids: Tensor, generator: torch.Generator) -> Tensor:
+        maskable = ~torch.isin(ids, self.special_ids)  # (T,)
+        positions = maskable.nonzero().squeeze(1)  # (M,)
+        chosen = torch.zeros_like(maskable)
+        if len(positions) == 0:
+            return chosen
+        target = max(1, int(round(len(positions) * self.mlm_probability)))
+        if not self.whole_word:
+            order = torch.randperm(len(positions), generator=generator)
+            chosen[positions[order[:target]]] = True
+            return chosen
+        # a continuation piece joins the word before it when that word is maskable too
+        starts = ~torch.isin(ids[positions], self.continuation_ids)
+        starts[0] = True
+        starts[1:] |= positions[1:] != positions[:-1] + 1
+        word_of = torch.cumsum(starts.long(), 0) - 1  # (M,) word number of each maskable piece
+        lengths = torch.bincount(word_of).tolist()
+        words: list[int] = []
+        count = 0
+        for w in torch.randperm(len(lengths), generator=generator).tolist():
+            if count + lengths[w] > target:
+                continue
+            words.append(w)
+            count += lengths[w]
+            if count == target:
+                break
+        chosen[positions[torch.isin(word_of, torch.tensor(words, dtype=torch.long))]] = True
+        return chosen
+
+    def _padded_length(self, longest: int) -> int:
+        m = self.pad_to_multiple_of
+        if m is None:
+            return longest
+        padded = -(-longest // m) * m
+        return min(padded, self.max_length) if self.max_length is not None else padded

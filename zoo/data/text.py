@@ -31,7 +31,8 @@ CACHE_VERSION = 1
 class TokenBlocks(Dataset):
     """Fixed-length blocks of a token array with next-token targets.
 
-    Item ``i`` starts at ``s = i * stride``: ``{"input_ids": tokens[s : s+T], "labels": tokens[s+1 : s+T+1]}``.
+    Item ``i`` starts at ``s = i * stride`` and is
+    ``{"input_ids": tokens[s : s+T], "labels": tokens[s+1 : s+T+1]}``.
     ``stride == T`` gives consecutive, non-overlapping blocks; a smaller stride gives overlapping windows
     (``stride=1`` makes every position a possible start, like sampling random offsets).
 

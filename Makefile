@@ -8,6 +8,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PIP := $(VENV)/bin/python -m pip
 PYTEST_ARGS ?=
+export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: demo test test-slow clean
 

@@ -129,3 +129,22 @@ def test_offline_download_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(ConnectionError, match="Offline\\? Download it elsewhere"):
         TextDataModule(["tinyshakespeare"], cache_dir=str(tmp_path)).vocab_size
+
+
+def test_non_zero_local_rank_waits_for_the_tokenizer_of_rank_zero(tmp_path, monkeypatch):
+    import threading
+
+    from zoo.data import text as text_module
+
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("hello world\n" * 20)
+    built = _dm([corpus], tmp_path).tokenizer  # what local rank 0 writes
+    written = next((tmp_path / "cache" / "tokenizers").rglob("tokenizer.json"))
+    payload = written.read_text()
+    written.unlink()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    threading.Timer(0.5, lambda: written.write_text(payload)).start()
+    waited = _dm([corpus], tmp_path).tokenizer  # does not train a second copy; waits for the file
+    assert waited.to_str() == built.to_str()
+    with pytest.raises(TimeoutError, match="local rank 0"):
+        text_module._wait_for(tmp_path / "never.json", timeout_s=0.2)

@@ -53,3 +53,17 @@ def test_bad_specs_are_clear_errors():
         from_spec({"class_path": "collections.OrderedDict", "init_args": {}})
     with pytest.raises(TypeError, match="unexpected keyword argument 'num_haeds'"):
         from_spec({"class_path": "zoo.models.gpt2.GPT2", "init_args": {"num_haeds": 2}})
+
+
+def test_configurable_records_an_inherited_constructor():
+    from zoo.models import Configurable
+
+    class Plain(nn.Module):
+        def __init__(self, width: int = 3) -> None:
+            super().__init__()
+            self.proj = nn.Linear(width, width)
+
+    class Recorded(Configurable, Plain):
+        pass
+
+    assert Recorded(width=5).spec["init_args"] == {"width": 5}

@@ -11,10 +11,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-#: Files users commonly train on; ``files: [tinyshakespeare]`` downloads it once into the cache.
 KNOWN_CORPORA = {
     "tinyshakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
 }
+"""Files users commonly train on; ``files: [tinyshakespeare]`` downloads it once into the cache."""
 
 
 def resolve_files(specs: list[str], *, cache_dir: Path) -> list[Path]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,8 @@ class TextDataModule(L.LightningDataModule):
         path = self.cache_dir / "tokenizers" / f"{spec}{extra}-{key}" / "tokenizer.json"
         if path.is_file():
             return Tokenizer.from_file(str(path))
+        if _local_rank() != 0:  # under torchrun/SLURM every process starts at once: local rank 0 trains
+            return Tokenizer.from_file(str(_wait_for(path)))
         texts = (read_text(f) for f in files)
         tok = (
             train_char_tokenizer(texts)
@@ -242,6 +245,23 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+def _local_rank() -> int:
+    for var in ("LOCAL_RANK", "SLURM_LOCALID", "JSM_NAMESPACE_LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def _wait_for(path: Path, timeout_s: float = 6 * 3600) -> Path:
+    """Wait for local rank 0 to write ``path`` (atomically), up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for local rank 0 to write {path}")
+        time.sleep(1.0)
+    return path
 
 
 def _collate_prompts(prompts: list[list[int]]) -> dict[str, list[list[int]]]:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-#: The special tokens, in the order of their ids (0..4) in vocabularies trained by :func:`train_wordpiece`.
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+"""The special tokens, in the order of their ids (0..4) in vocabularies trained by `train_wordpiece`."""
 _SPECIAL_NAMES = {"[PAD]": "pad", "[UNK]": "unk", "[CLS]": "cls", "[SEP]": "sep", "[MASK]": "mask"}
 CONTINUING_SUBWORD_PREFIX = "##"
 

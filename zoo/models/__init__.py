@@ -1,4 +1,4 @@
-"""Model families. Each wires :mod:`zoo.nn` blocks into a network; ``convert.py`` maps foreign checkpoints."""
+"""Model families. Each wires `zoo.nn` blocks into a network; ``convert.py`` maps foreign checkpoints."""
 
 from zoo.models.spec import Configurable, from_spec, spec_of
 

@@ -2,7 +2,7 @@
 
 A task (LightningModule) saves its backbone's *spec*, ``{"class_path": ..., "init_args": {...}}``, in
 the checkpoint's hyper-parameters instead of pickling the module, so the checkpoint reloads with
-``torch.load(..., weights_only=True)``. Subclassing :class:`Configurable` is all a backbone needs.
+``torch.load(..., weights_only=True)``. Subclassing `Configurable` is all a backbone needs.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class Configurable:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None or getattr(init, "_zoo_records", False):
+        init = cls.__dict__.get("__init__") or cls.__init__  # an inherited plain __init__ is wrapped too
+        if getattr(init, "_zoo_records", False):
             return
         signature = inspect.signature(init)
 
@@ -63,7 +63,7 @@ class Configurable:
 
 
 def spec_of(module: nn.Module) -> dict[str, Any] | None:
-    """The module's spec if it is :class:`Configurable` with plain arguments, else ``None``."""
+    """The module's spec if it is `Configurable` with plain arguments, else ``None``."""
     spec = getattr(module, "spec", None)
     return {"class_path": spec["class_path"], "init_args": dict(spec["init_args"])} if spec else None
 

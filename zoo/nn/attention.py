@@ -1,8 +1,8 @@
 """Multi-head attention on ``torch.nn.functional.scaled_dot_product_attention``.
 
-Two classes share one core: :class:`SelfAttention` projects queries, keys and values with one fused
-linear layer (one matmul instead of three), :class:`CrossAttention` projects queries from the decoder
-stream and keys/values from an encoder memory. Both accept a :class:`KVCache` for incremental decoding.
+Two classes share one core: `SelfAttention` projects queries, keys and values with one fused
+linear layer (one matmul instead of three), `CrossAttention` projects queries from the decoder
+stream and keys/values from an encoder memory. Both accept a `KVCache` for incremental decoding.
 """
 
 from __future__ import annotations

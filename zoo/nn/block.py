@@ -63,7 +63,7 @@ class PreNormBlock(_Block):
         memory_padding_mask: Tensor | None = None,
         cross_kv_cache: KVCache | None = None,
     ) -> Tensor:
-        """(B, T, C) -> (B, T, C); see :meth:`SelfAttention.forward` for the mask arguments."""
+        """(B, T, C) -> (B, T, C); see `SelfAttention.forward` for the mask arguments."""
         h = self.self_attn(
             self.self_attn_norm(x), padding_mask=padding_mask, causal=causal, kv_cache=kv_cache
         )
@@ -103,7 +103,7 @@ class PostNormBlock(_Block):
         memory_padding_mask: Tensor | None = None,
         cross_kv_cache: KVCache | None = None,
     ) -> Tensor:
-        """(B, T, C) -> (B, T, C); see :meth:`SelfAttention.forward` for the mask arguments."""
+        """(B, T, C) -> (B, T, C); see `SelfAttention.forward` for the mask arguments."""
         h = self.self_attn(x, padding_mask=padding_mask, causal=causal, kv_cache=kv_cache)
         x = self.self_attn_norm(x + self.dropout(h))
         if self.cross_attn is not None:

@@ -25,7 +25,7 @@ class CausalLM(BackboneTask):
     The backbone maps ``input_ids`` to logits (B, T, V).
 
     Args:
-        backbone: Decoder network, e.g. :class:`zoo.models.gpt2.GPT2`, or its spec.
+        backbone: Decoder network, e.g. `zoo.models.gpt2.GPT2`, or its spec.
         learning_rate: Peak AdamW learning rate.
         weight_decay: Weight decay on matrices.
         betas: AdamW betas.
@@ -117,7 +117,7 @@ class CausalLM(BackboneTask):
         generator: torch.Generator | None = None,
     ) -> list[list[int]]:
         """Sample continuations of ``prompts`` (token-id lists of any lengths); see
-        :func:`zoo.tasks.generation.generate`. Greedy when ``temperature == 0``."""
+        `zoo.tasks.generation.generate`. Greedy when ``temperature == 0``."""
         was_training = self.training
         self.eval()
         try:

@@ -1,4 +1,4 @@
-"""Hugging Face BERT checkpoints <-> :class:`zoo.models.bert.Bert`.
+"""Hugging Face BERT checkpoints <-> `zoo.models.bert.Bert`.
 
 The only module that knows Hugging Face's BERT names (``hidden_size``, ``attention.self.query``, ``cls.*``).
 Checkpoints come with or without the ``bert.`` prefix (``BertForPreTraining`` vs ``BertModel``), with or

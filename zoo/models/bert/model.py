@@ -12,8 +12,6 @@ from torch import Tensor, nn
 from zoo.models.spec import Configurable
 from zoo.nn import MLP, PostNormBlock, SelfAttention, TokenEmbedding
 
-#: Named sizes: ``(embed_dim, num_heads, num_layers)``; ``hidden_dim`` defaults to ``4 * embed_dim``.
-#: ``bert-tiny`` .. ``bert-medium`` are Google's compact BERTs (Turc et al., 2019).
 BERT_SIZES: dict[str, dict[str, int]] = {
     "bert-tiny": dict(embed_dim=128, num_heads=2, num_layers=2),  # 4.4M
     "bert-mini": dict(embed_dim=256, num_heads=4, num_layers=4),  # 11M
@@ -22,10 +20,11 @@ BERT_SIZES: dict[str, dict[str, int]] = {
     "bert-base": dict(embed_dim=768, num_heads=12, num_layers=12),  # 110M
     "bert-large": dict(embed_dim=1024, num_heads=16, num_layers=24),  # 340M
 }
+"""Named sizes: ``(embed_dim, num_heads, num_layers)``; ``hidden_dim`` defaults to ``4 * embed_dim``. ``bert-tiny`` .. ``bert-medium`` are Google's compact BERTs (Turc et al., 2019)."""
 
 
 class BertPretrainingOutput(NamedTuple):
-    """What :meth:`Bert.forward` returns.
+    """What `Bert.forward` returns.
 
     Attributes:
         mlm_logits: (B, T, vocab_size) masked-language-model logits at every position.
@@ -81,9 +80,9 @@ class MaskedLMHead(nn.Module):
 class Bert(Configurable, nn.Module):
     """BERT encoder (Devlin et al., 2019) with optional pretraining heads.
 
-    The methods are the pieces a task needs: :meth:`encode` for hidden states, :meth:`pool` for the
-    [CLS] summary, :meth:`mlm_logits` (on any gathered positions, so an MLM task can skip the
-    unmasked ones) and :meth:`nsp_logits`. :meth:`forward` chains them over every position.
+    The methods are the pieces a task needs: `encode` for hidden states, `pool` for the
+    [CLS] summary, `mlm_logits` (on any gathered positions, so an MLM task can skip the
+    unmasked ones) and `nsp_logits`. `forward` chains them over every position.
 
     Args:
         vocab_size: Number of token ids (30522 for Google's uncased WordPiece vocabulary).
@@ -201,7 +200,7 @@ class Bert(Configurable, nn.Module):
     ) -> BertPretrainingOutput:
         """MLM logits at every position and NSP logits, for inference and parity checks.
 
-        Training an MLM should call :meth:`encode` and run :meth:`mlm_logits` on the masked positions only.
+        Training an MLM should call `encode` and run `mlm_logits` on the masked positions only.
 
         Args:
             input_ids: (B, T) token ids.
@@ -217,7 +216,7 @@ class Bert(Configurable, nn.Module):
     def encode(
         self, input_ids: Tensor, *, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
     ) -> Tensor:
-        """Last-layer hidden states (B, T, C); same arguments as :meth:`forward`.
+        """Last-layer hidden states (B, T, C); same arguments as `forward`.
 
         Padding positions hold values that mean nothing; mask them out downstream.
         """

@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 checkpoints <-> :class:`zoo.models.gpt2.GPT2`.
+"""Hugging Face GPT-2 checkpoints <-> `zoo.models.gpt2.GPT2`.
 
 The only module that knows OpenAI/Hugging Face names (``c_attn``, ``n_embd``, ...). HF's GPT-2 stores
 linear weights as ``Conv1D`` with shape (in, out), the transpose of ``nn.Linear``.

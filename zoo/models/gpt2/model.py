@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from zoo.models.spec import Configurable
 from zoo.nn import MLP, KVCache, PreNormBlock, SelfAttention, TokenEmbedding
 
-#: Named sizes: ``(embed_dim, num_heads, num_layers)``. The first four are OpenAI's releases.
 GPT2_SIZES: dict[str, dict[str, int]] = {
     "gpt2": dict(embed_dim=768, num_heads=12, num_layers=12),  # 124M
     "gpt2-medium": dict(embed_dim=1024, num_heads=16, num_layers=24),  # 350M
@@ -22,6 +21,7 @@ GPT2_SIZES: dict[str, dict[str, int]] = {
     "gpt2-mini": dict(embed_dim=256, num_heads=8, num_layers=6),  # CPU-sized
     "gpt2-tiny": dict(embed_dim=128, num_heads=4, num_layers=4),  # nanoGPT's CPU shakespeare-char
 }
+"""Named sizes: ``(embed_dim, num_heads, num_layers)``. The first four are OpenAI's releases."""
 
 
 class GPT2(Configurable, nn.Module):
@@ -136,7 +136,7 @@ class GPT2(Configurable, nn.Module):
             attention_mask: (B, Tk) with 1 at real tokens and 0 at padding; with ``kv_caches`` it covers
                 cached plus new positions.
             position_ids: (B, T) positions; defaults to consecutive positions after the cached ones.
-            kv_caches: One :class:`KVCache` per layer (see :meth:`init_kv_caches`) for incremental decoding.
+            kv_caches: One `KVCache` per layer (see `init_kv_caches`) for incremental decoding.
         """
         return self.lm_head(
             self.hidden_states(
@@ -152,7 +152,7 @@ class GPT2(Configurable, nn.Module):
         position_ids: Tensor | None = None,
         kv_caches: list[KVCache] | None = None,
     ) -> Tensor:
-        """Final normalised hidden states (B, T, C); same arguments as :meth:`forward`."""
+        """Final normalised hidden states (B, T, C); same arguments as `forward`."""
         past = kv_caches[0].seq_len if kv_caches else 0
         T = input_ids.shape[1]
         if position_ids is None:
@@ -173,7 +173,7 @@ class GPT2(Configurable, nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> list[KVCache]:
-        """One empty :class:`KVCache` per layer, sized for ``max_seq_len`` (default: the context length)."""
+        """One empty `KVCache` per layer, sized for ``max_seq_len`` (default: the context length)."""
         weight = self.lm_head.weight
         attn = self.layers[0].self_attn
         return [

@@ -93,15 +93,15 @@ def test_glob_and_stdlib_specs(tmp_path):
 
 def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no file"):
-        _dm([tmp_path / "missing-*.txt"], tmp_path).vocab_size
+        _ = _dm([tmp_path / "missing-*.txt"], tmp_path).vocab_size
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 10)
     with pytest.raises(ValueError, match="latin1.txt: not UTF-8"):
-        _dm([latin1], tmp_path).vocab_size
+        _ = _dm([latin1], tmp_path).vocab_size
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(ValueError, match="empty corpus"):
-        _dm([empty], tmp_path).vocab_size
+        _ = _dm([empty], tmp_path).vocab_size
     short = tmp_path / "short.txt"
     short.write_text("abc")
     dm = _dm([short], tmp_path)
@@ -128,7 +128,7 @@ def test_offline_download_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(ConnectionError, match="Offline\\? Download it elsewhere"):
-        TextDataModule(["tinyshakespeare"], cache_dir=str(tmp_path)).vocab_size
+        _ = TextDataModule(["tinyshakespeare"], cache_dir=str(tmp_path)).vocab_size
 
 
 def test_non_zero_local_rank_waits_for_the_tokenizer_of_rank_zero(tmp_path, monkeypatch):

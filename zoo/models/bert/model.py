@@ -20,7 +20,8 @@ BERT_SIZES: dict[str, dict[str, int]] = {
     "bert-base": dict(embed_dim=768, num_heads=12, num_layers=12),  # 110M
     "bert-large": dict(embed_dim=1024, num_heads=16, num_layers=24),  # 340M
 }
-"""Named sizes: ``(embed_dim, num_heads, num_layers)``; ``hidden_dim`` defaults to ``4 * embed_dim``. ``bert-tiny`` .. ``bert-medium`` are Google's compact BERTs (Turc et al., 2019)."""
+"""Named sizes: ``(embed_dim, num_heads, num_layers)``; ``hidden_dim`` defaults to ``4 * embed_dim``.
+``bert-tiny`` .. ``bert-medium`` are Google's compact BERTs (Turc et al., 2019)."""
 
 
 class BertPretrainingOutput(NamedTuple):

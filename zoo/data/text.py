@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.corpus import files_digest, read_text, resolve_files
+from zoo.data.resumable import ResumableSampler, TrainPosition, loader_position
 from zoo.data.tokenizers import (
     TOKENIZER_KINDS,
     eot_id,
@@ -88,6 +89,8 @@ class TextDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         cache_dir: Where tokenizers, downloads and token arrays are cached.
         prompts: Prompts for ``zoo predict`` (one generated continuation each).
+        shuffle_seed: Seed of the training order (epoch ``e`` uses ``shuffle_seed + e``); ``None`` takes
+            the seed given to ``seed_everything`` (0 if none).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str = ".cache/zoo",
         prompts: list[str] | None = None,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0 and val_files is None:
@@ -121,7 +125,10 @@ class TextDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir).expanduser()
         self.prompts = prompts or ["\n"]
+        self.shuffle_seed = shuffle_seed
         self._tokenizer: Tokenizer | None = None
+        self._train_sampler: ResumableSampler | None = None
+        self._resume_at = TrainPosition()
         self.train_set: TokenBlocks | None = None
         self.val_set: TokenBlocks | None = None
 
@@ -191,10 +198,25 @@ class TextDataModule(L.LightningDataModule):
         self.val_set = TokenBlocks(val_tokens, self.max_seq_len)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if self.train_set is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        seed = (
+            self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        )
+        self._train_sampler = ResumableSampler(self.train_set, batch_size=self.batch_size, seed=seed)
+        self._train_sampler.resume_from(self._resume_at)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=self._train_sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),  # worker seeds never draw from the global RNG
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
@@ -206,8 +228,10 @@ class TextDataModule(L.LightningDataModule):
         return DataLoader(encoded, batch_size=self.eval_batch_size, collate_fn=_collate_prompts)
 
     def state_dict(self) -> dict[str, Any]:
-        # The tokenizer travels with the checkpoint, so a reloaded model can always decode its own ids.
-        return {"tokenizer": self.tokenizer.to_str()}
+        # The tokenizer travels with the checkpoint, so a reloaded model can always decode its own ids;
+        # the training position lets a resumed run continue with exactly the next batch.
+        position = loader_position(self.trainer, self._train_sampler)
+        return {"tokenizer": self.tokenizer.to_str(), "train_position": position.as_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("tokenizer")
@@ -218,6 +242,9 @@ class TextDataModule(L.LightningDataModule):
                 f"data module builds from {self.tokenizer_spec!r} (vocab {self.vocab_size}); use the same "
                 "files and tokenizer, or point `tokenizer` at the run's tokenizer.json"
             )
+        self._resume_at = TrainPosition(**state_dict.get("train_position", {}))
+        if self._train_sampler is not None:
+            self._train_sampler.resume_from(self._resume_at)
 
     # -- internals ---------------------------------------------------------------------------------
     @property
@@ -234,14 +261,12 @@ class TextDataModule(L.LightningDataModule):
             _encode_to_file(files, self.tokenizer, self._dtype, path)
         return path
 
-    def _loader(self, dataset: Dataset | None, batch_size: int, *, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, batch_size: int) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -85,6 +85,25 @@ class BackboneTask(L.LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.total_steps = total_steps
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout draws from the global RNG: save it so a resumed run draws the same masks.
+        checkpoint["zoo_rng"] = {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("zoo_rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Restored just before the first resumed step, after everything else the restore touched.
+        rng = getattr(self, "_rng_to_restore", None)
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._rng_to_restore = None
+
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
         for p in self.parameters():

@@ -133,3 +133,24 @@ def test_user_subclass_and_backbone_train_with_zoo_fit(stdlib_text_file, tmp_pat
         == TextDataModule([str(stdlib_text_file)], cache_dir=str(tmp_path / "cache")).vocab_size
     )  # linked from the data, never typed
     assert len(model.generate([[1, 2, 3]], max_new_tokens=5)[0]) == 5
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(stdlib_text_file, tmp_path):
+    class PoisonedLM(CausalLM):
+        def loss(self, logits, labels):
+            loss = super().loss(logits, labels)
+            return loss * float("nan") if self.global_step == 7 else loss
+
+    dm = _data(stdlib_text_file, tmp_path)
+    model = PoisonedLM(
+        GPT2(vocab_size=dm.vocab_size, max_seq_len=32, embed_dim=32, num_heads=2, num_layers=1)
+    )
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_last=True
+    )
+    trainer = _trainer(tmp_path, max_steps=20, limit_val_batches=0, callbacks=[ckpt])
+    with pytest.raises(FloatingPointError, match="became nan at global step 7"):
+        trainer.fit(model, datamodule=dm)
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 5
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())

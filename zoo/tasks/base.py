@@ -85,6 +85,19 @@ class BackboneTask(L.LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.total_steps = total_steps
 
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        # Stop instead of training on garbage; every rank takes the same decision so none hangs.
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            raise FloatingPointError(
+                f"the training loss became {loss.detach().float().item()} at global step "
+                f"{self.trainer.global_step} (epoch {self.trainer.current_epoch}); stopping. Checkpoints "
+                "already written are kept: resume from the last good one with a lower learning rate, "
+                "or check the data around this step."
+            )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Dropout draws from the global RNG: save it so a resumed run draws the same masks.
         checkpoint["zoo_rng"] = {

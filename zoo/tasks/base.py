@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import pickle
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -98,7 +102,46 @@ class BackboneTask(L.LightningModule):
                 "or check the data around this step."
             )
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        weights_only: bool = True,
+        **kwargs: Any,
+    ) -> BackboneTask:
+        """Lightning's loader with ``weights_only=True`` by default (a checkpoint cannot run code) and
+        errors that name the file: missing, truncated, unsafe, or written by another task."""
+        path = Path(checkpoint_path)
+        if isinstance(checkpoint_path, str | os.PathLike) and not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=weights_only,
+                **kwargs,
+            )
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(
+                f"{checkpoint_path}: refused to unpickle objects that are not plain tensors or containers "
+                f"(weights_only=True); zoo checkpoints never contain any. Details: {str(err)[:300]}"
+            ) from err
+        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as err:
+            if "PytorchStreamReader" in str(err) or isinstance(err, OSError | EOFError | zipfile.BadZipFile):
+                raise CheckpointError(
+                    f"{checkpoint_path}: truncated or not a PyTorch checkpoint ({str(err)[:200]})"
+                ) from err
+            raise
+        except CheckpointError as err:
+            raise CheckpointError(f"{checkpoint_path}: {err}") from err
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zoo_task"] = _task_family(type(self))
         # Dropout draws from the global RNG: save it so a resumed run draws the same masks.
         checkpoint["zoo_rng"] = {
             "cpu": torch.get_rng_state(),
@@ -106,6 +149,9 @@ class BackboneTask(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        written_by, expected = checkpoint.get("zoo_task"), _task_family(type(self))
+        if written_by is not None and written_by != expected:
+            raise CheckpointError(f"the checkpoint was written by a {written_by} task, not a {expected}")
         self._rng_to_restore = checkpoint.get("zoo_rng")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -141,6 +187,18 @@ class BackboneTask(L.LightningModule):
         if self.trainer.max_steps and self.trainer.max_steps > 0:
             return self.trainer.max_steps
         return int(self.trainer.estimated_stepping_batches)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: truncated, unsafe, or from another task or model."""
+
+
+def _task_family(cls: type) -> str:
+    """The zoo task a class derives from (a user's subclass of CausalLM is a CausalLM)."""
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("zoo.tasks.") and klass.__name__ != "BackboneTask":
+            return f"{klass.__module__}.{klass.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float):

@@ -110,3 +110,29 @@ def test_sampler_skips_exactly_the_consumed_batches(step):
     resumed.set_epoch(2)
     assert list(resumed) == list(full)[step * 4 :]
     assert list(resumed) == list(full)  # the skip applies to one epoch pass only
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_last_ckpt(tmp_path, stdlib_text_file):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(stdlib_text_file.read_text()[:30_000])
+    config = _config(tmp_path, "run", corpus, kill_at=None)
+    text = config.read_text().replace(
+        "  - class_path: lightning.pytorch.callbacks.ModelCheckpoint",
+        "  - class_path: kill_at.KillWhileSaving\n      init_args: {nth: 4}\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint",
+        1,
+    )
+    config.write_text(text)
+    killed = _zoo("fit", "--config", str(config))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ckpts = tmp_path / "run" / "ckpt"
+    # saves 1-2: step-10 file and last.ckpt; save 3: step-20 file; save 4 (last.ckpt) dies half-written
+    assert list(ckpts.glob(".last.ckpt.partial-*")), "the kill should have left a partial temporary file"
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)  # still the complete step-10 file
+    assert last["global_step"] == 10
+    resumed = _zoo(
+        "fit", "--config", str(_config(tmp_path, "run", corpus, kill_at=None)), "--ckpt_path", "last"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 40
+    assert not list(ckpts.glob(".*partial*")), "the stale partial file is cleaned up by the next save"

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from zoo.checkpoint import install_atomic_checkpoint_io
 from zoo.models.spec import from_spec, spec_of
 
 try:  # the config LightningCLI instantiated this module from (plain dicts), when it did
@@ -88,6 +89,9 @@ class BackboneTask(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
         self.total_steps = total_steps
+
+    def setup(self, stage: str) -> None:
+        install_atomic_checkpoint_io(self.trainer)
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         # Stop instead of training on garbage; every rank takes the same decision so none hangs.

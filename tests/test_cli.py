@@ -73,3 +73,8 @@ def test_unknown_key_and_malformed_yaml_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(malformed)])
     assert f"{malformed}:3:" in str(exc.value) and "invalid YAML" in str(exc.value)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="config file .*nope.yaml not found"):
+        main(["fit", "--config", str(tmp_path / "nope.yaml")])

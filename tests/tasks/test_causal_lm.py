@@ -154,3 +154,15 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(stdlib
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 5
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+
+
+def test_data_that_does_not_fit_the_backbone_is_refused_before_training(stdlib_text_file, tmp_path):
+    dm = _data(stdlib_text_file, tmp_path)  # max_seq_len 32, char vocabulary of ~90
+    small_vocab = CausalLM(GPT2(vocab_size=20, max_seq_len=32, embed_dim=16, num_heads=2, num_layers=1))
+    with pytest.raises(ValueError, match=f"tokenizer has {dm.vocab_size} token ids but .* vocab_size is 20"):
+        _trainer(tmp_path, max_steps=1).fit(small_vocab, datamodule=dm)
+    short = CausalLM(GPT2(vocab_size=dm.vocab_size, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1))
+    with pytest.raises(ValueError, match="max_seq_len=32 exceeds the backbone's max_seq_len=16"):
+        _trainer(tmp_path, max_steps=1).fit(short, datamodule=dm)
+    with pytest.raises(ValueError, match="sequence length 17 exceeds max_seq_len=16"):
+        short(torch.zeros(1, 17, dtype=torch.long))

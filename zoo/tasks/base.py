@@ -91,7 +91,21 @@ class BackboneTask(L.LightningModule):
         self.total_steps = total_steps
 
     def setup(self, stage: str) -> None:
+        """Install atomic checkpoint writes and check the data against the backbone before any batch."""
         install_atomic_checkpoint_io(self.trainer)
+        data = self.trainer.datamodule
+        positions, data_len = getattr(self.backbone, "max_seq_len", None), getattr(data, "max_seq_len", None)
+        if positions is not None and data_len is not None and data_len > positions:
+            raise ValueError(
+                f"the data's max_seq_len={data_len} exceeds the backbone's max_seq_len={positions} "
+                "positions; shorten the data's max_seq_len or build the backbone with more positions"
+            )
+        vocab, data_vocab = getattr(self.backbone, "vocab_size", None), getattr(data, "vocab_size", None)
+        if vocab is not None and data_vocab is not None and data_vocab > vocab:
+            raise ValueError(
+                f"the data's tokenizer has {data_vocab} token ids but the backbone's vocab_size is {vocab}: "
+                "they do not belong together (in YAML, leave vocab_size out: the CLI links it)"
+            )
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         # Stop instead of training on garbage; every rank takes the same decision so none hangs.

@@ -37,7 +37,7 @@ class MLMCollator:
     token becomes ``[MASK]`` with probability 0.8, a random non-special token with 0.1 and stays as it is
     with 0.1; its label is the original id, every other label is ``-100``. With ``whole_word`` a word's
     ``##`` continuation pieces are chosen together with the piece that starts it, and a word that would
-    overshoot the count is skipped for a later one.
+    overshoot the count is skipped for a later one (when every word would, one word is chosen anyway).
 
     Each example is a mapping with ``input_ids`` (1-D ids), ``index`` (its dataset index, which seeds its
     mask), optionally ``epoch`` (default 0), ``token_type_ids`` and ``next_sentence_label``.
@@ -46,7 +46,8 @@ class MLMCollator:
         mask_token_id: Id of ``[MASK]``.
         pad_token_id: Id of ``[PAD]``, used for padding ``input_ids``.
         special_token_ids: Ids never chosen and never drawn as random replacements (``[PAD] [UNK] [CLS]
-            [SEP] [MASK]``; like Hugging Face's collator, and unlike Google's script, ``[UNK]`` is not a target).
+            [SEP] [MASK]``; like Hugging Face's collator, and unlike Google's script, ``[UNK]`` is never a
+            target).
         vocab_size: Number of token ids; random replacements are drawn from ``range(vocab_size)`` minus
             ``special_token_ids``.
         continuation_ids: Ids of ``##`` continuation pieces (needed by ``whole_word``).
@@ -172,15 +173,17 @@ class MLMCollator:
         starts[1:] |= positions[1:] != positions[:-1] + 1
         word_of = torch.cumsum(starts.long(), 0) - 1  # (M,) word number of each maskable piece
         lengths = torch.bincount(word_of).tolist()
+        order = torch.randperm(len(lengths), generator=generator).tolist()
         words: list[int] = []
         count = 0
-        for w in torch.randperm(len(lengths), generator=generator).tolist():
+        for w in order:
             if count + lengths[w] > target:
                 continue
             words.append(w)
             count += lengths[w]
             if count == target:
                 break
+        words = words or order[:1]  # every word is longer than the target: still predict one
         chosen[positions[torch.isin(word_of, torch.tensor(words, dtype=torch.long))]] = True
         return chosen
 
@@ -189,4 +192,4 @@ class MLMCollator:
         if m is None:
             return longest
         padded = -(-longest // m) * m
-        return min(padded, self.max_length) if self.max_length is not None else padded
+        return padded if self.max_length is None else max(longest, min(padded, self.max_length))

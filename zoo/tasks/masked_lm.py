@@ -1,0 +1,194 @@
+"""Masked language modelling, with BERT's next-sentence prediction as an optional second loss."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from zoo.tasks.base import BackboneTask
+
+IGNORE_INDEX = -100
+
+
+class PretrainingLosses(NamedTuple):
+    """What one forward pass of `MaskedLM` yields.
+
+    Attributes:
+        loss: ``mlm_loss + nsp_loss`` (or ``mlm_loss`` alone without NSP).
+        mlm_loss: Mean cross-entropy over the masked positions.
+        mlm_logits: (N, V) logits at the N masked positions, in row-major order of the batch.
+        mlm_targets: (N,) original ids at those positions.
+        nsp_loss: Next-sentence cross-entropy, ``None`` without NSP.
+        nsp_logits: (B, 2), ``None`` without NSP.
+    """
+
+    loss: Tensor
+    mlm_loss: Tensor
+    mlm_logits: Tensor
+    mlm_targets: Tensor
+    nsp_loss: Tensor | None
+    nsp_logits: Tensor | None
+
+
+def _padding_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """``None`` when no position is padding, so attention runs unmasked (a faster kernel, as in
+    transformers). Costs one host sync, which the masked-position gather needs anyway."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask
+
+
+def _metrics() -> nn.ModuleDict:
+    # token-weighted means, synchronised across ranks when computed
+    return nn.ModuleDict(
+        {
+            "mlm_loss": MeanMetric(),
+            "mlm_acc": MeanMetric(),
+            "mlm_ppl": Perplexity(ignore_index=IGNORE_INDEX),
+            "nsp_acc": MeanMetric(),
+        }
+    )
+
+
+class MaskedLM(BackboneTask):
+    """Pretrain a bidirectional encoder: masked-LM loss, plus next-sentence loss with ``nsp`` (BERT).
+
+    Batches hold ``input_ids``, ``attention_mask``, ``token_type_ids`` and ``labels`` (all (B, T); labels
+    are ``-100`` except at the masked positions) and, with ``nsp``, ``next_sentence_label`` (B,), 0 when
+    segment B follows A and 1 when it is random (see `zoo.data.BertPretrainingDataModule`).
+
+    The backbone provides ``encode(input_ids, *, attention_mask, token_type_ids) -> (B, T, C)``,
+    ``mlm_logits((N, C)) -> (N, V)`` and, for NSP, ``pool((B, T, C)) -> (B, C)`` and
+    ``nsp_logits((B, C)) -> (B, 2)``, as `zoo.models.bert.Bert` does. The MLM head runs on the
+    masked positions only (about 15% of the tokens), which saves most of its ``C x V`` projection.
+
+    Without ``nsp`` (RoBERTa's objective) the backbone's pooler and NSP head, if it has them, are frozen
+    so that DDP does not wait for gradients they never get.
+
+    Args:
+        backbone: Encoder with MLM (and NSP) heads, e.g. `zoo.models.bert.Bert`, or its spec.
+        nsp: Add the next-sentence loss; the data must then provide ``next_sentence_label``.
+        learning_rate: Peak AdamW learning rate (BERT: 1e-4 at batch 256).
+        weight_decay: Weight decay on matrices (BERT: 0.01).
+        betas: AdamW betas (BERT: 0.9, 0.999).
+        warmup_steps: Linear warm-up steps (BERT: 10k of 1M).
+        min_lr_ratio: Final learning rate as a fraction of the peak (cosine decay).
+        total_steps: Schedule length; ``None`` follows the trainer.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module | dict,
+        *,
+        nsp: bool = True,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 10_000,
+        min_lr_ratio: float = 0.0,
+        total_steps: int | None = None,
+    ) -> None:
+        super().__init__(
+            backbone,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_steps=warmup_steps,
+            min_lr_ratio=min_lr_ratio,
+            total_steps=total_steps,
+        )
+        self.nsp = nsp
+        if not nsp:
+            for name in ("pooler", "nsp_head"):
+                module = getattr(self.backbone, name, None)
+                if isinstance(module, nn.Module):
+                    module.requires_grad_(False)
+        self.val_metrics = _metrics()
+        self.test_metrics = _metrics()
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Any:
+        """The backbone's outputs at every position (``Bert``: MLM logits (B, T, V), NSP logits (B, 2))."""
+        return self.backbone(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    def losses(self, batch: dict[str, Tensor]) -> PretrainingLosses:
+        """Encode the batch, run the MLM head on the masked positions only, add the NSP loss."""
+        hidden = self.backbone.encode(
+            batch["input_ids"],
+            attention_mask=_padding_mask(batch.get("attention_mask")),
+            token_type_ids=batch.get("token_type_ids"),
+        )  # (B, T, C)
+        labels = batch["labels"]
+        is_target = labels != IGNORE_INDEX  # (B, T)
+        mlm_logits = self.backbone.mlm_logits(hidden[is_target])  # (N, V)
+        mlm_targets = labels[is_target]  # (N,)
+        mlm_loss = F.cross_entropy(mlm_logits.float(), mlm_targets)
+        if not self.nsp:
+            return PretrainingLosses(mlm_loss, mlm_loss, mlm_logits, mlm_targets, None, None)
+        if "next_sentence_label" not in batch:
+            raise KeyError("MaskedLM(nsp=True) needs 'next_sentence_label' in the batch; or set nsp=False")
+        nsp_logits = self.backbone.nsp_logits(self.backbone.pool(hidden))  # (B, 2)
+        nsp_loss = F.cross_entropy(nsp_logits.float(), batch["next_sentence_label"])
+        return PretrainingLosses(mlm_loss + nsp_loss, mlm_loss, mlm_logits, mlm_targets, nsp_loss, nsp_logits)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.losses(batch)
+        n = batch["input_ids"].shape[0]
+        self.log("train_loss", out.loss, prog_bar=True, batch_size=n)
+        self.log("train_mlm_loss", out.mlm_loss, batch_size=n)
+        if out.nsp_loss is not None:
+            self.log("train_nsp_loss", out.nsp_loss, batch_size=n)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def on_validation_epoch_start(self) -> None:
+        # metric states made under validate()'s inference mode cannot be updated by fit()'s no-grad
+        # validation loop; fresh ones are made in whichever mode this loop runs
+        for metric in self.val_metrics.values():
+            metric.reset()
+
+    def on_test_epoch_start(self) -> None:
+        for metric in self.test_metrics.values():
+            metric.reset()
+
+    def setup(self, stage: str) -> None:
+        """Check the data against the backbone before the first batch, naming both numbers."""
+        data = getattr(self.trainer, "datamodule", None)
+        positions = getattr(self.backbone, "max_seq_len", None)
+        data_len = getattr(data, "max_seq_len", None)
+        if positions is not None and data_len is not None and data_len > positions:
+            raise ValueError(
+                f"the data's max_seq_len={data_len} exceeds the backbone's max_seq_len={positions} "
+                "positions; shorten the data's max_seq_len or build the backbone with more positions"
+            )
+        vocab, data_vocab = getattr(self.backbone, "vocab_size", None), getattr(data, "vocab_size", None)
+        if vocab is not None and data_vocab is not None and data_vocab > vocab:
+            raise ValueError(f"the data's tokenizer has {data_vocab} ids but the backbone only {vocab}")
+        if self.nsp and getattr(data, "nsp", True) is False:
+            raise ValueError(
+                "MaskedLM(nsp=True) needs next-sentence labels but the data module has nsp=False"
+            )
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str, metrics: nn.ModuleDict) -> None:
+        out = self.losses(batch)
+        n = batch["input_ids"].shape[0]
+        logits, targets = out.mlm_logits.detach().float(), out.mlm_targets
+        metrics["mlm_loss"].update(F.cross_entropy(logits, targets, reduction="none"))
+        metrics["mlm_acc"].update((logits.argmax(-1) == targets).float())
+        metrics["mlm_ppl"].update(logits.unsqueeze(0), targets.unsqueeze(0))  # (1, N, V)
+        names = ["mlm_loss", "mlm_acc", "mlm_ppl"]
+        if out.nsp_logits is not None:
+            metrics["nsp_acc"].update((out.nsp_logits.argmax(-1) == batch["next_sentence_label"]).float())
+            names.append("nsp_acc")
+        for name in names:
+            self.log(f"{stage}_{name}", metrics[name], prog_bar=name in ("mlm_loss", "nsp_acc"), batch_size=n)

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, shared_file
 
 pytestmark = pytest.mark.slow

@@ -11,11 +11,49 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_file
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def _config(tmp_path: Path, name: str, corpus: Path, *, kill_at: int | None) -> Path:
+CAUSAL = """
+    model:
+      class_path: zoo.tasks.CausalLM
+      init_args:
+        backbone:
+          class_path: zoo.models.gpt2.GPT2
+          init_args: {{max_seq_len: 32, embed_dim: 32, num_heads: 2, num_layers: 2, dropout: 0.1}}
+        learning_rate: 3.0e-3
+        warmup_steps: 8
+    data:
+      class_path: zoo.data.TextDataModule
+      init_args:
+        files: [{corpus}]
+        max_seq_len: 32
+        batch_size: 8
+        cache_dir: {cache}"""
+
+MASKED = """
+    model:
+      class_path: zoo.tasks.MaskedLM
+      init_args:
+        backbone:
+          class_path: zoo.models.bert.Bert
+          init_args: {{max_seq_len: 32, embed_dim: 32, num_heads: 2, num_layers: 2, hidden_dim: 64}}
+        learning_rate: 3.0e-3
+        warmup_steps: 8
+    data:
+      class_path: zoo.data.BertPretrainingDataModule
+      init_args:
+        files: [{corpus}]
+        wordpiece_vocab_size: 400
+        max_seq_len: 32
+        dupe_factor: 1
+        batch_size: 8
+        cache_dir: {cache}"""
+
+
+def _config(tmp_path: Path, name: str, corpus: Path, *, kill_at: int | None, task: str = CAUSAL) -> Path:
     kill = (
         f"""
         - class_path: kill_at.KillAt
@@ -23,6 +61,7 @@ def _config(tmp_path: Path, name: str, corpus: Path, *, kill_at: int | None) -> 
         if kill_at
         else ""
     )
+    task = task.format(corpus=corpus, cache=tmp_path / "cache")
     text = f"""
     seed_everything: 7
     trainer:
@@ -42,21 +81,7 @@ def _config(tmp_path: Path, name: str, corpus: Path, *, kill_at: int | None) -> 
             every_n_train_steps: 10
             save_last: true
             save_top_k: -1{kill}
-    model:
-      class_path: zoo.tasks.CausalLM
-      init_args:
-        backbone:
-          class_path: zoo.models.gpt2.GPT2
-          init_args: {{max_seq_len: 32, embed_dim: 32, num_heads: 2, num_layers: 2, dropout: 0.1}}
-        learning_rate: 3.0e-3
-        warmup_steps: 8
-    data:
-      class_path: zoo.data.TextDataModule
-      init_args:
-        files: [{corpus}]
-        max_seq_len: 32
-        batch_size: 8
-        cache_dir: {tmp_path / "cache"}
+{task}
     """
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(text))
@@ -74,21 +99,27 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"]
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path, stdlib_text_file):
-    # a corpus small enough that 40 steps span several epochs, so the kill lands mid-epoch
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(stdlib_text_file.read_text()[:30_000])
+@pytest.mark.parametrize("task", ["causal", "masked"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, stdlib_text_file, task):
+    if task == "causal":
+        # a corpus small enough that 40 steps span several epochs, so the kill lands mid-epoch
+        corpus, template = tmp_path / "corpus.txt", CAUSAL
+        corpus.write_text(stdlib_text_file.read_text()[:30_000])
+    else:  # masking and NSP sampling draw random numbers: their state must survive too
+        corpus, template = shared_file("ud_en_ewt/en_ewt-ud-dev.conllu"), MASKED
 
-    straight = _zoo("fit", "--config", str(_config(tmp_path, "straight", corpus, kill_at=None)))
+    straight = _zoo(
+        "fit", "--config", str(_config(tmp_path, "straight", corpus, kill_at=None, task=template))
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    killed_cfg = _config(tmp_path, "killed", corpus, kill_at=25)
+    killed_cfg = _config(tmp_path, "killed", corpus, kill_at=25, task=template)
     killed = _zoo("fit", "--config", str(killed_cfg))
     assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}: {killed.stderr[-2000:]}"
     ckpts = tmp_path / "killed" / "ckpt"
     assert (ckpts / "last.ckpt").is_file() and not list(ckpts.glob("*step=30*"))
 
-    resumed_cfg = _config(tmp_path, "killed", corpus, kill_at=None)
+    resumed_cfg = _config(tmp_path, "killed", corpus, kill_at=None, task=template)
     resumed = _zoo("fit", "--config", str(resumed_cfg), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

@@ -162,19 +162,9 @@ class MaskedLM(BackboneTask):
             metric.reset()
 
     def setup(self, stage: str) -> None:
-        """Check the data against the backbone before the first batch, naming both numbers."""
-        data = getattr(self.trainer, "datamodule", None)
-        positions = getattr(self.backbone, "max_seq_len", None)
-        data_len = getattr(data, "max_seq_len", None)
-        if positions is not None and data_len is not None and data_len > positions:
-            raise ValueError(
-                f"the data's max_seq_len={data_len} exceeds the backbone's max_seq_len={positions} "
-                "positions; shorten the data's max_seq_len or build the backbone with more positions"
-            )
-        vocab, data_vocab = getattr(self.backbone, "vocab_size", None), getattr(data, "vocab_size", None)
-        if vocab is not None and data_vocab is not None and data_vocab > vocab:
-            raise ValueError(f"the data's tokenizer has {data_vocab} ids but the backbone only {vocab}")
-        if self.nsp and getattr(data, "nsp", True) is False:
+        """The base checks (positions, vocabulary, atomic checkpoints), plus NSP labels when ``nsp``."""
+        super().setup(stage)
+        if self.nsp and getattr(self.trainer.datamodule, "nsp", True) is False:
             raise ValueError(
                 "MaskedLM(nsp=True) needs next-sentence labels but the data module has nsp=False"
             )

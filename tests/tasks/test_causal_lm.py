@@ -52,9 +52,9 @@ def test_tiny_fit_lowers_validation_loss(stdlib_text_file, tmp_path):
         learning_rate=3e-3,
         warmup_steps=5,
     )
-    trainer = _trainer(tmp_path, enable_checkpointing=False)
+    trainer = _trainer(tmp_path, enable_checkpointing=False, val_check_interval=30)
     before = trainer.validate(model, datamodule=dm, verbose=False)[0]["val_loss"]
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm)  # validates inside fit after validate(): metric states must cope
     after = trainer.validate(model, datamodule=dm, verbose=False)[0]
     assert after["val_loss"] < before - 0.5, (before, after)
     assert after["val_ppl"] == pytest.approx(torch.tensor(after["val_loss"]).exp().item(), rel=1e-3)

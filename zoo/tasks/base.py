@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torchmetrics import Metric
 
 from zoo.checkpoint import install_atomic_checkpoint_io
 from zoo.models.spec import from_spec, spec_of
@@ -106,6 +107,19 @@ class BackboneTask(L.LightningModule):
                 f"the data's tokenizer has {data_vocab} token ids but the backbone's vocab_size is {vocab}: "
                 "they do not belong together (in YAML, leave vocab_size out: the CLI links it)"
             )
+
+    def on_validation_epoch_start(self) -> None:
+        # Metric states made under validate()'s inference mode cannot be updated in place by fit()'s
+        # no-grad validation loop; resetting makes fresh ones in whichever mode this loop runs.
+        self._reset_metrics()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_metrics()
+
+    def _reset_metrics(self) -> None:
+        for module in self.modules():
+            if isinstance(module, Metric):
+                module.reset()
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         # Stop instead of training on garbage; every rank takes the same decision so none hangs.

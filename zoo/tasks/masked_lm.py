@@ -151,16 +151,6 @@ class MaskedLM(BackboneTask):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_metrics)
 
-    def on_validation_epoch_start(self) -> None:
-        # metric states made under validate()'s inference mode cannot be updated by fit()'s no-grad
-        # validation loop; fresh ones are made in whichever mode this loop runs
-        for metric in self.val_metrics.values():
-            metric.reset()
-
-    def on_test_epoch_start(self) -> None:
-        for metric in self.test_metrics.values():
-            metric.reset()
-
     def setup(self, stage: str) -> None:
         """The base checks (positions, vocabulary, atomic checkpoints), plus NSP labels when ``nsp``."""
         super().setup(stage)

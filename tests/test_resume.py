@@ -167,3 +167,23 @@ def test_kill_during_checkpoint_write_keeps_the_previous_last_ckpt(tmp_path, std
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 40
     assert not list(ckpts.glob(".*partial*")), "the stale partial file is cleaned up by the next save"
+
+
+def test_every_rank_resumes_its_own_share_at_the_same_batch():
+    """Under DDP each rank saved the same batch count; each continues its own shard from there."""
+    from zoo.data.resumable import ResumableSampler, TrainPosition
+
+    data = list(range(64))
+    for rank in (0, 1):
+        full = ResumableSampler(data, batch_size=4, seed=5, num_replicas=2, rank=rank)
+        full.set_epoch(1)
+        resumed = ResumableSampler(data, batch_size=4, seed=5, num_replicas=2, rank=rank)
+        resumed.resume_from(TrainPosition(epoch=1, batches=3))
+        resumed.set_epoch(1)
+        assert list(resumed) == list(full)[12:]
+    shards = []
+    for rank in (0, 1):
+        sampler = ResumableSampler(data, batch_size=4, seed=5, num_replicas=2, rank=rank)
+        sampler.set_epoch(1)
+        shards.append(set(sampler))
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == set(data)

@@ -39,6 +39,8 @@ class ResumableSampler(DistributedSampler):
         shuffle: Shuffle (training) or keep order.
         seed: Base seed; epoch ``e`` uses ``seed + e``.
         drop_last: Drop the tail that does not divide evenly across ranks.
+        num_replicas: Number of ranks (default: the process group's size, or 1 without one).
+        rank: This rank (default: the process group's rank, or 0 without one).
     """
 
     def __init__(
@@ -49,12 +51,18 @@ class ResumableSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         initialized = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if initialized else 1
+        if rank is None:
+            rank = dist.get_rank() if initialized else 0
         super().__init__(
             dataset,
-            num_replicas=dist.get_world_size() if initialized else 1,
-            rank=dist.get_rank() if initialized else 0,
+            num_replicas=num_replicas,
+            rank=rank,
             shuffle=shuffle,
             seed=seed,
             drop_last=drop_last,

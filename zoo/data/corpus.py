@@ -86,3 +86,17 @@ def files_digest(files: list[Path]) -> str:
                 file_hash.update(block)
         h.update(file_hash.digest())
     return h.hexdigest()
+
+
+def digest(*parts: str) -> str:
+    """Short sha256 of the parts: the cache key of a derived file."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -34,10 +34,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.corpus import files_digest, read_text, resolve_files
+from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
 from zoo.data.masking import MLMCollator
 from zoo.data.resumable import ResumableSampler, TrainPosition, loader_position
-from zoo.data.text import _atomic_write_text, _digest
 from zoo.data.wordpiece import load_wordpiece, special_token_ids, train_wordpiece
 
 CACHE_VERSION = 1
@@ -462,7 +461,7 @@ class BertPretrainingDataModule(L.LightningDataModule):
             return load_wordpiece(self.tokenizer_spec)
         files = resolve_files(self.files, cache_dir=self.cache_dir)
         settings = (self.document_format, self.split_lines, self.wordpiece_vocab_size, self.lowercase)
-        key = _digest(files_digest(files), repr(settings), str(CACHE_VERSION))
+        key = digest(files_digest(files), repr(settings), str(CACHE_VERSION))
         path = (
             self.cache_dir / "tokenizers" / f"wordpiece-{self.wordpiece_vocab_size}-{key}" / "tokenizer.json"
         )
@@ -470,7 +469,7 @@ class BertPretrainingDataModule(L.LightningDataModule):
             return Tokenizer.from_file(str(path))
         sentences = (s for d in self._documents(self.files) for s in d)
         tokenizer = train_wordpiece(sentences, vocab_size=self.wordpiece_vocab_size, lowercase=self.lowercase)
-        _atomic_write_text(path, tokenizer.to_str())
+        atomic_write_text(path, tokenizer.to_str())
         return tokenizer
 
     def _instance_dir(self) -> Path:
@@ -480,7 +479,7 @@ class BertPretrainingDataModule(L.LightningDataModule):
             self.document_format, self.split_lines, self.val_fraction, self.max_seq_len, self.nsp,
             self.short_seq_prob, self.dupe_factor, self.seed,
         )  # fmt: skip
-        key = _digest(files_digest(files), val, repr(settings), self.tokenizer.to_str(), str(CACHE_VERSION))
+        key = digest(files_digest(files), val, repr(settings), self.tokenizer.to_str(), str(CACHE_VERSION))
         directory = self.cache_dir / "bert-pretraining" / key
         if not (directory / "meta.json").is_file():
             self._write_instances(directory)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -16,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.corpus import files_digest, read_text, resolve_files
+from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
 from zoo.data.resumable import ResumableSampler, TrainPosition, loader_position
 from zoo.data.tokenizers import (
     TOKENIZER_KINDS,
@@ -161,7 +160,7 @@ class TextDataModule(L.LightningDataModule):
             return load_tokenizer(spec)
         files = resolve_files(self.files, cache_dir=self.cache_dir)
         extra = f"-{self.bpe_vocab_size}" if spec == "bpe" else ""
-        key = _digest(files_digest(files), spec + extra, str(CACHE_VERSION))
+        key = digest(files_digest(files), spec + extra, str(CACHE_VERSION))
         path = self.cache_dir / "tokenizers" / f"{spec}{extra}-{key}" / "tokenizer.json"
         if path.is_file():
             return Tokenizer.from_file(str(path))
@@ -175,7 +174,7 @@ class TextDataModule(L.LightningDataModule):
                 (chunk for text in texts for chunk in text_chunks(text, 4096)), vocab_size=self.bpe_vocab_size
             )
         )
-        _atomic_write_text(path, tok.to_str())
+        atomic_write_text(path, tok.to_str())
         return tok
 
     # -- Lightning hooks ---------------------------------------------------------------------------
@@ -253,7 +252,7 @@ class TextDataModule(L.LightningDataModule):
 
     def _token_file(self, specs: list[str]) -> Path:
         files = resolve_files(specs, cache_dir=self.cache_dir)
-        key = _digest(
+        key = digest(
             files_digest(files), self.tokenizer.to_str(), np.dtype(self._dtype).name, str(CACHE_VERSION)
         )
         path = self.cache_dir / "tokens" / f"{key}.{np.dtype(self._dtype).name}"
@@ -293,10 +292,6 @@ def _collate_prompts(prompts: list[list[int]]) -> dict[str, list[list[int]]]:
     return {"prompts": prompts}
 
 
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
-
-
 def _encode_to_file(files: list[Path], tok: Tokenizer, dtype: type, path: Path) -> None:
     """Encode ``files`` in batches, streaming ids to a temporary file renamed into place when complete."""
     eot = eot_id(tok)
@@ -319,7 +314,7 @@ def _encode_to_file(files: list[Path], tok: Tokenizer, dtype: type, path: Path) 
         Path(tmp).unlink(missing_ok=True)
         raise
     meta = {"files": [str(f) for f in files], "tokens": path.stat().st_size // np.dtype(dtype).itemsize}
-    _atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(meta, indent=1))
+    atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(meta, indent=1))
 
 
 def _write_batch(out: Any, tok: Tokenizer, batch: list[str], dtype: type) -> None:
@@ -327,11 +322,3 @@ def _write_batch(out: Any, tok: Tokenizer, batch: list[str], dtype: type) -> Non
         encodings = tok.encode_batch(batch, add_special_tokens=False)
         ids = np.fromiter((i for e in encodings for i in e.ids), dtype=dtype)
         out.write(ids.tobytes())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

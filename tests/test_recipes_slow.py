@@ -45,3 +45,21 @@ def test_demo_recipe_trains_offline_and_prints_samples(tmp_path):
     assert "---------- sample 1 ----------\ndef " in run.stdout
     val_loss = _final_metric(tmp_path / "runs/stdlib-char/logs/version_0/metrics.csv", "val_loss")
     assert val_loss <= 1.50, f"published 1.482; got {val_loss:.4f}"
+
+
+def test_bert_mini_recipe_learns_both_objectives(tmp_path):
+    for name in (
+        "wikitext-2/wiki.valid.tokens",
+        "ud_en_ewt/en_ewt-ud-train.conllu",
+        "ud_en_ewt/en_ewt-ud-dev.conllu",
+    ):
+        shared_file(name)
+    work = tmp_path / "work"  # the recipe reads ../shared/data relative to where it runs
+    work.mkdir()
+    (tmp_path / "shared").symlink_to(REPO.parent / "shared")
+    run = _fit("recipes/bert/mini-mlm-nsp.yaml", work)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = work / "runs/bert-mini/logs/version_0/metrics.csv"
+    assert _final_metric(metrics, "val_nsp_acc") >= 0.75, "published 0.831; chance is 0.5"
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("val_mlm_loss")]
+    assert float(rows[-1]["val_mlm_loss"]) < float(rows[0]["val_mlm_loss"]) - 0.2  # published 6.97 -> 6.59

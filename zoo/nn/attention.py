@@ -141,16 +141,28 @@ class SelfAttention(_Attention):
         padding_mask: Tensor | None = None,
         causal: bool = False,
         kv_cache: KVCache | None = None,
+        query_index: Tensor | None = None,
     ) -> Tensor:
-        """Attend ``x`` (B, T, C) to itself; returns (B, T, C).
+        """Attend ``x`` (B, T, C) to itself; returns (B, T, C), or (B, N, C) with ``query_index``.
 
         Args:
             x: Input sequence.
             padding_mask: (B, Tk) with 1 at real tokens; with a cache, Tk covers cached plus new tokens.
             causal: Apply the causal mask.
             kv_cache: Cache to append this call's keys/values to and attend over.
+            query_index: (B, N) positions whose outputs are wanted: only their queries are computed,
+                keys and values still cover every position (a last layer read at a few positions).
         """
-        q, k, v = self.qkv_proj(x).split(self.embed_dim, dim=2)
+        C = self.embed_dim
+        if query_index is None:
+            q, k, v = self.qkv_proj(x).split(C, dim=2)
+        else:
+            if kv_cache is not None or causal:
+                raise ValueError("query_index is for bidirectional attention without a KV cache")
+            w, b = self.qkv_proj.weight, self.qkv_proj.bias
+            rows = x.gather(1, query_index.unsqueeze(-1).expand(-1, -1, C))  # (B, N, C)
+            q = F.linear(rows, w[:C], None if b is None else b[:C])  # (B, N, C)
+            k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)  # (B, T, C) each
         q, k, v = self._split(q), self._split(k), self._split(v)  # (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, nh, Tk, hs)

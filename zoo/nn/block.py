@@ -102,9 +102,15 @@ class PostNormBlock(_Block):
         memory: Tensor | None = None,
         memory_padding_mask: Tensor | None = None,
         cross_kv_cache: KVCache | None = None,
+        query_index: Tensor | None = None,
     ) -> Tensor:
-        """(B, T, C) -> (B, T, C); see `SelfAttention.forward` for the mask arguments."""
-        h = self.self_attn(x, padding_mask=padding_mask, causal=causal, kv_cache=kv_cache)
+        """(B, T, C) -> (B, T, C); see `SelfAttention.forward` for the mask arguments. With
+        ``query_index`` (B, N) only those positions are computed and returned: (B, N, C)."""
+        h = self.self_attn(
+            x, padding_mask=padding_mask, causal=causal, kv_cache=kv_cache, query_index=query_index
+        )
+        if query_index is not None:
+            x = x.gather(1, query_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N, C)
         x = self.self_attn_norm(x + self.dropout(h))
         if self.cross_attn is not None:
             h = self.cross_attn(x, memory, memory_padding_mask=memory_padding_mask, kv_cache=cross_kv_cache)

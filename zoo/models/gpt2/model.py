@@ -59,6 +59,7 @@ class GPT2(Configurable, nn.Module):
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
         self.num_layers = num_layers
+        self.embed_dim = embed_dim
         self.embeddings = TokenEmbedding(
             vocab_size=vocab_size, embed_dim=embed_dim, max_seq_len=max_seq_len, dropout=dropout
         )

@@ -1,0 +1,155 @@
+"""Labelled tables: readers, label sets, truncation, bucketed batches, and the bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import shared_file
+
+from zoo.data import TextClassificationDataModule
+from zoo.data.classification import read_table
+from zoo.data.labelled import LengthBucketSampler, pad_batch
+
+
+def _module(minilm_dir, tmp_path, train: str, val: str | None = None, suffix: str = ".tsv", **kwargs):
+    train_path = tmp_path / f"train{suffix}"
+    train_path.write_text(train, encoding="utf-8")
+    val_path = None
+    if val is not None:
+        val_path = tmp_path / f"val{suffix}"
+        val_path.write_text(val, encoding="utf-8")
+    return TextClassificationDataModule(
+        tokenizer=str(minilm_dir), train_file=str(train_path), val_file=val_path and str(val_path), **kwargs
+    )
+
+
+def test_sst2_labels_lengths_and_batches(minilm_dir):
+    data = TextClassificationDataModule(
+        tokenizer=str(minilm_dir),
+        train_file=str(shared_file("sst2/train.tsv")),
+        val_file=str(shared_file("sst2/dev.tsv")),
+        batch_size=16,
+    )
+    assert data.label_names == ["0", "1"] and data.num_labels == 2
+    data.setup("fit")
+    assert len(data._datasets["fit"]) == 67_349 and len(data._datasets["validate"]) == 872
+    first = data._datasets["validate"][0]
+    assert first["input_ids"][0] == data.tokenizer.token_to_id("[CLS]")
+    assert first["input_ids"][-1] == data.tokenizer.token_to_id("[SEP]")
+    batch = next(iter(data.val_dataloader()))
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["labels"].dtype == torch.long and batch["labels"].shape == (32,)
+    # padding goes right, to the longest example of the batch only
+    lengths = batch["attention_mask"].sum(1)
+    assert int(lengths.max()) == batch["input_ids"].shape[1]
+    assert bool((batch["input_ids"][batch["attention_mask"] == 0] == 0).all())
+
+
+def test_bucketed_training_batches_cover_everything_once_with_little_padding():
+    lengths = torch.randint(1, 60, (1000,)).tolist()
+    sampler = LengthBucketSampler(range(1000), lengths=lengths, batch_size=16, seed=3)
+    sampler.set_epoch(2)
+    order = sampler.epoch_indices()
+    assert sorted(order) == list(range(1000))
+    batches = [order[i : i + 16] for i in range(0, 1000, 16)]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert sum(lengths) / padded > 0.9  # random batches would waste about half
+    assert sampler.epoch_indices() == order  # deterministic per (seed, epoch)
+    sampler.set_epoch(3)
+    assert sampler.epoch_indices() != order
+
+
+def test_pair_columns_get_segment_ids_and_truncation_is_counted(minilm_dir, tmp_path):
+    rows = (
+        "premise\thypothesis\tlabel\n" + "a cat sits\ta cat is sitting\tyes\n" + ("word " * 300) + "\tb\tno\n"
+    )
+    data = _module(
+        minilm_dir, tmp_path, rows, text_column="premise", text_pair_column="hypothesis", max_seq_len=32
+    )
+    data.setup("fit")
+    short, long = data._datasets["fit"].items
+    assert 1 in short["token_type_ids"] and short["token_type_ids"][0] == 0
+    assert not short["truncated"] and long["truncated"] and len(long["input_ids"]) == 32
+    assert data.label_names == ["no", "yes"]
+
+
+def test_multi_label_jsonl_and_regression_csv(minilm_dir, tmp_path):
+    lines = [{"text": "sunny and warm", "tags": ["weather", "good"]}, {"text": "rain", "tags": ["weather"]}]
+    jsonl = "\n".join(json.dumps(x) for x in lines) + "\n"
+    multi = _module(
+        minilm_dir,
+        tmp_path,
+        jsonl,
+        suffix=".jsonl",
+        text_column="text",
+        label_column="tags",
+        problem_type="multi_label",
+    )
+    multi.setup("fit")
+    assert multi.label_names == ["good", "weather"]
+    batch = pad_batch(multi._datasets["fit"].items, pad_id=0)
+    assert batch["labels"].tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    csv = 'text,score\n"great, really great",4.5\nbad,1\n'
+    reg = _module(
+        minilm_dir,
+        tmp_path,
+        csv,
+        suffix=".csv",
+        text_column="text",
+        label_column="score",
+        problem_type="regression",
+    )
+    reg.setup("fit")
+    assert reg.num_labels == 1 and [e["labels"] for e in reg._datasets["fit"].items] == [4.5, 1.0]
+
+
+def test_validation_label_missing_from_training_set_is_named(minilm_dir, tmp_path):
+    data = _module(
+        minilm_dir, tmp_path, "sentence\tlabel\ngood\tpos\nbad\tneg\n", "sentence\tlabel\nmeh\tneutral\n"
+    )
+    with pytest.raises(
+        ValueError, match=r"val\.tsv:2: label 'neutral' is not in the training label set \['neg', 'pos'\]"
+    ):
+        data.setup("fit")
+
+
+def test_empty_text_field_names_file_and_line(minilm_dir, tmp_path):
+    data = _module(minilm_dir, tmp_path, "sentence\tlabel\ngood\t1\n \t0\n")
+    with pytest.raises(ValueError, match=r"train\.tsv:3: empty text in column 'sentence'"):
+        data.setup("fit")
+
+
+def test_table_without_the_named_column(minilm_dir, tmp_path):
+    data = _module(minilm_dir, tmp_path, "text\tlabel\ngood\t1\n")
+    with pytest.raises(
+        ValueError, match=r"train\.tsv: no column 'sentence'; the header has \['text', 'label'\]"
+    ):
+        data.setup("fit")
+
+
+def test_malformed_rows_and_files(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood\t1\textra\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.tsv:2: 3 fields, but the header has 2"):
+        read_table(bad, ["sentence", "label"])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a", "label": 1}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2: invalid JSON"):
+        read_table(broken, ["text", "label"])
+    binary = tmp_path / "latin1.tsv"
+    binary.write_bytes(b"sentence\tlabel\ncaf\xe9\t1\n")
+    with pytest.raises(ValueError, match=r"latin1\.tsv: not UTF-8 text \(byte 18"):
+        read_table(binary, ["sentence", "label"])
+    with pytest.raises(FileNotFoundError, match="missing.tsv"):
+        read_table(tmp_path / "missing.tsv", ["sentence"])
+
+
+def test_checkpoint_labels_must_match_the_training_file(minilm_dir, tmp_path):
+    data = _module(minilm_dir, tmp_path, "sentence\tlabel\ngood\tpos\nbad\tneg\n")
+    state = data.state_dict()
+    assert state["labels"] == ["neg", "pos"]
+    other = _module(minilm_dir, tmp_path / "..", "sentence\tlabel\ngood\tyes\nbad\tno\n")
+    with pytest.raises(ValueError, match="the checkpoint's labels"):
+        other.load_state_dict(state)

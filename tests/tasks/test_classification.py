@@ -1,0 +1,169 @@
+"""SequenceClassification: pretrained initialisation, pooling choices, problem types, a tiny fit on real
+SST-2 sentences, checkpoint -> predictions file, and the fine-tuning options (LLRD, frozen embeddings)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from conftest import shared_file
+
+from zoo.data import TextClassificationDataModule
+from zoo.models.bert import Bert
+from zoo.models.gpt2 import GPT2
+from zoo.models.pretrained import load_pretrained
+from zoo.tasks import SequenceClassification
+from zoo.tasks.callbacks import PredictionWriter
+
+MINILM = dict(max_seq_len=512, embed_dim=384, num_heads=12, num_layers=6, hidden_dim=1536, vocab_size=30522)
+
+
+def _tiny_bert(**overrides) -> Bert:
+    args = dict(
+        vocab_size=30522,
+        max_seq_len=64,
+        embed_dim=32,
+        num_heads=2,
+        num_layers=2,
+        with_pretraining_heads=False,
+    )
+    return Bert(**{**args, **overrides})
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def test_pretrained_weights_are_loaded_and_checked(minilm_dir, tmp_path):
+    backbone = Bert(**MINILM, with_pretraining_heads=False)
+    load_pretrained(backbone, minilm_dir)
+    reference = Bert.from_hf(minilm_dir, with_pretraining_heads=False)
+    for (name, ours), theirs in zip(backbone.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+    wrong = Bert(**{**MINILM, "embed_dim": 256, "num_heads": 4}, with_pretraining_heads=False)
+    with pytest.raises(
+        ValueError, match=r"embed_dim=256 \(pretrained: 384\).*num_heads=4 \(pretrained: 12\)"
+    ):
+        load_pretrained(wrong, minilm_dir)
+    with pytest.raises(ValueError, match="model_type=.bert., not a GPT-2 checkpoint"):
+        load_pretrained(
+            GPT2(
+                vocab_size=30522, max_seq_len=512, embed_dim=384, num_heads=12, num_layers=6, hidden_dim=1536
+            ),
+            minilm_dir,
+        )
+
+
+def test_pretrained_from_a_zoo_checkpoint(tmp_path):
+    task = SequenceClassification(_tiny_bert(), num_labels=3)
+    trainer = _trainer(tmp_path, max_steps=0)
+    trainer.strategy.connect(task)
+    path = tmp_path / "cls.ckpt"
+    trainer.save_checkpoint(path)
+    fresh = _tiny_bert()
+    load_pretrained(fresh, path)
+    assert torch.equal(fresh.layers[0].mlp.in_proj.weight, task.backbone.layers[0].mlp.in_proj.weight)
+    with pytest.raises(ValueError, match=r"num_layers=3 \(pretrained: 2\)"):
+        load_pretrained(_tiny_bert(num_layers=3), path)
+
+
+def test_pooling_choices_and_problem_types():
+    batch = {
+        "input_ids": torch.randint(5, 1000, (3, 7)),
+        "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5]),
+    }
+    for pooling in ("pooler", "first", "last", "mean"):
+        task = SequenceClassification(_tiny_bert(), num_labels=4, pooling=pooling).eval()
+        logits = task(batch)
+        assert logits.shape == (3, 4)
+        # padding never changes an example's logits
+        alone = task({k: v[1:2, :4] for k, v in batch.items()})
+        torch.testing.assert_close(logits[1:2], alone, atol=1e-5, rtol=1e-5)
+    multi = SequenceClassification(_tiny_bert(), num_labels=3, problem_type="multi_label")
+    loss = multi.loss(multi(batch), torch.tensor([[1.0, 0, 1], [0, 0, 0], [1, 1, 1]]))
+    assert loss.ndim == 0 and loss > 0
+    reg = SequenceClassification(_tiny_bert(), num_labels=1, problem_type="regression")
+    assert reg.loss(reg(batch), torch.tensor([0.5, 1.0, 2.0])) > 0
+    with pytest.raises(ValueError, match="num_labels must be 1"):
+        SequenceClassification(_tiny_bert(), num_labels=2, problem_type="regression")
+
+
+def test_gpt2_backbone_pools_the_last_real_token():
+    backbone = GPT2(vocab_size=100, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=2)
+    task = SequenceClassification(backbone, num_labels=2, pooling="last").eval()
+    ids = torch.randint(0, 100, (1, 5))
+    padded = {
+        "input_ids": torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1),
+        "attention_mask": torch.tensor([[1] * 5 + [0] * 3]),
+    }
+    torch.testing.assert_close(task(padded), task({"input_ids": ids, "attention_mask": torch.ones(1, 5)}))
+    with pytest.raises(ValueError, match="has no pooler"):
+        SequenceClassification(backbone, num_labels=2)
+
+
+def test_layer_wise_lr_decay_and_frozen_embeddings():
+    task = SequenceClassification(
+        _tiny_bert(num_layers=3), num_labels=2, learning_rate=1.0, layer_lr_decay=0.5, freeze_embeddings=True
+    )
+    lr_of = {}
+    for group in task.parameter_groups():
+        for p in group["params"]:
+            lr_of[id(p)] = group["lr"]
+    named = dict(task.named_parameters())
+    assert "backbone.embeddings.tokens.weight" not in {n for n, p in named.items() if id(p) in lr_of}
+    assert not named["backbone.embeddings.tokens.weight"].requires_grad
+    assert lr_of[id(named["backbone.layers.0.mlp.in_proj.weight"])] == 0.25
+    assert lr_of[id(named["backbone.layers.1.mlp.in_proj.weight"])] == 0.5
+    assert lr_of[id(named["backbone.layers.2.mlp.in_proj.weight"])] == 1.0
+    assert lr_of[id(named["head.1.weight"])] == 1.0
+    assert lr_of[id(named["backbone.pooler.proj.weight"])] == 1.0
+
+
+def test_tiny_fit_on_real_sentences_then_checkpoint_predicts_a_file(minilm_dir, tmp_path):
+    lines = shared_file("sst2/train.tsv").read_text(encoding="utf-8").splitlines()
+    train = tmp_path / "train.tsv"
+    train.write_text("\n".join(lines[:17]) + "\n", encoding="utf-8")  # header + 16 sentences
+    new = tmp_path / "new.tsv"
+    new.write_text("sentence\na gorgeous , witty , seductive movie .\nthe worst film of the year\nfine\n")
+    data = TextClassificationDataModule(
+        tokenizer=str(minilm_dir),
+        train_file=str(train),
+        val_file=str(train),
+        predict_file=str(new),
+        batch_size=8,
+    )
+    torch.manual_seed(0)
+    task = SequenceClassification(
+        Bert(**MINILM, with_pretraining_heads=False),
+        num_labels=data.num_labels,
+        label_names=data.label_names,
+        pretrained=str(minilm_dir),
+        pooling="mean",
+        learning_rate=3e-4,
+        freeze_embeddings=True,
+    )
+    before = _trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]["val_loss"]
+    trainer = _trainer(tmp_path, max_steps=16, limit_val_batches=0)
+    trainer.fit(task, datamodule=data)
+    after = _trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]
+    assert after["val_loss"] < 0.5 * before and after["val_acc"] == 1.0
+    path = tmp_path / "sst2.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = SequenceClassification.load_from_checkpoint(path)  # weights_only, no pretrained dir read
+    assert reloaded.label_names == ["0", "1"] and reloaded.pretrained == str(minilm_dir)
+    # the checkpoint's weights win: evaluating does not re-initialise from `pretrained`
+    again = _trainer(tmp_path).validate(reloaded, datamodule=data, verbose=False)[0]
+    assert again["val_loss"] == pytest.approx(after["val_loss"], abs=1e-5)
+    out = tmp_path / "out" / "labels.txt"
+    predictor = _trainer(tmp_path, callbacks=[PredictionWriter(str(out))])
+    predictor.predict(reloaded, datamodule=data, return_predictions=False)
+    labels = out.read_text().splitlines()
+    assert len(labels) == 3 and set(labels) <= {"0", "1"}

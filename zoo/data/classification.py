@@ -1,0 +1,214 @@
+"""Labelled text tables (TSV, CSV, JSON lines) for sequence classification and regression."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from tokenizers import Tokenizer
+
+from zoo.data.corpus import read_text
+from zoo.data.labelled import LabelledDataModule
+
+ProblemType = Literal["single_label", "multi_label", "regression"]
+
+
+def read_table(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a ``.tsv`` (tab-separated, no quoting, as GLUE ships it), ``.csv`` (quoted fields allowed)
+    or ``.jsonl`` file with a header (or keys) naming ``columns``.
+
+    Returns:
+        ``(line_number, row)`` pairs; each row maps the requested columns to their values.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Not UTF-8 (byte offset), unknown suffix, a requested column absent from the header
+            (the message lists the header), or a malformed row (``path:line``).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} not found")
+    text = read_text(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path, text, columns)
+    if suffix not in (".tsv", ".csv"):
+        raise ValueError(f"{path}: unknown table format {suffix!r}; use .tsv, .csv or .jsonl")
+    if suffix == ".tsv":
+        reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header:
+        raise ValueError(f"{path}: empty file (expected a header naming the columns)")
+    header = [h.strip() for h in header]
+    absent = [c for c in columns if c not in header]
+    if absent:
+        raise ValueError(f"{path}: no column {absent[0]!r}; the header has {header}")
+    where = {c: header.index(c) for c in columns}
+    rows = []
+    for fields in reader:
+        line = reader.line_num
+        if not fields or fields == [""]:
+            continue
+        if len(fields) != len(header):
+            raise ValueError(f"{path}:{line}: {len(fields)} fields, but the header has {len(header)}")
+        rows.append((line, {c: fields[i] for c, i in where.items()}))
+    return rows
+
+
+def _read_jsonl(path: Path, text: str, columns: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{line}: invalid JSON ({err.msg})") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{line}: expected a JSON object per line")
+        absent = [c for c in columns if c not in record]
+        if absent:
+            raise ValueError(f"{path}:{line}: no key {absent[0]!r}; the object has {sorted(record)}")
+        rows.append((line, {c: record[c] for c in columns}))
+    return rows
+
+
+def _sorted_labels(labels: set[str]) -> list[str]:
+    """Numeric labels in numeric order ("2" before "10"), others alphabetically."""
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)
+
+
+class TextClassificationDataModule(LabelledDataModule):
+    """Sentences or sentence pairs with a label, from TSV/CSV/JSONL files.
+
+    The label set is built from ``train_file`` (ids in sorted order, numerically for numbers) and saved
+    in checkpoints; ``num_labels`` and ``label_names`` are linked to the model by the CLI. Batches are
+    padded to their longest example, and training batches group similar lengths.
+
+    Args:
+        tokenizer: The pretrained model's tokenizer: a BERT ``vocab.txt``/``tokenizer.json`` or their
+            directory (e.g. the Hugging Face model directory), or GPT-2's files.
+        train_file, val_file, test_file: Labelled tables (``.tsv``, ``.csv`` or ``.jsonl``).
+        predict_file: A table with at least the text column(s); ``zoo predict`` writes one label per line.
+        text_column: Column of the text (e.g. GLUE SST-2's ``sentence``).
+        text_pair_column: Column of the second text of a pair task (``None`` for single texts).
+        label_column: Column of the label.
+        problem_type: ``single_label`` (one class), ``multi_label`` (labels joined by ``label_separator``,
+            in JSONL also a list) or ``regression`` (a number).
+        label_separator: Separator of multi-label values.
+        max_train_examples: Train on a seeded random subset of this size (``None``: all).
+        max_seq_len: Longest encoded example; longer ones are truncated (counted in the log).
+        batch_size: Training batch size.
+        eval_batch_size: Evaluation batch size (default ``2 * batch_size``).
+        seed: Shuffling and subsampling seed.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: str,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        text_column: str = "sentence",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
+        problem_type: ProblemType = "single_label",
+        label_separator: str = ",",
+        max_train_examples: int | None = None,
+        max_seq_len: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            train_file=train_file,
+            val_file=val_file,
+            test_file=test_file,
+            predict_file=predict_file,
+            max_seq_len=max_seq_len,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            num_workers=num_workers,
+        )
+        self.text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
+        self.label_column = label_column
+        self.problem_type = problem_type
+        self.label_separator = label_separator
+        self.max_train_examples = max_train_examples
+
+    def _read_labels(self, path: Path) -> list[str]:
+        if self.problem_type == "regression":
+            return [self.label_column]
+        labels: set[str] = set()
+        for _, row in read_table(path, [self.label_column]):
+            labels.update(self._split_labels(row[self.label_column]))
+        return _sorted_labels(labels)
+
+    def _split_labels(self, value: Any) -> list[str]:
+        if self.problem_type == "single_label":
+            return [str(value).strip()]
+        if isinstance(value, list):
+            return [str(v).strip() for v in value]
+        return [v.strip() for v in str(value).split(self.label_separator) if v.strip()]
+
+    def _encode(self, path: Path, split: str) -> list[dict[str, Any]]:
+        labelled = split != "predict"
+        rows = read_table(path, self.text_columns + ([self.label_column] if labelled else []))
+        if split == "fit" and self.max_train_examples is not None and len(rows) > self.max_train_examples:
+            rows = random.Random(self.seed).sample(rows, self.max_train_examples)
+        texts = []
+        for line, row in rows:
+            for column in self.text_columns:
+                if not str(row[column]).strip():
+                    raise ValueError(f"{path}:{line}: empty text in column {column!r}")
+            texts.append(tuple(str(row[c]) for c in self.text_columns))
+        tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        tokenizer.enable_truncation(self.max_seq_len)
+        encodings = tokenizer.encode_batch([t if len(t) == 2 else t[0] for t in texts])
+        examples = []
+        for index, ((line, row), enc) in enumerate(zip(rows, encodings)):
+            label = self._label(row[self.label_column], f"{path}:{line}") if labelled else None
+            examples.append(
+                {
+                    "input_ids": enc.ids,
+                    "token_type_ids": enc.type_ids,
+                    "labels": label,
+                    "index": index,
+                    "truncated": bool(enc.overflowing),
+                }
+            )
+        return examples
+
+    def _label(self, value: Any, where: str) -> Any:
+        if self.problem_type == "regression":
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: regression label {value!r} is not a number") from None
+        names = self._split_labels(value)
+        if self.problem_type == "single_label":
+            return self.label_id(names[0], where)
+        hot = [0.0] * self.num_labels
+        for name in names:
+            hot[self.label_id(name, where)] = 1.0
+        return hot
+
+    def format_prediction(self, index: int, prediction: Any) -> str:
+        if isinstance(prediction, list):
+            return self.label_separator.join(prediction) + "\n"
+        return f"{prediction}\n"

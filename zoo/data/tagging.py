@@ -1,0 +1,131 @@
+"""Word-level tagging data (NER, POS) from CoNLL-2003 style files or CoNLL-U, aligned to subwords."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.utilities import rank_zero_warn
+from tokenizers import Tokenizer
+
+from zoo.data.conll import TaggedSentence, format_conll, format_conllu, read_conll, read_conllu
+from zoo.data.labelled import IGNORE_INDEX, LabelledDataModule
+
+
+class TaggingDataModule(LabelledDataModule):
+    """Sentences with one tag per word, for `zoo.tasks.TokenClassification`.
+
+    Each word is split into subwords by the pretrained model's tokenizer; the word's label goes on its
+    first subword and ``-100`` on the others (and on [CLS]/[SEP]), so the loss and the metrics count each
+    word once. Batches also carry ``word_index`` (B, T): the word each first subword starts, -1 elsewhere,
+    which maps predictions back to words. The label set comes from ``train_file`` (``O`` first, the rest
+    sorted) and is saved in checkpoints; the CLI links ``num_labels`` and ``label_names`` to the model.
+
+    Sentences longer than ``max_seq_len`` subwords are truncated (their last words get no prediction:
+    ``zoo predict`` writes the first label, ``O`` for NER, for them); words the tokenizer turns into no
+    subword at all (e.g. only control characters) are treated the same way. Both are counted in the log.
+
+    Args:
+        tokenizer: The pretrained model's tokenizer (``vocab.txt``, ``tokenizer.json`` or their directory).
+        train_file, val_file, test_file: Tagged files.
+        predict_file: A file in the same format; its label column may be absent (CoNLL: words only) or
+            ``_`` (CoNLL-U). ``zoo predict`` writes it back with the predicted tags.
+        format: ``conll`` (CoNLL-2003 style whitespace columns) or ``conllu``.
+        column: ``conll`` only: Python index of the label column (-1 NER, 1 POS, 2 chunk).
+        field: ``conllu`` only: ``upos`` or ``xpos``.
+        max_seq_len: Longest encoded sentence in subwords, [CLS] and [SEP] included.
+        batch_size: Training batch size.
+        eval_batch_size: Evaluation batch size (default ``2 * batch_size``).
+        seed: Shuffling seed.
+        num_workers: DataLoader workers.
+    """
+
+    sequence_keys = {"labels": IGNORE_INDEX, "word_index": -1}
+
+    def __init__(
+        self,
+        *,
+        tokenizer: str,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        format: Literal["conll", "conllu"] = "conll",
+        column: int = -1,
+        field: Literal["upos", "xpos"] = "upos",
+        max_seq_len: int = 256,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            train_file=train_file,
+            val_file=val_file,
+            test_file=test_file,
+            predict_file=predict_file,
+            max_seq_len=max_seq_len,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+            num_workers=num_workers,
+        )
+        self.format = format
+        self.column = column
+        self.field = field
+        self._sentences: dict[str, list[TaggedSentence]] = {}
+
+    def read(self, path: Path, *, require_labels: bool = True) -> list[TaggedSentence]:
+        """The sentences of ``path`` in this module's format."""
+        if self.format == "conllu":
+            return read_conllu(path, field=self.field, require_labels=require_labels)
+        return read_conll(path, column=self.column, require_labels=require_labels)
+
+    def _read_labels(self, path: Path) -> list[str]:
+        counts = Counter(label for s in self.read(path) for label in s.labels or ())
+        return sorted(counts, key=lambda label: (label != "O", label))
+
+    def _encode(self, path: Path, split: str) -> list[dict[str, Any]]:
+        labelled = split != "predict"
+        sentences = self.read(path, require_labels=labelled)
+        self._sentences[split] = sentences
+        tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        tokenizer.enable_truncation(self.max_seq_len)
+        encodings = tokenizer.encode_batch([s.words for s in sentences], is_pretokenized=True)
+        examples, lost = [], 0
+        for index, (sentence, enc) in enumerate(zip(sentences, encodings)):
+            labels, word_index, seen = [], [], set()
+            for word in enc.word_ids:
+                first = word is not None and word not in seen
+                seen.add(word)
+                word_index.append(word if first else -1)
+                if first and labelled and sentence.labels is not None:
+                    where = f"{sentence.path}:{sentence.start_line}"
+                    labels.append(self.label_id(sentence.labels[word], where))
+                else:
+                    labels.append(IGNORE_INDEX)
+            lost += len(sentence.words) - len(seen - {None})
+            examples.append(
+                {
+                    "input_ids": enc.ids,
+                    "labels": labels,
+                    "word_index": word_index,
+                    "index": index,
+                    "truncated": bool(enc.overflowing),
+                }
+            )
+        if lost:
+            rank_zero_warn(
+                f"{path}: {lost} words got no subword (truncated sentence or dropped characters); they are "
+                "not scored, and `zoo predict` writes the first label for them"
+            )
+        return examples
+
+    def format_prediction(self, index: int, prediction: list[str]) -> str:
+        sentence = self._sentences["predict"][index]
+        labels = list(prediction) + [self.label_names[0]] * (len(sentence.words) - len(prediction))
+        if self.format == "conllu":
+            return format_conllu(sentence, labels, field=self.field)
+        return format_conll(sentence, labels, column=self.column)

@@ -1,0 +1,141 @@
+"""What every fine-tuning task shares: start from pretrained weights named in the YAML, optionally freeze
+the embeddings, and give lower layers smaller learning rates."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from zoo.models.pretrained import load_pretrained
+from zoo.tasks.base import BackboneTask
+
+_LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+class FinetuneTask(BackboneTask):
+    """Base class for tasks that put a head on a (usually pretrained) backbone.
+
+    The backbone provides ``encode(input_ids, *, attention_mask, token_type_ids) -> (B, T, C)`` (BERT) or
+    ``hidden_states(input_ids, *, attention_mask) -> (B, T, C)`` (GPT-2), a ``embed_dim`` attribute, and
+    names its parts ``embeddings`` and ``layers.<i>`` (for freezing and layer-wise learning rates).
+
+    Args:
+        backbone: The network or its spec; see `BackboneTask`.
+        pretrained: Weights to start from when training begins: a Hugging Face model directory (e.g.
+            all-MiniLM-L6-v2's), a Hub name (online only) or a ``.ckpt`` written by a zoo task. The
+            backbone's init_args must describe the same architecture (a mismatch names each argument).
+            Not loaded when resuming from a checkpoint or when loading one with ``load_from_checkpoint``.
+        layer_lr_decay: Layer-wise learning-rate decay (Clark et al., 2020): layer ``i`` (0-based) of ``L``
+            trains at ``learning_rate * layer_lr_decay ** (L - 1 - i)``, the embeddings at
+            ``layer_lr_decay ** L`` times it; the top layer, the head and anything above the last layer
+            at ``learning_rate``. 1.0 disables it.
+        freeze_embeddings: Keep the backbone's embedding module (tokens, positions, segments, its norm)
+            fixed; saves their gradients and optimizer state (the token table is most of a small BERT).
+        learning_rate: Peak AdamW learning rate.
+        weight_decay: Weight decay on matrices.
+        betas: AdamW betas.
+        warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Final learning rate as a fraction of the peak.
+        total_steps: Schedule length; ``None`` follows the trainer.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        pretrained: str | None = None,
+        layer_lr_decay: float = 1.0,
+        freeze_embeddings: bool = False,
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        total_steps: int | None = None,
+    ) -> None:
+        super().__init__(
+            backbone,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_steps=warmup_steps,
+            min_lr_ratio=min_lr_ratio,
+            total_steps=total_steps,
+        )
+        if not 0.0 < layer_lr_decay <= 1.0:
+            raise ValueError(f"layer_lr_decay must be in (0, 1], got {layer_lr_decay}")
+        self.pretrained = pretrained
+        self.layer_lr_decay = layer_lr_decay
+        self._initialised = False
+        if freeze_embeddings:
+            embeddings = getattr(self.backbone, "embeddings", None)
+            if not isinstance(embeddings, nn.Module):
+                raise ValueError(f"{type(self.backbone).__name__} has no `embeddings` module to freeze")
+            embeddings.requires_grad_(False)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width C of the backbone's hidden states."""
+        width = getattr(self.backbone, "embed_dim", None)
+        if not isinstance(width, int):
+            raise AttributeError(f"{type(self.backbone).__name__} has no integer `embed_dim` attribute")
+        return width
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # Once per module: a later validate()/predict() must not undo the fine-tuning, and weights
+        # restored from a checkpoint (on_load_checkpoint) win over the pretrained ones.
+        if self.pretrained and not self._initialised and self.trainer.ckpt_path is None:
+            load_pretrained(self.backbone, self.pretrained)
+            rank_zero_info(f"backbone initialised from {self.pretrained}")
+        self._initialised = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._initialised = True
+
+    def features(self, batch: dict[str, Tensor]) -> Tensor:
+        """Last-layer hidden states (B, T, C) of a batch with ``input_ids`` and ``attention_mask``."""
+        mask = batch.get("attention_mask")
+        if mask is not None and bool(mask.all()):
+            mask = None  # no padding in this batch: attention runs unmasked, on a faster kernel
+        encode = getattr(self.backbone, "encode", None)
+        if encode is not None:
+            return encode(batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids"))
+        return self.backbone.hidden_states(batch["input_ids"], attention_mask=mask)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        if self.layer_lr_decay == 1.0:
+            return super().parameter_groups()
+        num_layers = len(getattr(self.backbone, "layers", ()))
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            depth = _depth(name, num_layers)
+            decay = p.dim() >= 2
+            group = groups.setdefault(
+                (depth, decay),
+                {
+                    "params": [],
+                    "weight_decay": self.weight_decay if decay else 0.0,
+                    "lr": self.learning_rate * self.layer_lr_decay ** max(0, num_layers - depth),
+                },
+            )
+            group["params"].append(p)
+        return [groups[k] for k in sorted(groups)]
+
+
+def _depth(name: str, num_layers: int) -> int:
+    """0 for the backbone's embeddings, ``i + 1`` for its layer ``i``, ``num_layers + 1`` for the rest."""
+    if name.startswith("backbone."):
+        inner = name[len("backbone.") :]
+        if inner.startswith("embeddings."):
+            return 0
+        match = _LAYER.match(inner)
+        if match:
+            return int(match.group(1)) + 1
+    return num_layers + 1

@@ -153,3 +153,29 @@ def test_checkpoint_labels_must_match_the_training_file(minilm_dir, tmp_path):
     other = _module(minilm_dir, tmp_path / "..", "sentence\tlabel\ngood\tyes\nbad\tno\n")
     with pytest.raises(ValueError, match="the checkpoint's labels"):
         other.load_state_dict(state)
+
+
+def test_bucketed_sampler_resumes_exactly_mid_epoch():
+    from zoo.data.resumable import TrainPosition
+
+    lengths = torch.randint(1, 60, (500,)).tolist()
+    full = LengthBucketSampler(range(500), lengths=lengths, batch_size=8, seed=1)
+    full.set_epoch(4)
+    order = list(full)
+    resumed = LengthBucketSampler(range(500), lengths=lengths, batch_size=8, seed=1)
+    resumed.resume_from(TrainPosition(epoch=4, batches=13))
+    resumed.set_epoch(4)
+    assert list(resumed) == order[13 * 8 :]
+    assert list(resumed) == order  # only the resumed epoch is shortened
+
+
+def test_ranks_read_disjoint_shares():
+    lengths = [5] * 101
+    shares = []
+    for rank in range(2):
+        sampler = LengthBucketSampler(
+            range(101), lengths=lengths, batch_size=4, seed=0, num_replicas=2, rank=rank
+        )
+        shares.append(set(sampler.epoch_indices()))
+    assert shares[0] | shares[1] == set(range(101))
+    assert len(shares[0] & shares[1]) <= 1  # DistributedSampler pads the odd tail with one repeat

@@ -167,3 +167,24 @@ def test_tiny_fit_on_real_sentences_then_checkpoint_predicts_a_file(minilm_dir, 
     predictor.predict(reloaded, datamodule=data, return_predictions=False)
     labels = out.read_text().splitlines()
     assert len(labels) == 3 and set(labels) <= {"0", "1"}
+
+
+def test_bf16_mixed_steps_stay_finite(tmp_path):
+    """A few bf16-mixed steps (the GPU recipes' precision): the loss is computed in fp32 and stays finite."""
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 16
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            g = torch.Generator().manual_seed(i)
+            return {
+                "input_ids": torch.randint(5, 1000, (12,), generator=g),
+                "attention_mask": torch.ones(12),
+                "labels": torch.tensor(i % 2),
+            }
+
+    task = SequenceClassification(_tiny_bert(), num_labels=2, learning_rate=1e-3)
+    trainer = _trainer(tmp_path, max_steps=3, precision="bf16-mixed")
+    trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(Rows(), batch_size=8))
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])

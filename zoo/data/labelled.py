@@ -72,6 +72,8 @@ class LengthBucketSampler(ResumableSampler):
         batch_size: Loader batch size.
         seed: Base seed; epoch ``e`` uses ``seed + e``.
         pool_batches: Batches per sorting pool (larger: less padding, less randomness).
+        num_replicas: Number of ranks (default: the process group's size, or 1).
+        rank: This rank (default: the process group's rank, or 0).
     """
 
     def __init__(
@@ -82,8 +84,12 @@ class LengthBucketSampler(ResumableSampler):
         batch_size: int,
         seed: int = 0,
         pool_batches: int = 50,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
-        super().__init__(dataset, batch_size=batch_size, shuffle=True, seed=seed)
+        super().__init__(
+            dataset, batch_size=batch_size, shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank
+        )
         self.lengths = lengths
         self.pool_batches = pool_batches
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zoo.cli import ZooCLI, main
-from zoo.tasks import CausalLM
+from zoo.tasks import CausalLM, TokenClassification
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
@@ -78,3 +78,48 @@ def test_unknown_key_and_malformed_yaml_are_named(tmp_path, capsys):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(SystemExit, match="config file .*nope.yaml not found"):
         main(["fit", "--config", str(tmp_path / "nope.yaml")])
+
+
+def test_finetune_recipe_fit_then_zoo_predict_writes_one_tag_per_word(tmp_path, monkeypatch, minilm_dir):
+    """The CoNLL recipe end to end on a few real sentences: labels linked from the training file, a
+    checkpoint that reloads weights-only, and `zoo predict` writing the input back with one tag per word."""
+    conll = REPO.parent / "shared" / "data" / "conll2003" / "train.txt"
+    if not conll.is_file():
+        pytest.skip(f"{conll} not found: the shared datasets live in ../shared/data beside the repo")
+    monkeypatch.chdir(tmp_path)
+    sentences = [s for s in conll.read_text(encoding="utf-8").split("\n\n") if not s.startswith("-DOCSTART-")]
+    (tmp_path / "train.txt").write_text("\n\n".join(sentences[:40]), encoding="utf-8")
+    (tmp_path / "new.txt").write_text("Peter\nBlackburn\nflew\nto\nBrussels\n\nThe\nEU\nsaid\nno\n.\n")
+    recipe = str(REPO / "recipes" / "finetune" / "conll2003-minilm.yaml")
+    small = [
+        "--trainer.max_steps=4",
+        "--trainer.val_check_interval=4",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.train_file=train.txt",
+        "--data.init_args.val_file=train.txt",
+        "--data.init_args.batch_size=8",
+    ]
+    main(["fit", "--config", recipe, *small])
+    last = tmp_path / "runs" / "conll2003-minilm" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    model = TokenClassification.load_from_checkpoint(last, weights_only=True)
+    assert model.label_names[0] == "O" and len(model.label_names) == model.num_labels == 9
+    main(
+        [
+            "predict",
+            "--config",
+            recipe,
+            *small,
+            "--data.init_args.predict_file=new.txt",
+            "--ckpt_path",
+            str(last),
+        ]
+    )
+    written = (
+        (tmp_path / "runs" / "conll2003-minilm" / "predictions.txt").read_text().strip("\n").split("\n\n")
+    )
+    rows = [[line.split() for line in block.splitlines()] for block in written]
+    assert [[r[0] for r in block] for block in rows] == [
+        ["Peter", "Blackburn", "flew", "to", "Brussels"],
+        ["The", "EU", "said", "no", "."],
+    ]
+    assert all(len(r) == 2 and r[1] in model.label_names for block in rows for r in block)

@@ -63,3 +63,24 @@ def test_bert_mini_recipe_learns_both_objectives(tmp_path):
     assert _final_metric(metrics, "val_nsp_acc") >= 0.75, "published 0.831; chance is 0.5"
     rows = [r for r in csv.DictReader(metrics.open()) if r.get("val_mlm_loss")]
     assert float(rows[-1]["val_mlm_loss"]) < float(rows[0]["val_mlm_loss"]) - 0.2  # published 6.97 -> 6.59
+
+
+@pytest.mark.parametrize(
+    ("recipe", "data", "metric", "goal"),
+    [
+        ("sst2-minilm", "sst2/train.tsv", "val_acc", 0.89),
+        ("conll2003-minilm", "conll2003/train.txt", "val_f1", 0.87),
+        ("ud-pos-minilm", "ud_en_ewt/en_ewt-ud-train.conllu", "val_acc", 0.96),
+    ],
+)
+def test_finetune_recipe_reaches_its_goal(tmp_path, minilm_dir, recipe, data, metric, goal):
+    """The fine-tuning recipes from the real all-MiniLM-L6-v2 weights reach the issue's goals (the
+    published numbers are in each recipe's header and docs/tasks/fine-tuning.md)."""
+    shared_file(data)
+    work = tmp_path / "work"  # the recipes read ../shared/data relative to where they run
+    work.mkdir()
+    (tmp_path / "shared").symlink_to(REPO.parent / "shared")
+    run = _fit(f"recipes/finetune/{recipe}.yaml", work)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reached = _final_metric(work / f"runs/{recipe}/logs/version_0/metrics.csv", metric)
+    assert reached >= goal, f"{recipe}: {metric} {reached:.4f} < {goal}"

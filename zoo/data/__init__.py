@@ -1,14 +1,18 @@
 """Everything before a batch reaches the model: tokenizers, datasets, collators, DataModules."""
 
 from zoo.data.classification import TextClassificationDataModule
+from zoo.data.parallel import ParallelTextDataModule
 from zoo.data.pretraining import BertPretrainingDataModule
 from zoo.data.tagging import TaggingDataModule
 from zoo.data.text import TextDataModule, TokenBlocks
+from zoo.data.token_budget import TokenBudgetSampler
 
 __all__ = [
     "BertPretrainingDataModule",
+    "ParallelTextDataModule",
     "TaggingDataModule",
     "TextClassificationDataModule",
     "TextDataModule",
     "TokenBlocks",
+    "TokenBudgetSampler",
 ]

@@ -2,7 +2,7 @@
 
 from zoo.nn.attention import CrossAttention, KVCache, SelfAttention, build_attention_mask
 from zoo.nn.block import PostNormBlock, PreNormBlock
-from zoo.nn.embeddings import TokenEmbedding
+from zoo.nn.embeddings import SinusoidalPositions, TokenEmbedding
 from zoo.nn.heads import last_token_index, pool_first, pool_last, pool_mean
 from zoo.nn.mlp import MLP
 
@@ -13,6 +13,7 @@ __all__ = [
     "PostNormBlock",
     "PreNormBlock",
     "SelfAttention",
+    "SinusoidalPositions",
     "TokenEmbedding",
     "build_attention_mask",
     "last_token_index",

@@ -64,3 +64,33 @@ class TokenEmbedding(nn.Module):
                 token_type_ids = torch.zeros_like(input_ids)
             x = x + self.segments(token_type_ids)
         return self.dropout(self.norm(x))
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sine/cosine position embeddings ("Attention Is All You Need", section 3.5).
+
+    ``PE[p, 2i] = sin(p / 10000^(2i/C))`` and ``PE[p, 2i+1] = cos(p / 10000^(2i/C))``. Called like an
+    ``nn.Embedding`` on position ids; nothing is trained and nothing is saved in the state dict.
+
+    Args:
+        max_seq_len: Number of positions.
+        embed_dim: Embedding width C (even).
+    """
+
+    def __init__(self, *, max_seq_len: int, embed_dim: int) -> None:
+        super().__init__()
+        if embed_dim % 2:
+            raise ValueError(f"sinusoidal positions need an even embed_dim, got {embed_dim}")
+        position = torch.arange(max_seq_len, dtype=torch.float64).unsqueeze(1)  # (T, 1)
+        inv_freq = 10000.0 ** (-torch.arange(0, embed_dim, 2, dtype=torch.float64) / embed_dim)  # (C/2,)
+        angle = position * inv_freq  # (T, C/2)
+        table = torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1)  # (T, C): sin, cos interleaved
+        self.register_buffer("table", table.float(), persistent=False)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.table.shape[0]
+
+    def forward(self, position_ids: Tensor) -> Tensor:
+        """Position ids of any shape -> embeddings of that shape plus (C,)."""
+        return self.table[position_ids]

@@ -6,6 +6,7 @@ from zoo.tasks.classification import SequenceClassification
 from zoo.tasks.finetune import FinetuneTask
 from zoo.tasks.masked_lm import MaskedLM
 from zoo.tasks.tagging import TokenClassification
+from zoo.tasks.translation import Translation
 
 __all__ = [
     "BackboneTask",
@@ -14,4 +15,5 @@ __all__ = [
     "MaskedLM",
     "SequenceClassification",
     "TokenClassification",
+    "Translation",
 ]

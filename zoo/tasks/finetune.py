@@ -84,6 +84,16 @@ class FinetuneTask(BackboneTask):
             raise AttributeError(f"{type(self.backbone).__name__} has no integer `embed_dim` attribute")
         return width
 
+    def label_head(self, num_labels: int, label_names: list[str] | None, *, dropout: float) -> nn.Sequential:
+        """``Dropout -> Linear(embed_dim, num_labels)`` with BERT's initialisation, after checking that
+        ``label_names`` (when given) names every label."""
+        if label_names is not None and len(label_names) != num_labels:
+            raise ValueError(f"{len(label_names)} label_names for num_labels={num_labels}")
+        head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.embed_dim, num_labels))
+        nn.init.normal_(head[1].weight, std=0.02)
+        nn.init.zeros_(head[1].bias)
+        return head
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         # Once per module: a later validate()/predict() must not undo the fine-tuning, and weights

@@ -70,13 +70,9 @@ class TokenClassification(FinetuneTask):
             min_lr_ratio=min_lr_ratio,
             total_steps=total_steps,
         )
-        if label_names is not None and len(label_names) != num_labels:
-            raise ValueError(f"{len(label_names)} label_names for num_labels={num_labels}")
         self.num_labels = num_labels
         self.label_names = label_names
-        self.head = nn.Sequential(nn.Dropout(classifier_dropout), nn.Linear(self.embed_dim, num_labels))
-        nn.init.normal_(self.head[1].weight, std=0.02)
-        nn.init.zeros_(self.head[1].bias)
+        self.head = self.label_head(num_labels, label_names, dropout=classifier_dropout)
         mode = _entity_mode(entity_metric, label_names)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc = MulticlassAccuracy(num_labels, average="micro", ignore_index=IGNORE_INDEX)

@@ -174,6 +174,7 @@ class LabelledDataModule(TokenizedDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self._labels: list[str] | None = None
+        self._label_index: dict[str, int] | None = None
         self._datasets: dict[str, Examples] = {}
 
     # -- labels -------------------------------------------------------------------------------------
@@ -197,8 +198,8 @@ class LabelledDataModule(TokenizedDataModule):
 
     def label_id(self, label: str, where: str) -> int:
         """Id of ``label``; an unknown one names the place it came from and the known set."""
-        index = getattr(self, "_label_index", None)
-        if index is None or len(index) != len(self.label_names):
+        index = self._label_index
+        if index is None:
             index = self._label_index = {name: i for i, name in enumerate(self.label_names)}
         if label not in index:
             more = " ..." if len(self.label_names) > 20 else ""
@@ -298,3 +299,4 @@ class LabelledDataModule(TokenizedDataModule):
                 f"{self.label_names[:10]}; use the training file the checkpoint was trained on"
             )
         self._labels = list(saved)
+        self._label_index = None

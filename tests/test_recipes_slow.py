@@ -36,7 +36,7 @@ def test_shakespeare_char_reaches_its_published_validation_loss(tmp_path):
     run = _fit("recipes/gpt2/shakespeare-char.yaml", tmp_path, f"--data.init_args.files=[{corpus}]")
     assert run.returncode == 0, run.stderr[-3000:]
     val_loss = _final_metric(tmp_path / "runs/shakespeare-char/logs/version_0/metrics.csv", "val_loss")
-    assert val_loss <= 1.90, f"published 1.889 (seed 1337); got {val_loss:.4f}"
+    assert val_loss <= 1.88, f"published 1.866 (seed 1337); got {val_loss:.4f}"
 
 
 def test_demo_recipe_trains_offline_and_prints_samples(tmp_path):

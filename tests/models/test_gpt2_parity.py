@@ -83,3 +83,22 @@ def test_offline_hub_name_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="not a local directory"):
         GPT2.from_hf("surely-not-a-local-dir/gpt2-nope")
+
+
+def test_untied_output_head_round_trips_both_ways(tmp_path):
+    """``tie_weights=False`` (the shakespeare-char recipe's setting) keeps its own ``lm_head``."""
+    hf = _hf_model(tmp_path, tie_word_embeddings=False)
+    assert hf.lm_head.weight.data_ptr() != hf.transformer.wte.weight.data_ptr()
+    with torch.no_grad():  # make the head visibly different from the embedding
+        hf.lm_head.weight.normal_(0.0, 0.05)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = GPT2.from_hf(tmp_path / "hf").eval()
+    assert ours.lm_head.weight is not ours.embeddings.tokens.weight
+    ids, mask = _padded_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    out = ours.to_hf(tmp_path / "export")
+    back = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    assert not back.config.tie_word_embeddings
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids).logits, ours(ids), atol=1e-5, rtol=1e-5)

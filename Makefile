@@ -1,11 +1,19 @@
 # Two entry points, each doing its own set-up in .venv:
 #   make demo   trains the default CPU recipe (offline) and prints generated samples
 #   make test   lint + docs build (strict) + test suite
-# On a machine without the local torch 2.13.0 CPU wheel, choose the torch build yourself, e.g.
-#   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# torch: with an NVIDIA GPU (nvidia-smi lists one) PyPI's torch==2.13.0 (CUDA); without, the CPU build
+# torch==2.13.0+cpu, from a local wheel or pip's configured indexes when they have it, otherwise from
+# PyTorch's CPU index. Never a multi-GB CUDA build on a CPU machine. Override with TORCH="...".
 PYTHON ?= python3
 VENV ?= .venv
+HAS_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo yes)
+ifeq ($(HAS_GPU),yes)
 TORCH ?= torch==2.13.0
+TORCH_FALLBACK ?=
+else
+TORCH ?= torch==2.13.0+cpu
+TORCH_FALLBACK ?= --extra-index-url https://download.pytorch.org/whl/cpu
+endif
 PIP := $(VENV)/bin/python -m pip
 PYTEST_ARGS ?=
 export NO_MKDOCS_2_WARNING := 1
@@ -14,7 +22,7 @@ export NO_MKDOCS_2_WARNING := 1
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q $(TORCH)
+	$(PIP) install -q $(TORCH) || $(PIP) install -q $(TORCH) $(TORCH_FALLBACK)
 	@touch $@
 
 $(VENV)/.run: $(VENV)/.base pyproject.toml

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from zoo.models.gpt2 import GPT2
@@ -83,3 +84,36 @@ def test_left_padding_does_not_change_the_logits_of_real_tokens():
         padded = model(ids, attention_mask=mask, position_ids=pos)[0, 2:]
         plain = model(torch.tensor([[5, 6, 7]]))[0]
     torch.testing.assert_close(padded, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_longer_than_the_context_is_refused_with_both_lengths():
+    model = _model(max_seq_len=8)
+    with pytest.raises(
+        ValueError, match=r"prompt 1 has 9 tokens, more than the model's context of max_seq_len=8"
+    ):
+        generate(model, [[1, 2], list(range(9))], max_new_tokens=3, temperature=0.0)
+    # a prompt that fills the context exactly is fine; generation then slides the window
+    assert len(generate(model, [list(range(8))], max_new_tokens=3, temperature=0.0)[0]) == 3
+
+
+def test_predict_prompts_longer_than_the_data_context_are_named(tmp_path):
+    from zoo.data import TextDataModule
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 20)
+    long_prompt = "whether 'tis nobler in the mind to suffer"
+    dm = TextDataModule(
+        files=[str(corpus)],
+        tokenizer="char",
+        max_seq_len=16,
+        cache_dir=tmp_path / "cache",
+        prompts=["to be", long_prompt],
+    )
+    dm.prepare_data()
+    dm.setup("predict")
+    with pytest.raises(
+        ValueError,
+        match=r"prompt \"whether 'tis nobler in the mind to suffe\.\.\.\" is 41 tokens long, longer than the "
+        r"context of max_seq_len=16",
+    ):
+        dm.predict_dataloader()

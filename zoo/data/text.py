@@ -209,6 +209,12 @@ class TextDataModule(TokenizedDataModule):
         encoded = [self.encode(p) for p in self.prompts]
         if any(len(ids) == 0 for ids in encoded):
             raise ValueError("every prompt must encode to at least one token")
+        for text, ids in zip(self.prompts, encoded):
+            if len(ids) > self.max_seq_len:
+                raise ValueError(
+                    f"prompt {_preview(text)} is {len(ids)} tokens long, longer than the context of "
+                    f"max_seq_len={self.max_seq_len} tokens; shorten it"
+                )
         return DataLoader(encoded, batch_size=self.eval_batch_size, collate_fn=_collate_prompts)
 
     # -- internals ---------------------------------------------------------------------------------
@@ -252,6 +258,10 @@ def _wait_for(path: Path, timeout_s: float = 6 * 3600) -> Path:
             raise TimeoutError(f"waited {timeout_s:.0f} s for local rank 0 to write {path}")
         time.sleep(1.0)
     return path
+
+
+def _preview(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else text[:width] + "...")
 
 
 def _collate_prompts(prompts: list[list[int]]) -> dict[str, list[list[int]]]:

@@ -71,7 +71,8 @@ def generate(
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens; return only the new tokens.
 
-    A row stops at its first stop token (which is not returned). When prompt plus new tokens fit the
+    A row stops at its first stop token (which is not returned). A prompt longer than the backbone's
+    ``max_seq_len`` is an error. When prompt plus new tokens fit the
     backbone's ``max_seq_len`` and it offers ``init_kv_caches``, decoding is incremental (each step feeds
     one token); otherwise every step re-reads the last ``max_seq_len`` tokens (a sliding window).
 
@@ -79,35 +80,68 @@ def generate(
     ``forward`` accepts them (needed for correct positions under left padding) and ``kv_caches``.
     """
     device = next(backbone.parameters()).device
+    max_len = getattr(backbone, "max_seq_len", None)
+    for i, prompt in enumerate(prompts):
+        if max_len is not None and len(prompt) > max_len:
+            raise ValueError(
+                f"prompt {i} has {len(prompt)} tokens, more than the model's context of max_seq_len="
+                f"{max_len}; shorten it (generation may run past the context, the prompt may not)"
+            )
     ids, mask = left_pad(prompts, pad_id=0, device=device)
     B, P = ids.shape
-    max_len = getattr(backbone, "max_seq_len", None)
     use_cache = hasattr(backbone, "init_kv_caches") and max_len is not None and P + max_new_tokens <= max_len
-    caches = backbone.init_kv_caches(B, P + max_new_tokens) if use_cache else None
-    takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
     stop = torch.as_tensor(list(stop_tokens), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    out: list[Tensor] = []
-    step_ids, step_pos = ids, positions_from_mask(mask)
-    for _ in range(max_new_tokens):
-        if use_cache:
-            logits = backbone(step_ids, attention_mask=mask, position_ids=step_pos, kv_caches=caches)
+    out = ids.new_zeros(B, max_new_tokens)
+    sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    steps = 0
+    if use_cache:
+        caches = backbone.init_kv_caches(B, P + max_new_tokens)
+        # Every tensor a step needs is built here, once: a step is then only the forward pass.
+        padded = bool((mask == 0).any())
+        full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1) if padded else None
+        if padded:  # position of each row's next token: its real length so far
+            step_positions = mask.sum(dim=1, keepdim=True) + torch.arange(max_new_tokens, device=device)
         else:
-            window = slice(-max_len, None) if max_len else slice(None)
-            w_mask = mask[:, window]
-            extra = {"position_ids": positions_from_mask(w_mask)} if takes_positions else {}
-            logits = backbone(ids[:, window], attention_mask=w_mask, **extra)
-        nxt = pick_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-        nxt = nxt.masked_fill(done, 0)
-        out.append(nxt)
+            step_positions = torch.arange(P, P + max_new_tokens, device=device).expand(B, -1)
+        logits = backbone(
+            ids,
+            attention_mask=full_mask[:, :P] if padded else None,
+            position_ids=positions_from_mask(mask),
+            kv_caches=caches,
+        )
+        for i in range(max_new_tokens):
+            nxt = pick_next(logits[:, -1], **sample).masked_fill_(done, 0)
+            out[:, i] = nxt
+            steps = i + 1
+            if stop.numel():
+                done |= torch.isin(nxt, stop)
+                if bool(done.all()):
+                    break
+            if i + 1 < max_new_tokens:
+                logits = backbone(
+                    nxt[:, None],
+                    attention_mask=full_mask[:, : P + i + 1] if padded else None,
+                    position_ids=step_positions[:, i : i + 1],
+                    kv_caches=caches,
+                )
+        return _trim(out[:, :steps], stop_tokens)
+    takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
+    for i in range(max_new_tokens):
+        window = slice(-max_len, None) if max_len else slice(None)
+        w_mask = mask[:, window]
+        extra = {"position_ids": positions_from_mask(w_mask)} if takes_positions else {}
+        logits = backbone(ids[:, window], attention_mask=w_mask, **extra)
+        nxt = pick_next(logits[:, -1], **sample).masked_fill_(done, 0)
+        out[:, i] = nxt
+        steps = i + 1
         if stop.numel():
             done |= torch.isin(nxt, stop)
             if bool(done.all()):
                 break
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-        step_ids, step_pos = nxt[:, None], mask.sum(dim=1, keepdim=True) - 1
-    return _trim(torch.stack(out, dim=1) if out else ids.new_zeros(B, 0), stop_tokens)
+    return _trim(out[:, :steps], stop_tokens)
 
 
 def _trim(new: Tensor, stop_tokens: Sequence[int]) -> list[list[int]]:

@@ -8,7 +8,10 @@ from typing import Any
 
 import torch
 import yaml
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
+
+from zoo.strategies import FSDP
 
 
 class ZooCLI(LightningCLI):
@@ -32,6 +35,14 @@ class ZooCLI(LightningCLI):
         self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         check_config_files(self._given_args)
         super().parse_arguments(parser, args)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """``trainer.strategy: fsdp`` means `zoo.strategies.FSDP`, which wraps the blocks the model
+        declares (Lightning's plain ``"fsdp"`` would wrap the whole model as one unit)."""
+        strategy = kwargs.get("strategy", self._get(self.config_init, "trainer", default={}).get("strategy"))
+        if strategy == "fsdp":
+            kwargs["strategy"] = FSDP()
+        return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
         """With ``--ckpt_path``, LightningCLI rebuilds the model from the checkpoint's hyper-parameters,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -99,6 +99,8 @@ class Bert(Configurable, nn.Module):
         pad_token_id: Token id of [PAD]; its embedding starts at zero and gets no gradient.
         with_pretraining_heads: Build the MLM and NSP heads (``False`` for a bare encoder + pooler).
     """
+
+    fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PostNormBlock,)  # see zoo.strategies.FSDP
 
     def __init__(
         self,

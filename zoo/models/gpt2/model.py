@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,8 @@ class GPT2(Configurable, nn.Module):
         layer_norm_eps: LayerNorm epsilon.
         tie_weights: Share the output projection with the token embedding.
     """
+
+    fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PreNormBlock,)  # see zoo.strategies.FSDP
 
     def __init__(
         self,

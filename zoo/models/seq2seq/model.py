@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -113,6 +113,9 @@ class Transformer(Configurable, nn.Module):
         bias: Biases in linear layers and LayerNorms.
         layer_norm_eps: LayerNorm epsilon.
     """
+
+    # encoder and decoder blocks; `norm` picks which class is used (see zoo.strategies.FSDP)
+    fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PreNormBlock, PostNormBlock)
 
     def __init__(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,46 +34,70 @@ def test_every_recipe_parses(recipe):
     assert cli.config.data.class_path.startswith("zoo.")
 
 
-def test_fit_then_predict_from_the_checkpoint(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the recipe's relative output paths land here
+def test_zoo_fit_then_zoo_predict_from_the_shell(tmp_path, stdlib_text_file):
+    """The demo recipe's two documented commands, run by the installed ``zoo`` script in a fresh process:
+    fit writes last.ckpt (weights-only loadable, vocabulary linked from the data), predict samples from it."""
+    zoo = Path(sys.executable).parent / "zoo"
+    if not zoo.is_file():
+        pytest.skip(f"the `zoo` console script is not installed next to {sys.executable} (pip install -e .)")
     recipe = tmp_path / "stdlib-char.yaml"  # the demo recipe, with shorter generations
     recipe.write_text((REPO / "recipes" / "gpt2" / "stdlib-char.yaml").read_text().replace("300", "20"))
-    recipe = str(recipe)
     small = [
-        "--trainer.max_steps=30",
-        "--trainer.val_check_interval=15",
-        "--trainer.limit_val_batches=2",
-        "--data.init_args.files=[stdlib:json/*.py]",
+        "--trainer.max_steps=10",
+        "--trainer.val_check_interval=5",
+        "--trainer.limit_val_batches=1",
+        f"--data.init_args.files=[{stdlib_text_file}]",
+        "--model.init_args.backbone.init_args.num_layers=2",
     ]
-    main(["fit", "--config", recipe, *small])
-    samples = capsys.readouterr().out
-    assert "---------- sample 1 ----------\ndef " in samples
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        # cwd: the recipe's relative output paths land in tmp_path
+        proc = subprocess.run(
+            [str(zoo), *args, "--config", str(recipe), *small],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    fit = run("fit")
+    assert "---------- sample 1 ----------\ndef " in fit.stdout
     last = tmp_path / "runs" / "stdlib-char" / "checkpoints" / "last.ckpt"
     assert last.is_file()
     torch.load(last, weights_only=True)
     model = CausalLM.load_from_checkpoint(last, weights_only=True)
     assert model.backbone.embeddings.tokens.num_embeddings > 60  # linked from the data's vocabulary
-    main(["predict", "--config", recipe, *small, "--ckpt_path", str(last)])
-    out = capsys.readouterr().out
-    assert "def " in out and "class " in out  # one generation per prompt, written by TextPredictionWriter
+    assert len(model.backbone.layers) == 2  # the command-line override reached the checkpoint
+    predict = run("predict", "--ckpt_path", str(last))
+    # one generation per prompt ("def ", "class "), printed by TextPredictionWriter
+    assert predict.stdout.startswith("def ") and "\nclass " in predict.stdout
 
 
 def test_unknown_key_and_malformed_yaml_are_named(tmp_path, capsys):
+    recipe = (REPO / "recipes" / "gpt2" / "shakespeare-char.yaml").read_text()
+    assert "num_heads: 4" in recipe  # the edits below must change something
     bad_key = tmp_path / "bad_key.yaml"
-    bad_key.write_text(
-        (REPO / "recipes" / "gpt2" / "shakespeare-char.yaml")
-        .read_text()
-        .replace("num_heads: 4", "num_haeds: 4")
-    )
-    with pytest.raises(SystemExit):
+    bad_key.write_text(recipe.replace("num_heads: 4", "num_haeds: 4"))
+    with pytest.raises(SystemExit) as exc:
         _ParseOnly(
             subclass_mode_model=True, subclass_mode_data=True, run=False, args=["--config", str(bad_key)]
         )
+    assert exc.value.code not in (0, None)  # the shell sees a failure
     assert "num_haeds" in capsys.readouterr().err
+    wrong_type = tmp_path / "wrong_type.yaml"
+    wrong_type.write_text(recipe.replace("num_heads: 4", "num_heads: four"))
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(wrong_type)])
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err  # jsonargparse's message: the key, the expected type, the value given
+    assert 'Parser key "num_heads"' in err and "Expected a <class 'int'>. Got value: four" in err
     malformed = tmp_path / "malformed.yaml"
     malformed.write_text("model:\n  class_path: zoo.tasks.CausalLM\n   init_args: [\n")
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(malformed)])
+    assert exc.value.code not in (0, None)  # sys.exit(message): exit status 1
     assert f"{malformed}:3:" in str(exc.value) and "invalid YAML" in str(exc.value)
 
 

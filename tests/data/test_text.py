@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from zoo.data import TextDataModule, TokenBlocks
 from zoo.data.tokenizers import load_tokenizer, train_bpe_tokenizer, train_char_tokenizer
@@ -34,6 +38,68 @@ def test_bpe_tokenizer_and_gpt2_vocab_merges_pair_agree(tmp_path, stdlib_text_fi
     tok.model.save(str(tmp_path))  # writes GPT-2 style vocab.json + merges.txt
     pair = load_tokenizer(tmp_path)
     assert pair.encode(sample).ids == tok.encode(sample).ids
+
+
+BPE_TEXT = "".join(f"{i}: a naïve café — the quick brown fox ✓\n" for i in range(80))
+EOT = "<|endoftext|>"
+
+
+def _ready(dm: TextDataModule) -> TextDataModule:
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def _cached_tokens(cache: Path) -> np.ndarray:
+    (path,) = (cache / "tokens").glob("*.uint16")
+    return np.fromfile(path, dtype=np.uint16)
+
+
+def _assert_blocks_come_from_the_cache(dm: TextDataModule, tokens: np.ndarray) -> None:
+    stream = np.concatenate([dm.train_set.tokens, dm.val_set.tokens])
+    assert stream.tolist() == tokens.tolist()
+    joined = [i for b in range(len(dm.train_set)) for i in dm.train_set[b]["input_ids"].tolist()]
+    assert len(joined) > len(dm.train_set.tokens) - 17
+    # a block may end inside a multi-byte character: that last piece decodes to U+FFFD
+    assert BPE_TEXT.startswith(dm.decode(joined).rstrip("\ufffd"))
+
+
+def test_bpe_is_trained_on_the_corpus_and_saved_next_to_the_cache(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(BPE_TEXT, encoding="utf-8")
+    dm = _ready(_dm([corpus], tmp_path, tokenizer="bpe", bpe_vocab_size=300))
+    assert dm.vocab_size == 300 and dm.decode([dm.eot_id]) == EOT
+    (saved,) = (tmp_path / "cache" / "tokenizers").rglob("tokenizer.json")
+    assert saved.parent.name.startswith("bpe-300-")
+    assert Tokenizer.from_file(str(saved)).to_str() == dm.tokenizer.to_str()
+    tokens = _cached_tokens(tmp_path / "cache")
+    assert len(tokens) < len(BPE_TEXT.encode()) / 3  # merges learned from this corpus, not raw bytes
+    assert dm.decode(tokens.tolist()) == BPE_TEXT + EOT
+    _assert_blocks_come_from_the_cache(dm, tokens)
+
+
+@pytest.mark.parametrize(
+    "saved_as", ["tokenizer.json", "directory with tokenizer.json", "vocab.json + merges.txt"]
+)
+def test_a_saved_tokenizer_is_loaded_from_its_path(tmp_path, saved_as):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(BPE_TEXT, encoding="utf-8")
+    trained = _ready(_dm([corpus], tmp_path / "trained", tokenizer="bpe", bpe_vocab_size=300))
+    (saved,) = (tmp_path / "trained" / "cache" / "tokenizers").rglob("tokenizer.json")
+    spec = {"tokenizer.json": saved, "directory with tokenizer.json": saved.parent}.get(saved_as)
+    if spec is None:  # GPT-2's own format
+        spec = tmp_path / "gpt2"
+        spec.mkdir()
+        trained.tokenizer.model.save(str(spec))
+        assert sorted(p.name for p in spec.iterdir()) == ["merges.txt", "vocab.json"]
+    dm = _ready(_dm([corpus], tmp_path, tokenizer=str(spec)))
+    assert dm.vocab_size == 300 and dm.eot_id == trained.eot_id
+    tokens = _cached_tokens(tmp_path / "cache")
+    assert tokens.tolist() == _cached_tokens(tmp_path / "trained" / "cache").tolist()
+    assert dm.decode(tokens.tolist()) == BPE_TEXT + EOT
+    _assert_blocks_come_from_the_cache(dm, tokens)
+    # a given tokenizer is neither retrained nor copied into the cache
+    assert not (tmp_path / "cache" / "tokenizers").exists()
 
 
 def test_blocks_are_next_token_shifted_and_cover_the_stream():
@@ -94,9 +160,9 @@ def test_glob_and_stdlib_specs(tmp_path):
 def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no file"):
         _ = _dm([tmp_path / "missing-*.txt"], tmp_path).vocab_size
-    latin1 = tmp_path / "latin1.txt"
-    latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 10)
-    with pytest.raises(ValueError, match="latin1.txt: not UTF-8"):
+    latin1 = tmp_path / "latin1.txt"  # 3 x 7 bytes of UTF-8 (18 characters), then "caf" and a Latin-1 é
+    latin1.write_bytes("naïve\n".encode() * 3 + "caf\xe9 au lait\n".encode("latin-1") * 10)
+    with pytest.raises(ValueError, match=re.escape(f"{latin1}: not UTF-8 text (byte 24: ")):
         _ = _dm([latin1], tmp_path).vocab_size
     empty = tmp_path / "empty.txt"
     empty.write_text("")

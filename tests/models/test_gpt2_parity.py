@@ -49,6 +49,8 @@ def test_to_hf_round_trips_into_transformers(tmp_path):
     out = ours.to_hf(tmp_path / "export")
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    # GPT-2's <|endoftext|> id (50256) is not in a 61-token vocabulary: no bos/eos is claimed
+    assert hf.config.bos_token_id is None and hf.config.eos_token_id is None
     ids = torch.randint(0, 61, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(input_ids=ids).logits, atol=1e-5, rtol=1e-5)

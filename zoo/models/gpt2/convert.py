@@ -131,6 +131,9 @@ def save_hf(model: GPT2, directory: str | os.PathLike) -> Path:
         "tie_word_embeddings": args["tie_weights"],
         "initializer_range": 0.02,
     }
+    # transformers defaults both to GPT-2's <|endoftext|> (50256), which is no id of a smaller vocabulary
+    eot = 50256 if args["vocab_size"] > 50256 else None
+    config.update(bos_token_id=eot, eos_token_id=eot)
     if not args["bias"]:
         raise ValueError("Hugging Face GPT-2 has biases everywhere; a bias=False model cannot be exported")
     ours = model.state_dict()

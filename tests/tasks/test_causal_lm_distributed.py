@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import cpu_trainer
 
 from zoo.data import TextDataModule
 from zoo.models.gpt2 import GPT2
@@ -27,16 +28,7 @@ def _tiny_lm(vocab_size: int) -> CausalLM:
 
 
 def _trainer(tmp_path: Path, **kw) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
-    return L.Trainer(**{**defaults, **kw})
+    return cpu_trainer(tmp_path, **{"limit_val_batches": 0, **kw})
 
 
 class SaveFinalWeights(L.Callback):

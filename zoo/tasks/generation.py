@@ -94,7 +94,6 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out = ids.new_zeros(B, max_new_tokens)
     sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    steps = 0
     if use_cache:
         caches = backbone.init_kv_caches(B, P + max_new_tokens)
         # Every tensor a step needs is built here, once: a step is then only the forward pass.
@@ -110,28 +109,32 @@ def generate(
             position_ids=positions_from_mask(mask),
             kv_caches=caches,
         )
-        for i in range(max_new_tokens):
-            nxt = pick_next(logits[:, -1], **sample).masked_fill_(done, 0)
-            out[:, i] = nxt
-            steps = i + 1
-            if stop.numel():
-                done |= torch.isin(nxt, stop)
-                if bool(done.all()):
-                    break
-            if i + 1 < max_new_tokens:
-                logits = backbone(
-                    nxt[:, None],
-                    attention_mask=full_mask[:, : P + i + 1] if padded else None,
-                    position_ids=step_positions[:, i : i + 1],
-                    kv_caches=caches,
-                )
-        return _trim(out[:, :steps], stop_tokens)
-    takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
-    for i in range(max_new_tokens):
+
+        def advance(i: int, nxt: Tensor) -> Tensor:  # feed only the new token; the cache holds the rest
+            return backbone(
+                nxt[:, None],
+                attention_mask=full_mask[:, : P + i + 1] if padded else None,
+                position_ids=step_positions[:, i : i + 1],
+                kv_caches=caches,
+            )
+    else:
+        takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
         window = slice(-max_len, None) if max_len else slice(None)
-        w_mask = mask[:, window]
-        extra = {"position_ids": positions_from_mask(w_mask)} if takes_positions else {}
-        logits = backbone(ids[:, window], attention_mask=w_mask, **extra)
+
+        def read_window() -> Tensor:  # re-read the last max_seq_len tokens
+            w_mask = mask[:, window]
+            extra = {"position_ids": positions_from_mask(w_mask)} if takes_positions else {}
+            return backbone(ids[:, window], attention_mask=w_mask, **extra)
+
+        def advance(i: int, nxt: Tensor) -> Tensor:
+            nonlocal ids, mask
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            return read_window()
+
+        logits = read_window()
+    steps = 0
+    for i in range(max_new_tokens):
         nxt = pick_next(logits[:, -1], **sample).masked_fill_(done, 0)
         out[:, i] = nxt
         steps = i + 1
@@ -139,8 +142,8 @@ def generate(
             done |= torch.isin(nxt, stop)
             if bool(done.all()):
                 break
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+        if i + 1 < max_new_tokens:
+            logits = advance(i, nxt)
     return _trim(out[:, :steps], stop_tokens)
 
 

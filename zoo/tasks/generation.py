@@ -72,9 +72,9 @@ def generate(
     """Continue each prompt by up to ``max_new_tokens`` tokens; return only the new tokens.
 
     A row stops at its first stop token (which is not returned). A prompt longer than the backbone's
-    ``max_seq_len`` is an error. When prompt plus new tokens fit the
-    backbone's ``max_seq_len`` and it offers ``init_kv_caches``, decoding is incremental (each step feeds
-    one token); otherwise every step re-reads the last ``max_seq_len`` tokens (a sliding window).
+    ``max_seq_len`` is an error. When prompt plus new tokens fit the backbone's ``max_seq_len`` and it
+    offers ``init_kv_caches``, decoding is incremental (each step feeds one token); otherwise every step
+    re-reads the last ``max_seq_len`` tokens (a sliding window).
 
     The backbone is called as ``backbone(input_ids, attention_mask=...)``, plus ``position_ids`` when its
     ``forward`` accepts them (needed for correct positions under left padding) and ``kv_caches``.

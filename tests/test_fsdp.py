@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -152,38 +151,24 @@ def test_strategy_fsdp_in_a_recipe_means_the_zoo_strategy(tmp_path):
     assert type(_trainer_strategy(tmp_path)) is DDPStrategy  # the recipe's own `ddp` is left alone
 
 
+def _strategy_config(tmp_path: Path, *init_args: str) -> Path:
+    """A YAML file selecting ``zoo.strategies.FSDP`` with the given ``key: value`` init_args lines."""
+    config = tmp_path / "strategy.yaml"
+    lines = ["trainer:", "  strategy:", "    class_path: zoo.strategies.FSDP", "    init_args:"]
+    config.write_text("\n".join([*lines, *(f"      {arg}" for arg in init_args)]) + "\n")
+    return config
+
+
 def test_the_class_path_form_takes_fsdp_arguments(tmp_path):
-    config = tmp_path / "fsdp.yaml"
-    config.write_text(
-        textwrap.dedent(
-            """\
-            trainer:
-              strategy:
-                class_path: zoo.strategies.FSDP
-                init_args:
-                  activation_checkpointing: true
-                  sharding_strategy: SHARD_GRAD_OP
-            """
-        )
-    )
+    config = _strategy_config(tmp_path, "activation_checkpointing: true", "sharding_strategy: SHARD_GRAD_OP")
     strategy = _trainer_strategy(tmp_path, "--config", str(config))
     assert type(strategy) is FSDP and strategy.activation_checkpointing
     assert strategy.sharding_strategy.name == "SHARD_GRAD_OP"
 
 
 def test_explicit_policies_parse_from_yaml_as_lists_of_classes(tmp_path, no_wrapping):
-    config = tmp_path / "policies.yaml"
-    config.write_text(
-        textwrap.dedent(
-            """\
-            trainer:
-              strategy:
-                class_path: zoo.strategies.FSDP
-                init_args:
-                  auto_wrap_policy: [zoo.nn.MLP]
-                  activation_checkpointing_policy: [zoo.nn.SelfAttention]
-            """
-        )
+    config = _strategy_config(
+        tmp_path, "auto_wrap_policy: [zoo.nn.MLP]", "activation_checkpointing_policy: [zoo.nn.SelfAttention]"
     )
     task = BackboneTask(BACKBONES["gpt2"][0]())
     strategy = _set_up(_trainer_strategy(tmp_path, "--config", str(config)), task)

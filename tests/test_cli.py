@@ -64,15 +64,19 @@ def test_zoo_fit_then_zoo_predict_from_the_shell(tmp_path, stdlib_text_file):
 
     fit = run("fit")
     assert "---------- sample 1 ----------\ndef " in fit.stdout
-    last = tmp_path / "runs" / "stdlib-char" / "checkpoints" / "last.ckpt"
+    run_dir = tmp_path / "runs" / "stdlib-char"
+    last = run_dir / "logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert last.is_file()
+    assert (run_dir / "samples.txt").read_text().startswith("\n---------- sample 1")
     torch.load(last, weights_only=True)
     model = CausalLM.load_from_checkpoint(last, weights_only=True)
     assert model.backbone.embeddings.tokens.num_embeddings > 60  # linked from the data's vocabulary
     assert len(model.backbone.layers) == 2  # the command-line override reached the checkpoint
-    predict = run("predict", "--ckpt_path", str(last))
-    # one generation per prompt ("def ", "class "), printed by TextPredictionWriter
-    assert predict.stdout.startswith("def ") and "\nclass " in predict.stdout
+    predict = run("predict", "--ckpt_path", "last")
+    # one generation per prompt ("def ", "class "), written by TextPredictionWriter, which says where
+    assert f"zoo: wrote 2 predictions to {Path('runs/stdlib-char/predictions.txt')}" in predict.stderr
+    predictions = (run_dir / "predictions.txt").read_text()
+    assert predictions.startswith("def ") and "\nclass " in predictions
 
 
 def test_unknown_key_and_malformed_yaml_are_named(tmp_path, capsys):

@@ -9,7 +9,9 @@ Zoo tasks install it automatically when the trainer uses the default writer.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,103 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(target.parent)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: truncated, unsafe, or from another task or model."""
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a Lightning checkpoint with ``weights_only=True`` (it cannot run code).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        CheckpointError: The file is truncated, not a PyTorch checkpoint, not a Lightning one, or carries
+            pickled objects; the message names the file.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on a non-checkpoint
+        raise checkpoint_error(path, err) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+def checkpoint_error(path: str | os.PathLike, err: BaseException) -> CheckpointError:
+    """The message for a ``torch.load`` failure: a refused pickle, or a file that is no checkpoint."""
+    if isinstance(err, CheckpointError):
+        return CheckpointError(f"{path}: {err}")
+    if isinstance(err, pickle.UnpicklingError):
+        return CheckpointError(
+            f"{path}: refused to unpickle objects that are not plain tensors or containers "
+            f"(weights_only=True); zoo checkpoints never contain any. Details: {str(err)[:300]}"
+        )
+    return CheckpointError(
+        f"{path}: truncated or not a PyTorch checkpoint ({type(err).__name__}: {str(err)[:200]})"
+    )
+
+
+def task_family(cls: type) -> str:
+    """The zoo task a class derives from (a user's subclass of CausalLM is a CausalLM)."""
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("zoo.tasks.") and klass.__name__ != "BackboneTask":
+            return f"{klass.__module__}.{klass.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_task(checkpoint: dict[str, Any], class_path: str | None, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint that another task wrote, before its hyper-parameters rebuild the model.
+
+    Raises:
+        CheckpointError: ``"PATH: the checkpoint was written by a X task, not a Y"``.
+    """
+    written_by = checkpoint.get("zoo_task")
+    if not written_by or not class_path:
+        return
+    module, _, name = class_path.rpartition(".")
+    try:
+        expected = task_family(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError):
+        return  # the parser reports a class_path that does not import
+    if written_by != expected:
+        raise CheckpointError(
+            f"{path}: the checkpoint was written by a {written_by} task, not a {expected} "
+            "(the config's model.class_path)"
+        )
+
+
+def check_fits(checkpoint: dict[str, Any], model: Any, datamodule: Any, path: str | os.PathLike) -> None:
+    """Compare a checkpoint with the model and data module the config built, before Lightning loads it:
+    a different tokenizer or differently shaped weights are named here, not in a state_dict error.
+
+    Raises:
+        ValueError: The data module builds another tokenizer, or weights differ in shape.
+    """
+    state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
+    if isinstance(state, dict) and hasattr(datamodule, "check_tokenizer"):
+        try:
+            datamodule.check_tokenizer(state.get("tokenizer"))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+    ours = model.state_dict()
+    theirs = checkpoint.get("state_dict") or {}
+    if not ours:
+        return  # parameters made later (configure_model): Lightning checks them when it loads
+    shapes = [
+        f"{key} is {list(theirs[key].shape)} in the checkpoint but {list(value.shape)} here"
+        for key, value in ours.items()
+        if key in theirs and hasattr(theirs[key], "shape") and theirs[key].shape != value.shape
+    ]
+    if shapes:
+        raise ValueError(
+            f"{path}: the checkpoint's weights do not fit the model this config builds: "
+            + "; ".join(shapes[:3])
+            + (f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else "")
+            + ". Build the model with the checkpoint's sizes (vocabulary, dimensions), or drop --ckpt_path"
+        )
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
+from zoo.checkpoint import check_fits, check_task, read_checkpoint
+from zoo.runs import existing_log_dirs, place_run_outputs, remove_empty_log_dirs, resolve_last
 from zoo.strategies import FSDP
 
 
@@ -35,6 +39,9 @@ class ZooCLI(LightningCLI):
         self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         check_config_files(self._given_args)
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            place_run_outputs(self.config[subcommand].trainer)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """``trainer.strategy: fsdp`` means `zoo.strategies.FSDP`, which wraps the blocks the model
@@ -45,15 +52,25 @@ class ZooCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
-        """With ``--ckpt_path``, LightningCLI rebuilds the model from the checkpoint's hyper-parameters,
-        which would silently override the command line (``zoo test --ckpt_path X
-        --model.init_args.beam_size=1`` would decode with the saved beam size). Model arguments given
-        explicitly on the command line win here."""
+        """``--ckpt_path last`` finds the previous run's ``last.ckpt`` (see `find_last_checkpoint`); any
+        checkpoint is read safely and refused with a clear message when it belongs to another task.
+
+        LightningCLI then rebuilds the model from the checkpoint's hyper-parameters, which would silently
+        override the command line (``zoo test --ckpt_path X --model.init_args.beam_size=1`` would decode with
+        the saved beam size). Model arguments given explicitly on the command line win here."""
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        config = self.config[subcommand] if subcommand else None
+        self._checkpoint = None
+        if config is None or not config.get("ckpt_path"):
             return
-        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        if config.ckpt_path == "last":
+            config.ckpt_path = resolve_last(config.trainer, continue_logs=subcommand == "fit")
+            if config.ckpt_path is None:
+                return
+        elif config.ckpt_path in ("best", "hpc") or "://" in str(config.ckpt_path):
+            return  # Lightning's own names and remote paths
+        self._checkpoint = checkpoint = read_checkpoint(config.ckpt_path)
+        check_task(checkpoint, (config.get("model") or {}).get("class_path"), config.ckpt_path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         for key in _explicit_model_args(getattr(self, "_given_args", [])):
@@ -66,8 +83,29 @@ class ZooCLI(LightningCLI):
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         except SystemExit:
             sys.stderr.write(
-                f"error: the hyper-parameters saved in {ckpt_path} do not fit the model's arguments\n"
+                f"error: the hyper-parameters saved in {config.ckpt_path} do not fit the model's arguments\n"
             )
+            raise
+
+    def after_instantiate_classes(self) -> None:
+        """With a checkpoint, compare it with what the config built before Lightning loads it, so a
+        mismatch is named (tokenizer, weight shapes) instead of surfacing as a state_dict error."""
+        if self._checkpoint is not None:
+            check_fits(self._checkpoint, self.model, self.datamodule, self.config[self.subcommand].ckpt_path)
+            self._checkpoint = None  # not kept in memory for the run
+
+    def before_fit(self) -> None:
+        from zoo.data.base import TokenizedDataModule
+
+        if isinstance(self.datamodule, TokenizedDataModule):  # resumes through its own state_dict
+            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        before = existing_log_dirs(self.trainer)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_empty_log_dirs(self.trainer, before)
             raise
 
 
@@ -108,14 +146,61 @@ def check_config_files(args: Any) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point ``zoo``."""
-    ZooCLI(
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    """Console entry point ``zoo``: ``fit|validate|test|predict`` (LightningCLI) and ``export``.
+
+    An error a user can act on (a config value, a data file, a checkpoint) ends the command with one
+    ``error: ...`` line and exit code 1; ``--debug`` or ``ZOO_DEBUG=1`` shows the traceback instead.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get("ZOO_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    quiet_known_noise()
+    try:
+        if argv and argv[0] == "export":
+            from zoo.export import main as export_main
+
+            export_main(argv[1:])
+            return
+        ZooCLI(
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=argv,
+            auto_configure_optimizers=False,
+        )
+    except Exception as err:  # noqa: BLE001 - the one place that turns errors into a message
+        if debug:
+            raise
+        sys.stderr.write(f"error: {_message(err)}\n(--debug or ZOO_DEBUG=1 shows the traceback)\n")
+        sys.exit(1)
+
+
+def quiet_known_noise() -> None:
+    """Silence messages that are noise for a zoo run: Lightning's litlogger advertisement, a torch pytree
+    deprecation inside Lightning, and warnings zoo has made moot (the checkpoint folder of a resumed run
+    is not empty by design; ``validate``/``predict`` read checkpoints from another folder by design)."""
+    for message in (
+        r".*isinstance\(treespec, LeafSpec\)",
+        r"LightningCLI's args parameter is intended",
+        r"The dirpath has changed from",
+        r"Checkpoint directory .* exists and is not empty",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        handler.addFilter(_NoTips())
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _message(err: BaseException) -> str:
+    """The error's own words; its type only where the words alone would not say what went wrong."""
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, ValueError | OSError | FloatingPointError):
+        return text
+    return f"{type(err).__name__}: {text}"
 
 
 if __name__ == "__main__":

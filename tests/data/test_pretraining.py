@@ -185,6 +185,25 @@ def test_bad_corpora_are_named(tmp_path):
         _dm([one_doc], tmp_path, max_seq_len=4)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"eval_batch_size": -8}, "eval_batch_size must be a positive integer, got -8"),
+        ({"dupe_factor": 0}, "dupe_factor must be a positive integer"),
+        ({"pad_to_multiple_of": 0}, "pad_to_multiple_of must be a positive integer"),
+        ({"num_workers": -1}, "num_workers must be >= 0"),
+        ({"mlm_probability": 1.0}, r"mlm_probability must be in \(0, 1\), got 1.0"),
+        ({"mlm_probability": 0}, r"mlm_probability must be in \(0, 1\), got 0"),
+        ({"short_seq_prob": -0.1}, r"short_seq_prob must be in \[0, 1\], got -0.1"),
+        ({"val_fraction": 1.0}, r"val_fraction must be in \(0, 1\), got 1.0"),
+    ],
+)
+def test_bad_sizes_and_probabilities_are_named_at_construction(tmp_path, setting, message):
+    with pytest.raises(ValueError, match=f"BertPretrainingDataModule: {message}"):
+        _dm([tmp_path / "corpus.txt"], tmp_path, **setting)
+
+
 def test_training_batches_are_masked_afresh_each_epoch(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(

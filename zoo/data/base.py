@@ -54,7 +54,17 @@ class TokenizedDataModule(L.LightningDataModule):
         return {"tokenizer": self.tokenizer.to_str(), "train_position": position.as_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("tokenizer")
+        self.check_tokenizer(state_dict.get("tokenizer"))
+        self._resume_at = TrainPosition(**state_dict.get("train_position", {}))
+        if self._train_sampler is not None:
+            self._train_sampler.resume_from(self._resume_at)
+
+    def check_tokenizer(self, saved: str | None) -> None:
+        """Refuse a checkpoint's tokenizer (its JSON; ``None``: not recorded) that differs from this one's.
+
+        Raises:
+            ValueError: Names both vocabulary sizes and where this module's tokenizer comes from.
+        """
         if saved is not None and saved != self.tokenizer.to_str():
             saved_vocab = Tokenizer.from_str(saved).get_vocab_size()
             raise ValueError(
@@ -62,6 +72,3 @@ class TokenizedDataModule(L.LightningDataModule):
                 f"data module builds from {self.tokenizer_spec!r} (vocab {self.vocab_size}); use the same "
                 "files and settings, or point `tokenizer` at the run's tokenizer"
             )
-        self._resume_at = TrainPosition(**state_dict.get("train_position", {}))
-        if self._train_sampler is not None:
-            self._train_sampler.resume_from(self._resume_at)

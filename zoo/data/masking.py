@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from zoo.data.wordpiece import CONTINUING_SUBWORD_PREFIX, special_token_ids
+from zoo.errors import check_positive
 
 IGNORE_INDEX = -100
 #: Of the chosen tokens, this share becomes [MASK] and half the rest a random token (BERT's 80/10/10).
@@ -27,6 +28,18 @@ def example_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A CPU generator whose stream is a function of ``(seed, epoch, index)`` only."""
     state = np.random.SeedSequence((seed, epoch, index)).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) >> 1)  # manual_seed takes a non-negative int64
+
+
+def check_mlm_probability(owner: str, mlm_probability: float) -> None:
+    """``mlm_probability`` is a share strictly between 0 and 1 (one that masks nothing or everything
+    teaches nothing).
+
+    Raises:
+        ValueError: ``"{owner}: mlm_probability must be in (0, 1), got 1.0"``.
+    """
+    ok = isinstance(mlm_probability, int | float) and not isinstance(mlm_probability, bool)
+    if not ok or not 0 < mlm_probability < 1:
+        raise ValueError(f"{owner}: mlm_probability must be in (0, 1), got {mlm_probability!r}")
 
 
 class MLMCollator:
@@ -72,12 +85,12 @@ class MLMCollator:
         max_length: int | None = None,
         seed: int = 0,
     ) -> None:
-        if not 0.0 < mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        check_positive(
+            "MLMCollator", vocab_size=vocab_size, pad_to_multiple_of=pad_to_multiple_of, max_length=max_length
+        )
+        check_mlm_probability("MLMCollator", mlm_probability)
         if whole_word and not continuation_ids:
             raise ValueError("whole_word needs the ids of the ## continuation pieces (continuation_ids)")
-        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
         special = torch.tensor(sorted(set(special_token_ids)), dtype=torch.long)
         replacements = torch.ones(vocab_size, dtype=torch.bool)
         replacements[special[special < vocab_size]] = False

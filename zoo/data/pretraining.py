@@ -14,10 +14,14 @@ and a lone sentence that remains (a one-sentence document, or the last sentence 
 B) is left out of that pass. The random share is in the cache's ``meta.json``.
 
 Masking is not done here but per batch, by `zoo.data.masking.MLMCollator`.
+
+``zoo predict`` fills masks in the sentences of ``predict_file`` (see `read_fill_mask_file` and
+`BertPretrainingDataModule.format_prediction`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -25,7 +29,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -35,9 +39,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
 from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
-from zoo.data.masking import MLMCollator
+from zoo.data.labelled import Examples, pad_batch
+from zoo.data.masking import MLMCollator, check_mlm_probability
 from zoo.data.resumable import ResumableSampler
-from zoo.data.wordpiece import load_wordpiece, special_token_ids, train_wordpiece
+from zoo.data.wordpiece import CONTINUING_SUBWORD_PREFIX, load_wordpiece, special_token_ids, train_wordpiece
+from zoo.errors import check_non_negative, check_positive, check_probability
 
 CACHE_VERSION = 1
 DocumentFormat = Literal["auto", "blank_lines", "wikitext", "conllu"]
@@ -282,6 +288,83 @@ class EpochSampler(ResumableSampler):
         return ((epoch, index) for index in super().__iter__())
 
 
+# -- fill-mask input and output --------------------------------------------------------------------
+FILL_MASK_COLUMNS = ("line", "mask", "token", "word", "probability")
+"""The tab-separated columns `BertPretrainingDataModule.format_prediction` writes (its first row)."""
+
+
+class FillMaskLine(NamedTuple):
+    """One sentence of a fill-mask file: its line number (from 1) and its ids, ``[CLS] ... [SEP]``."""
+
+    line: int
+    input_ids: list[int]
+
+
+def read_fill_mask_file(path: Path, tokenizer: Tokenizer, *, max_seq_len: int) -> list[FillMaskLine]:
+    """The sentences of a fill-mask file: one per line, each with one or more ``[MASK]`` tokens (written
+    exactly so: the tokenizer's mask token). Blank lines are skipped.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: ``path:LINE: ...`` for a line without a mask or longer than ``max_seq_len`` tokens
+            ([CLS] and [SEP] included); a file without a sentence.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"predict_file {path} not found")
+    mask_id = special_token_ids(tokenizer)["mask"]
+    out = []
+    for number, text in enumerate(read_text(path).split("\n"), start=1):
+        if not text.strip():
+            continue
+        ids = tokenizer.encode(text.rstrip("\r")).ids
+        if mask_id not in ids:
+            raise ValueError(f"{path}:{number}: no [MASK] to fill (write each mask as [MASK], upper case)")
+        if len(ids) > max_seq_len:
+            raise ValueError(
+                f"{path}:{number}: {len(ids)} tokens with [CLS] and [SEP], more than max_seq_len="
+                f"{max_seq_len}; shorten the line"
+            )
+        out.append(FillMaskLine(number, ids))
+    if not out:
+        raise ValueError(f"{path}: no sentence to fill, every line is blank")
+    return out
+
+
+def format_fill_mask(
+    line: FillMaskLine, fillers: Sequence[Sequence[tuple[int, float]]], tokenizer: Tokenizer
+) -> str:
+    """Rows ``line, mask, token, word, probability`` (tab-separated) for each filler of each mask.
+
+    ``mask`` counts the line's masks from 1; ``token`` is the vocabulary piece; ``word`` is the word it
+    makes: the token itself, or for a ``##`` continuation piece the input's word before the mask joined
+    with it (``walk [MASK]`` filled with ``##ed`` gives ``walked``).
+    """
+    tokens = [tokenizer.id_to_token(i) for i in line.input_ids]
+    mask_id = special_token_ids(tokenizer)["mask"]
+    positions = [p for p, i in enumerate(line.input_ids) if i == mask_id]
+    if len(positions) != len(fillers):
+        raise RuntimeError(f"line {line.line}: {len(positions)} masks but fillers for {len(fillers)}")
+    rows = []
+    for mask, (position, candidates) in enumerate(zip(positions, fillers), start=1):
+        for token_id, probability in candidates:
+            token = tokenizer.id_to_token(token_id)
+            word = _completed_word(tokens, position, token)
+            rows.append(f"{line.line}\t{mask}\t{token}\t{word}\t{probability:.6g}\n")
+    return "".join(rows)
+
+
+def _completed_word(tokens: list[str], position: int, filler: str) -> str:
+    if not filler.startswith(CONTINUING_SUBWORD_PREFIX):
+        return filler
+    start = position - 1  # back to the start of the word the filler continues
+    while start > 0 and tokens[start].startswith(CONTINUING_SUBWORD_PREFIX):
+        start -= 1
+    if start < 0 or tokens[start] in ("[CLS]", "[SEP]", "[PAD]"):
+        start += 1
+    pieces = [*tokens[start:position], filler]
+    return "".join(t.removeprefix(CONTINUING_SUBWORD_PREFIX) for t in pieces)
+
+
 # -- data module -----------------------------------------------------------------------------------
 class BertPretrainingDataModule(TokenizedDataModule):
     """Masked-LM (+ next-sentence) pretraining data from text files.
@@ -292,6 +375,11 @@ class BertPretrainingDataModule(TokenizedDataModule):
     ``setup`` (every rank) memory-maps them. Training batches are shuffled by `EpochSampler`
     (one share per rank under DDP) and masked afresh every epoch by `MLMCollator`; validation
     masks are the same at every evaluation.
+
+    ``zoo predict`` fills the ``[MASK]`` tokens of ``predict_file`` (one sentence per line, blank lines
+    skipped) and, through `zoo.tasks.callbacks.PredictionWriter`, writes tab-separated rows ``line, mask,
+    token, word, probability`` (`format_prediction`), the model's ``top_k`` fillers per mask, most likely
+    first. It needs only the tokenizer, not the pretraining instances.
 
     Args:
         files: Training corpus: paths, globs, ``stdlib:GLOB`` or URLs (see
@@ -313,10 +401,12 @@ class BertPretrainingDataModule(TokenizedDataModule):
         whole_word_masking: Choose whole words (a piece and its ``##`` continuations) together.
         pad_to_multiple_of: Pad batches to a multiple of this length (``None``: the longest example).
         batch_size: Training batch size per device.
-        eval_batch_size: Validation/test batch size (defaults to ``batch_size``).
+        eval_batch_size: Validation/test/predict batch size (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.
         seed: Seeds the validation split, the instances, the shuffling and the masks.
         cache_dir: Where tokenizers and instances are cached.
+        predict_file: Sentences for ``zoo predict`` to fill, one per line, each with one or more
+            ``[MASK]`` tokens; a line without one is an error naming ``file:line``.
     """
 
     def __init__(
@@ -342,20 +432,30 @@ class BertPretrainingDataModule(TokenizedDataModule):
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str = ".cache/zoo",
+        predict_file: str | None = None,
     ) -> None:
         super().__init__()
+        owner = type(self).__name__
+        check_positive(
+            owner,
+            wordpiece_vocab_size=wordpiece_vocab_size,
+            max_seq_len=max_seq_len,
+            dupe_factor=dupe_factor,
+            pad_to_multiple_of=pad_to_multiple_of,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+        )
+        check_non_negative(owner, num_workers=num_workers)
+        check_probability(owner, short_seq_prob=short_seq_prob)
+        check_mlm_probability(owner, mlm_probability)
         if val_files is None and not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise ValueError(f"{owner}: val_fraction must be in (0, 1), got {val_fraction!r}")
         if document_format not in get_args(DocumentFormat):
             raise ValueError(
-                f"document_format must be one of {get_args(DocumentFormat)}, got {document_format!r}"
+                f"{owner}: document_format must be one of {get_args(DocumentFormat)}, got {document_format!r}"
             )
         if max_seq_len < 5:
-            raise ValueError(f"max_seq_len={max_seq_len} leaves no room for [CLS] A [SEP] B [SEP]")
-        if not 0.0 <= short_seq_prob <= 1.0 or dupe_factor < 1:
-            raise ValueError(
-                f"need 0 <= short_seq_prob <= 1 and dupe_factor >= 1, got {short_seq_prob}, {dupe_factor}"
-            )
+            raise ValueError(f"{owner}: max_seq_len={max_seq_len} leaves no room for [CLS] A [SEP] B [SEP]")
         self.files = list(files)
         self.val_files = list(val_files) if val_files else None
         self.val_fraction = val_fraction
@@ -376,8 +476,10 @@ class BertPretrainingDataModule(TokenizedDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.cache_dir = Path(cache_dir).expanduser()
+        self.predict_file = predict_file
         self.train_set: PretrainingExamples | None = None
         self.val_set: PretrainingExamples | None = None
+        self.predict_lines: list[FillMaskLine] | None = None
 
     @property
     def collator(self) -> MLMCollator:
@@ -391,10 +493,24 @@ class BertPretrainingDataModule(TokenizedDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Build the tokenizer and both splits' instances into the cache (local rank 0 only)."""
+        """Build the tokenizer and both splits' instances into the cache (local rank 0 only); only the
+        tokenizer for ``zoo predict``."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.state.fn == "predict":
+            _ = self.tokenizer
+            return
         self._instance_dir()
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            if self.predict_file is None:
+                raise ValueError(
+                    "zoo predict needs data.init_args.predict_file: sentences with [MASK] to fill"
+                )
+            self.predict_lines = read_fill_mask_file(
+                Path(self.predict_file).expanduser(), self.tokenizer, max_seq_len=self.max_seq_len
+            )
+            return
         directory = self._instance_dir()
         self.train_set, self.val_set = (_load_examples(directory, split) for split in ("train", "val"))
 
@@ -408,6 +524,34 @@ class BertPretrainingDataModule(TokenizedDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of ``predict_file`` sentences in file order: ``input_ids``, ``attention_mask``,
+        ``token_type_ids``, ``fill_positions`` (all (B, T); 1 at the masks) and ``index`` (B,)."""
+        if self.predict_lines is None:
+            raise RuntimeError("call setup('predict') before asking for the predict dataloader")
+        ids = special_token_ids(self.tokenizer)
+        items = []
+        for n, line in enumerate(self.predict_lines):
+            fill = [int(i == ids["mask"]) for i in line.input_ids]
+            items.append({"input_ids": line.input_ids, "fill_positions": fill, "index": n})
+        collate = functools.partial(pad_batch, pad_id=ids["pad"], sequence_keys={"fill_positions": 0})
+        return DataLoader(
+            Examples(items),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
+
+    def format_prediction(self, index: int, prediction: Sequence[Sequence[tuple[int, float]]]) -> str:
+        """Rows for sentence ``index`` of ``predict_file`` (see `format_fill_mask`): per mask, the
+        ``(token id, probability)`` pairs of ``MaskedLM.predict_step``. Sentence 0 starts with the
+        header row ``line mask token word probability``."""
+        if self.predict_lines is None:
+            raise RuntimeError("call setup('predict') before formatting predictions")
+        rows = format_fill_mask(self.predict_lines[index], prediction, self.tokenizer)
+        return ("\t".join(FILL_MASK_COLUMNS) + "\n" if index == 0 else "") + rows
 
     # -- internals ---------------------------------------------------------------------------------
     def _documents(self, specs: list[str]) -> list[list[str]]:

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 from zoo.data.corpus import atomic_write_text
+from zoo.errors import check_non_negative, check_positive
 
 
 def _datamodule_codec(trainer: L.Trainer) -> Any:
@@ -21,8 +22,17 @@ def _datamodule_codec(trainer: L.Trainer) -> Any:
     return dm
 
 
+def output_path(trainer: L.Trainer, output_file: str | None, default_name: str) -> Path | None:
+    """Where a writer puts its file: ``None`` means ``default_name`` in the trainer's ``default_root_dir``
+    (so ``--trainer.default_root_dir`` moves it with the logs and checkpoints), ``"-"`` means stdout
+    (``None`` returned); any other path is used as given."""
+    if output_file == "-":
+        return None
+    return Path(trainer.default_root_dir) / default_name if output_file is None else Path(output_file)
+
+
 class GenerateSamples(L.Callback):
-    """Print (and save) sampled continuations of prompts when training ends.
+    """Print and save sampled continuations of prompts when training ends.
 
     Args:
         prompts: Text prompts; each gets ``num_samples`` continuations.
@@ -31,7 +41,8 @@ class GenerateSamples(L.Callback):
         temperature: Sampling temperature (0 means greedy).
         top_k: Top-k filtering (``None``: off).
         seed: Seed for the sampling generator, so samples are reproducible.
-        output_file: Also write the samples here (``None``: print only).
+        output_file: Also write the samples here; ``None``: ``samples.txt`` in the trainer's
+            ``default_root_dir``; ``"-"``: print only.
     """
 
     def __init__(
@@ -45,6 +56,8 @@ class GenerateSamples(L.Callback):
         seed: int = 1337,
         output_file: str | None = None,
     ) -> None:
+        check_positive("GenerateSamples", num_samples=num_samples, max_new_tokens=max_new_tokens, top_k=top_k)
+        check_non_negative("GenerateSamples", temperature=temperature)
         self.prompts = prompts or ["\n"]
         self.num_samples = num_samples
         self.max_new_tokens = max_new_tokens
@@ -70,50 +83,11 @@ class GenerateSamples(L.Callback):
             texts += [prompt + codec.decode(n) for n in new]
         report = "".join(f"\n---------- sample {i + 1} ----------\n{t}\n" for i, t in enumerate(texts))
         print(report, flush=True)
-        if self.output_file:
-            Path(self.output_file).parent.mkdir(parents=True, exist_ok=True)
-            Path(self.output_file).write_text(report, encoding="utf-8")
-
-
-class TextPredictionWriter(BasePredictionWriter):
-    """Write ``zoo predict`` generations as text, one block per prompt, to a file or stdout.
-
-    Args:
-        output_file: Destination; ``None`` prints to stdout.
-        separator: Written after each generated text.
-    """
-
-    def __init__(self, output_file: str | None = None, *, separator: str = "\n") -> None:
-        super().__init__(write_interval="batch")
-        self.output_file = output_file
-        self.separator = separator
-        self._started = False
-
-    def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: Any,
-        batch_indices: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        codec = _datamodule_codec(trainer)
-        prompts = batch.get("prompts") if isinstance(batch, dict) else None
-        texts = []
-        for i, new in enumerate(prediction):
-            prefix = codec.decode(prompts[i]) if prompts is not None else ""
-            texts.append(prefix + codec.decode(new) + self.separator)
-        if self.output_file is None:
-            sys.stdout.write("".join(texts))
-            sys.stdout.flush()
-            return
-        path = Path(self.output_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a" if self._started else "w", encoding="utf-8") as f:
-            f.write("".join(texts))
-        self._started = True
+        path = output_path(trainer, self.output_file, "samples.txt")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, report)
+            print(f"zoo: wrote {len(texts)} samples to {path}", file=sys.stderr, flush=True)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -121,9 +95,12 @@ class PredictionWriter(BasePredictionWriter):
     data module's ``format_prediction(index, prediction)`` turns each prediction into text (a label per
     line for classification, the input's CoNLL lines with the predicted tags for tagging).
 
+    The file is written through a temporary file and renamed at the end, so an interrupted run never
+    leaves a half-written file; the last line printed says where it is.
+
     Args:
-        output_file: Destination (written through a temporary file and renamed at the end, so an
-            interrupted run never leaves a half-written file); ``None`` prints to stdout.
+        output_file: Destination; ``None``: ``predictions.txt`` in the trainer's ``default_root_dir``;
+            ``"-"``: stdout.
     """
 
     def __init__(self, output_file: str | None = None) -> None:
@@ -134,9 +111,10 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:
             raise RuntimeError(
-                "PredictionWriter keeps the input order on one device only; predict with devices=1"
+                f"{type(self).__name__} keeps the input order on one device only; predict with devices=1"
             )
         self._parts = []
+        self._count = 0
 
     def write_on_batch_end(
         self,
@@ -148,16 +126,44 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        data = trainer.datamodule
-        texts = [data.format_prediction(int(i), p) for i, p in zip(batch["index"], prediction)]
-        if self.output_file is None:
+        texts = self.format_batch(trainer, prediction, batch)
+        self._count += len(texts)
+        if output_path(trainer, self.output_file, "predictions.txt") is None:
             sys.stdout.write("".join(texts))
             sys.stdout.flush()
         else:
             self._parts.extend(texts)
 
+    def format_batch(self, trainer: L.Trainer, prediction: Any, batch: Any) -> list[str]:
+        """One text per example of the batch."""
+        data = trainer.datamodule
+        return [data.format_prediction(int(i), p) for i, p in zip(batch["index"], prediction)]
+
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.output_file is not None:
-            path = Path(self.output_file)
+        path = output_path(trainer, self.output_file, "predictions.txt")
+        if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, "".join(self._parts))
+            print(f"zoo: wrote {self._count} predictions to {path}", file=sys.stderr, flush=True)
+
+
+class TextPredictionWriter(PredictionWriter):
+    """Write ``zoo predict`` generations as text: each prompt followed by its continuation.
+
+    Args:
+        output_file: Destination; ``None``: ``predictions.txt`` in the trainer's ``default_root_dir``;
+            ``"-"``: stdout.
+        separator: Written after each generated text.
+    """
+
+    def __init__(self, output_file: str | None = None, *, separator: str = "\n") -> None:
+        super().__init__(output_file)
+        self.separator = separator
+
+    def format_batch(self, trainer: L.Trainer, prediction: Any, batch: Any) -> list[str]:
+        codec = _datamodule_codec(trainer)
+        prompts = batch.get("prompts") if isinstance(batch, dict) else None
+        return [
+            (codec.decode(prompts[i]) if prompts is not None else "") + codec.decode(new) + self.separator
+            for i, new in enumerate(prediction)
+        ]

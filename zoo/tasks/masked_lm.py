@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
+from zoo.errors import check_positive
 from zoo.tasks.base import BackboneTask
 
 IGNORE_INDEX = -100
@@ -56,7 +57,8 @@ def _metrics() -> nn.ModuleDict:
 
 
 class MaskedLM(BackboneTask):
-    """Pretrain a bidirectional encoder: masked-LM loss, plus next-sentence loss with ``nsp`` (BERT).
+    """Pretrain a bidirectional encoder: masked-LM loss, plus next-sentence loss with ``nsp`` (BERT); fill
+    masks with ``zoo predict``.
 
     Batches hold ``input_ids``, ``attention_mask``, ``token_type_ids`` and ``labels`` (all (B, T); labels
     are ``-100`` except at the masked positions) and, with ``nsp``, ``next_sentence_label`` (B,), 0 when
@@ -70,6 +72,11 @@ class MaskedLM(BackboneTask):
     Without ``nsp`` (RoBERTa's objective) the backbone's pooler and NSP head, if it has them, are frozen
     so that DDP does not wait for gradients they never get.
 
+    ``predict_step`` fills masks: prediction batches hold ``input_ids``, ``attention_mask``,
+    ``token_type_ids`` and ``fill_positions`` (B, T), non-zero at the ``[MASK]`` tokens to fill, and each
+    mask gets its ``top_k`` most likely tokens (see `zoo.data.BertPretrainingDataModule`'s
+    ``predict_file``).
+
     Args:
         backbone: Encoder with MLM (and NSP) heads, e.g. `zoo.models.bert.Bert`, or its spec.
         nsp: Add the next-sentence loss; the data must then provide ``next_sentence_label``.
@@ -79,6 +86,7 @@ class MaskedLM(BackboneTask):
         warmup_steps: Linear warm-up steps (BERT: 10k of 1M).
         min_lr_ratio: Final learning rate as a fraction of the peak (cosine decay).
         total_steps: Schedule length; ``None`` follows the trainer.
+        top_k: Fillers ``predict_step`` returns per mask, most likely first.
     """
 
     def __init__(
@@ -92,7 +100,9 @@ class MaskedLM(BackboneTask):
         warmup_steps: int = 10_000,
         min_lr_ratio: float = 0.0,
         total_steps: int | None = None,
+        top_k: int = 5,
     ) -> None:
+        check_positive("MaskedLM", top_k=top_k)
         super().__init__(
             backbone,
             learning_rate=learning_rate,
@@ -103,6 +113,7 @@ class MaskedLM(BackboneTask):
             total_steps=total_steps,
         )
         self.nsp = nsp
+        self.top_k = top_k
         if not nsp:
             for name in ("pooler", "nsp_head"):
                 module = getattr(self.backbone, name, None)
@@ -121,22 +132,7 @@ class MaskedLM(BackboneTask):
         """Encode the batch, run the MLM head on the masked positions only, add the NSP loss."""
         labels = batch["labels"]
         is_target = labels != IGNORE_INDEX  # (B, T)
-        # The last layer only computes the rows the losses read: [CLS], then each row's masked
-        # positions in order (rows with fewer targets repeat position 0 as filler).
-        counts = is_target.sum(dim=1)  # (B,)
-        width = int(counts.max()) if counts.numel() else 0
-        order = torch.argsort((~is_target).to(torch.int8), dim=1, stable=True)[:, :width]  # (B, M)
-        filled = torch.arange(width, device=labels.device) < counts[:, None]  # (B, M)
-        positions = torch.cat([order.new_zeros(len(order), 1), order * filled], dim=1)  # (B, 1 + M)
-        hidden = self.backbone.encode(
-            batch["input_ids"],
-            attention_mask=_padding_mask(batch.get("attention_mask")),
-            token_type_ids=batch.get("token_type_ids"),
-            output_positions=positions,
-        )  # (B, 1 + M, C)
-        mlm_logits = self.backbone.mlm_logits(
-            hidden[:, 1:][filled]
-        )  # (N, V), row-major like labels[is_target]
+        hidden, mlm_logits = self._encode_targets(batch, is_target)  # (B, 1 + M, C), (N, V)
         mlm_targets = labels[is_target]  # (N,)
         mlm_loss = F.cross_entropy(mlm_logits.float(), mlm_targets)
         if not self.nsp:
@@ -150,7 +146,7 @@ class MaskedLM(BackboneTask):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.losses(batch)
         n = batch["input_ids"].shape[0]
-        self.log("train_loss", out.loss, prog_bar=True, batch_size=n)
+        self.log("train_loss", out.loss, batch_size=n)
         self.log("train_mlm_loss", out.mlm_loss, batch_size=n)
         if out.nsp_loss is not None:
             self.log("train_nsp_loss", out.nsp_loss, batch_size=n)
@@ -162,6 +158,20 @@ class MaskedLM(BackboneTask):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_metrics)
 
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[list[list[tuple[int, float]]]]:
+        """Fill masks: per example, per ``fill_positions`` entry in order, the ``top_k`` ``(token id,
+        probability)`` pairs, most likely first (probabilities: softmax of the MLM logits over the
+        whole vocabulary)."""
+        is_target = batch["fill_positions"].bool()  # (B, T)
+        _, logits = self._encode_targets(batch, is_target)  # (N, V)
+        probabilities, token_ids = logits.float().softmax(-1).topk(min(self.top_k, logits.shape[-1]))
+        fillers = [list(zip(i, p)) for i, p in zip(token_ids.tolist(), probabilities.tolist())]
+        out, start = [], 0
+        for count in is_target.sum(dim=1).tolist():
+            out.append(fillers[start : start + count])
+            start += count
+        return out
+
     def setup(self, stage: str) -> None:
         """The base checks (positions, vocabulary, atomic checkpoints), plus NSP labels when ``nsp``."""
         super().setup(stage)
@@ -169,6 +179,24 @@ class MaskedLM(BackboneTask):
             raise ValueError(
                 "MaskedLM(nsp=True) needs next-sentence labels but the data module has nsp=False"
             )
+
+    def _encode_targets(self, batch: dict[str, Tensor], is_target: Tensor) -> tuple[Tensor, Tensor]:
+        """Hidden states (B, 1 + M, C) at [CLS] and at each row's M target slots, and the MLM logits
+        (N, V) at the N ``is_target`` (B, T) positions, in row-major order like ``labels[is_target]``."""
+        # The last layer only computes the rows the losses read: [CLS], then each row's target
+        # positions in order (rows with fewer targets repeat position 0 as filler).
+        counts = is_target.sum(dim=1)  # (B,)
+        width = int(counts.max()) if counts.numel() else 0
+        order = torch.argsort((~is_target).to(torch.int8), dim=1, stable=True)[:, :width]  # (B, M)
+        filled = torch.arange(width, device=is_target.device) < counts[:, None]  # (B, M)
+        positions = torch.cat([order.new_zeros(len(order), 1), order * filled], dim=1)  # (B, 1 + M)
+        hidden = self.backbone.encode(
+            batch["input_ids"],
+            attention_mask=_padding_mask(batch.get("attention_mask")),
+            token_type_ids=batch.get("token_type_ids"),
+            output_positions=positions,
+        )  # (B, 1 + M, C)
+        return hidden, self.backbone.mlm_logits(hidden[:, 1:][filled])  # (N, V)
 
     def _evaluate(self, batch: dict[str, Tensor], stage: str, metrics: nn.ModuleDict) -> None:
         out = self.losses(batch)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; a cut one has no directory
+        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint (not a zip archive)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on a non-checkpoint

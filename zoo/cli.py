@@ -195,8 +195,14 @@ class _NoTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip")
 
 
+_WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given class_path")
+
+
 def _message(err: BaseException) -> str:
-    """The error's own words; its type only where the words alone would not say what went wrong."""
+    """The error's own words; its type only where the words alone would not say what went wrong. An
+    error a constructor raised while jsonargparse built the class is unwrapped from its Union report."""
+    while err.__cause__ is not None and str(err).startswith(_WRAPPERS):
+        err = err.__cause__
     text = str(err).strip() or type(err).__name__
     if isinstance(err, ValueError | OSError | FloatingPointError):
         return text

@@ -115,6 +115,93 @@ def test_validation_label_missing_from_training_set_is_named(minilm_dir, tmp_pat
         data.setup("fit")
 
 
+def test_test_label_missing_from_training_set_is_named(minilm_dir, tmp_path):
+    data = _module(minilm_dir, tmp_path, "sentence\tlabel\ngood\tpos\nbad\tneg\n")
+    test = tmp_path / "test.tsv"
+    test.write_text("sentence\tlabel\nfine\tpos\nmeh\tneutral\n", encoding="utf-8")
+    data.files["test"] = str(test)
+    with pytest.raises(ValueError, match=r"test\.tsv:3: label 'neutral' is not in the training label set"):
+        data.setup("test")
+    # multi-label: each label of a row is checked
+    multi = _module(
+        minilm_dir,
+        tmp_path,
+        "sentence\tlabel\na\tx,y\n",
+        "sentence\tlabel\nb\ty\nc\ty,z\n",
+        problem_type="multi_label",
+    )
+    with pytest.raises(
+        ValueError, match=r"val\.tsv:3: label 'z' is not in the training label set \['x', 'y'\]"
+    ):
+        multi.setup("fit")
+
+
+@pytest.mark.parametrize(
+    "labels, line, message",
+    [
+        (
+            ["0", "1", "1", "positive", "0"],
+            5,
+            "label 'positive' is a word, but 4 labels of column 'label' are numbers",
+        ),
+        (["neg", "pos", "1", "neg"], 4, "label '1' is a number, but 3 labels of column 'label' are words"),
+    ],
+)
+def test_label_column_mixing_numbers_and_words_is_named(minilm_dir, tmp_path, labels, line, message):
+    rows = "".join(f"text {i}\t{label}\n" for i, label in enumerate(labels))
+    data = _module(minilm_dir, tmp_path, "sentence\tlabel\n" + rows)
+    with pytest.raises(ValueError, match=rf"train\.tsv:{line}: {message}.*must not mix numbers and words"):
+        _ = data.label_names
+
+
+def test_mixed_validation_labels_are_named_before_unknown_ones(minilm_dir, tmp_path):
+    data = _module(
+        minilm_dir, tmp_path, "sentence\tlabel\na\t0\nb\t1\n", "sentence\tlabel\nc\t1\nd\t0\ne\tpositive\n"
+    )
+    with pytest.raises(
+        ValueError, match=r"val\.tsv:4: label 'positive' is a word, but 2 labels .* are numbers"
+    ):
+        data.setup("fit")
+
+
+def test_txt_predict_file_holds_one_text_per_line(minilm_dir, tmp_path):
+    data = _module(minilm_dir, tmp_path, "sentence\tlabel\ngood\tpos\nbad\tneg\n")
+    new = tmp_path / "new.txt"
+    new.write_text("a gorgeous , witty movie\n\n  the worst film \r\nfine", encoding="utf-8")
+    data.files["predict"] = str(new)
+    data.setup("predict")
+    items = data._datasets["predict"].items
+    texts = ["a gorgeous , witty movie", "  the worst film ", "fine"]  # blank lines skipped
+    assert [e["input_ids"] for e in items] == [data.tokenizer.encode(t).ids for t in texts]
+    assert [e["index"] for e in items] == [0, 1, 2] and all(e["labels"] is None for e in items)
+    # a .txt has no label column: refused where labels are needed, and for pair tasks
+    with pytest.raises(
+        ValueError, match=r"new\.txt: a \.txt file holds one text per line, no \['sentence', 'label'\]"
+    ):
+        TextClassificationDataModule(tokenizer=str(minilm_dir), train_file=str(new)).setup("fit")
+    pairs = _module(minilm_dir, tmp_path, "a\tb\tlabel\nx\ty\t1\n", text_column="a", text_pair_column="b")
+    pairs.files["predict"] = str(new)
+    with pytest.raises(
+        ValueError, match=r"new\.txt: a \.txt predict_file .* text pairs \(text_pair_column='b'\)"
+    ):
+        pairs.setup("predict")
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("batch_size", 0, "batch_size must be a positive integer, got 0"),
+        ("eval_batch_size", -8, "eval_batch_size must be a positive integer, got -8"),
+        ("max_seq_len", 0, "max_seq_len must be a positive integer, got 0"),
+        ("max_train_examples", 0, "max_train_examples must be a positive integer, got 0"),
+        ("label_separator", "", "label_separator must not be empty"),
+    ],
+)
+def test_bad_sizes_are_named_at_construction(argument, value, message):
+    with pytest.raises(ValueError, match=f"^TextClassificationDataModule: {message}"):
+        TextClassificationDataModule(tokenizer="unused", **{argument: value})
+
+
 def test_empty_text_field_names_file_and_line(minilm_dir, tmp_path):
     data = _module(minilm_dir, tmp_path, "sentence\tlabel\ngood\t1\n \t0\n")
     with pytest.raises(ValueError, match=r"train\.tsv:3: empty text in column 'sentence'"):

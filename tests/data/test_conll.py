@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from conftest import shared_file
 
-from zoo.data.conll import TaggedSentence, format_conll, format_conllu, read_conll, read_conllu
+from zoo.data import TaggingDataModule
+from zoo.data.conll import (
+    TaggedSentence,
+    format_conll,
+    format_conllu,
+    format_word_tags,
+    read_conll,
+    read_conllu,
+    read_sentence_lines,
+)
 
 CONLL = (
     "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n"
@@ -190,3 +199,73 @@ def test_format_round_trip_and_predictions(tmp_path):
     assert [line.split("\t")[4] for line in written[3:6] + written[7:8]] == ["A", "B", "C", "D"]
     with pytest.raises(ValueError, match="3 predicted tags for 4 words"):
         format_conllu(conllu[0], ["A", "B", "C"])
+
+
+def test_plain_text_sentences_and_word_tag_output(tmp_path):
+    path = _write(tmp_path, "Peter  Blackburn flew\tto Brussels .\r\n\n   \nThe EU said no")
+    first, second = read_sentence_lines(path)
+    assert first.words == ["Peter", "Blackburn", "flew", "to", "Brussels", "."] and first.labels is None
+    assert (first.start_line, second.start_line, second.words) == (1, 4, ["The", "EU", "said", "no"])
+    tags = ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]
+    assert format_word_tags(first, tags) == "".join(f"{w}\t{t}\n" for w, t in zip(first.words, tags)) + "\n"
+    with pytest.raises(ValueError, match=rf"{path}:4: 3 predicted tags for 4 words"):
+        format_word_tags(second, ["O"] * 3)
+    with pytest.raises(ValueError, match=rf"{path}: no sentences"):
+        read_sentence_lines(_write(tmp_path, "\n \n"))
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_sentence_lines(tmp_path / "missing.txt")
+
+
+def test_word_line_numbers(tmp_path):
+    conll = read_conll(_write(tmp_path, CONLL))
+    assert [conll[1].word_line(i) for i in range(2)] == [6, 7]
+    conllu = read_conllu(_write(tmp_path, CONLLU, "f.conllu"))
+    # comments and the multiword line 3 are not words; the empty node (line 7) sits between words 3 and 4
+    assert [conllu[0].word_line(i) for i in range(4)] == [4, 5, 6, 8]
+    assert conllu[1].word_line(0) == 11
+
+
+def _tagging(minilm_dir, tmp_path, train: str, name: str = "train.txt", **kwargs) -> TaggingDataModule:
+    return TaggingDataModule(
+        tokenizer=str(minilm_dir), train_file=str(_write(tmp_path, train, name)), **kwargs
+    )
+
+
+def test_unseen_validation_and_test_tags_name_the_word_line(minilm_dir, tmp_path):
+    data = _tagging(minilm_dir, tmp_path, CONLL)
+    data.files["test"] = str(_write(tmp_path, "Paris NNP B-NP B-LOC\nis VBZ B-VP O\n", "test.txt"))
+    with pytest.raises(
+        ValueError, match=r"test\.txt:1: label 'B-LOC' is not in the training label set \['O', "
+    ):
+        data.setup("test")
+    data.files["validate"] = str(
+        _write(tmp_path, "EU NNP B-NP B-ORG\n\nin IN B-PP O\nParis NNP B-NP B-GPE\n", "val.txt")
+    )
+    with pytest.raises(ValueError, match=r"val\.txt:4: label 'B-GPE' is not in the training label set"):
+        data.setup("validate")
+    ud = _tagging(minilm_dir, tmp_path, CONLLU, "train.conllu", format="conllu")
+    ud.files["test"] = str(_write(tmp_path, CONLLU.replace("4\t.\t.\tPUNCT", "4\t.\t.\tSYM"), "test.conllu"))
+    with pytest.raises(ValueError, match=r"test\.conllu:8: label 'SYM' is not in the training label set"):
+        ud.setup("test")
+
+
+def test_plain_text_predict_file_is_tagged_word_by_word(minilm_dir, tmp_path):
+    data = _tagging(minilm_dir, tmp_path, CONLL, predict_format="text")
+    data.files["predict"] = str(
+        _write(tmp_path, "Peter Blackburn visited Paris .\n\nEU rejects it\n", "new.txt")
+    )
+    data.setup("predict")
+    items = data._datasets["predict"].items
+    assert [max(e["word_index"]) + 1 for e in items] == [5, 3]  # every word has a first subword
+    assert data.format_prediction(1, ["B-ORG", "O", "O"]) == "EU\tB-ORG\nrejects\tO\nit\tO\n\n"
+    # the default reads the predict file in the training format: the same lines are one-word-per-line CoNLL
+    same = _tagging(minilm_dir, tmp_path, CONLL)
+    same.files["predict"] = data.files["predict"]
+    with pytest.raises(ValueError, match=r"new\.txt:3: expected 5 columns, found 3"):
+        same.setup("predict")
+
+
+@pytest.mark.parametrize("argument", ["batch_size", "eval_batch_size", "max_seq_len"])
+def test_tagging_sizes_must_be_positive(argument):
+    with pytest.raises(ValueError, match=f"^TaggingDataModule: {argument} must be a positive integer, got 0"):
+        TaggingDataModule(tokenizer="unused", **{argument: 0})

@@ -3,10 +3,15 @@ SST-2 sentences, checkpoint -> predictions file, and the fine-tuning options (LL
 
 from __future__ import annotations
 
+import math
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import cpu_trainer, shared_file
 
+from zoo.cli import main
 from zoo.data import TextClassificationDataModule
 from zoo.models.bert import Bert
 from zoo.models.gpt2 import GPT2
@@ -14,6 +19,7 @@ from zoo.models.pretrained import load_pretrained
 from zoo.tasks import SequenceClassification
 from zoo.tasks.callbacks import PredictionWriter
 
+REPO = Path(__file__).resolve().parents[2]
 MINILM = dict(max_seq_len=512, embed_dim=384, num_heads=12, num_layers=6, hidden_dim=1536, vocab_size=30522)
 
 
@@ -152,8 +158,8 @@ def test_tiny_fit_on_real_sentences_then_checkpoint_predicts_a_file(minilm_dir, 
     out = tmp_path / "out" / "labels.txt"
     predictor = cpu_trainer(tmp_path, callbacks=[PredictionWriter(str(out))])
     predictor.predict(reloaded, datamodule=data, return_predictions=False)
-    labels = out.read_text().splitlines()
-    assert len(labels) == 3 and set(labels) <= {"0", "1"}
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(sorted(row[0::2]) == ["0", "1"] for row in rows)
 
 
 def test_bf16_mixed_steps_stay_finite(tmp_path):
@@ -175,3 +181,162 @@ def test_bf16_mixed_steps_stay_finite(tmp_path):
     trainer = cpu_trainer(tmp_path, max_steps=3, precision="bf16-mixed")
     trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(Rows(), batch_size=8))
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
+
+
+def _predict_to_file(
+    task: SequenceClassification, data: TextClassificationDataModule, root: Path
+) -> list[str]:
+    out = root / "predictions.tsv"
+    cpu_trainer(root, callbacks=[PredictionWriter(str(out))]).predict(
+        task, datamodule=data, return_predictions=False
+    )
+    return out.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def test_predictions_are_label_names_with_probabilities_in_input_order(minilm_dir, tmp_path):
+    """A plain .txt predict file, several batches: one line per non-blank input line, in order, each the
+    labels by name with the probabilities the model gives that text alone, most probable first."""
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\ngood\tpositive\nbad\tnegative\nso-so\tneutral\n", encoding="utf-8")
+    texts = ["a gorgeous , witty , seductive movie .", "the worst film of the year", "", "fine"]
+    texts += ["an overlong , tedious mess that never finds its footing , and never tries to"]
+    new = tmp_path / "new.txt"
+    new.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    data = TextClassificationDataModule(
+        tokenizer=str(minilm_dir),
+        train_file=str(train),
+        predict_file=str(new),
+        eval_batch_size=2,
+        max_seq_len=64,
+    )
+    torch.manual_seed(0)
+    task = SequenceClassification(
+        _tiny_bert(), num_labels=data.num_labels, label_names=data.label_names, pooling="mean"
+    )
+    with torch.no_grad():
+        task.head[1].weight.mul_(200)  # distinct, confident probabilities per text
+    rows = [line.split("\t") for line in _predict_to_file(task, data, tmp_path)]
+    task.eval()
+    for text, row in zip([t for t in texts if t], rows, strict=True):
+        ids = torch.tensor([data.tokenizer.encode(text).ids])
+        with torch.no_grad():
+            probs = torch.softmax(task({"input_ids": ids, "attention_mask": torch.ones_like(ids)}), -1)[0]
+        expected = sorted(zip(data.label_names, probs.tolist()), key=lambda pair: -pair[1])
+        assert row[0::2] == [name for name, _ in expected]
+        assert [float(p) for p in row[1::2]] == pytest.approx([p for _, p in expected], abs=1e-4)
+    assert len({row[1] for row in rows}) > 1  # the texts got different predictions
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+@pytest.mark.parametrize(
+    "problem_type, labels, bias, threshold, expected",
+    [
+        ("single_label", ["pos", "neg"], [0.0, math.log(3)], 0.5, "pos\t0.7500\tneg\t0.2500"),
+        ("multi_label", ["a,b", "c"], [_logit(0.8), _logit(0.3), _logit(0.6)], 0.5, "a\t0.8000\tc\t0.6000"),
+        ("multi_label", ["a,b", "c"], [_logit(0.8), _logit(0.3), _logit(0.6)], 0.7, "a\t0.8000"),
+        ("multi_label", ["a,b", "c"], [_logit(0.8), _logit(0.3), _logit(0.6)], 0.9, ""),
+        ("regression", ["1.5", "3"], [2.5], 0.5, "2.5"),
+    ],
+)
+def test_prediction_lines_by_problem_type(
+    minilm_dir, tmp_path, problem_type, labels, bias, threshold, expected
+):
+    """The exact line format: ``name<TAB>probability`` pairs, most probable first (multi-label: those above
+    ``threshold``, possibly none), or the regression value."""
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"text\t{label}\n" for label in labels), encoding="utf-8")
+    new = tmp_path / "new.txt"
+    new.write_text("first text\nsecond one\n", encoding="utf-8")
+    data = TextClassificationDataModule(
+        tokenizer=str(minilm_dir),
+        train_file=str(train),
+        predict_file=str(new),
+        problem_type=problem_type,
+        max_seq_len=64,
+    )
+    task = SequenceClassification(
+        _tiny_bert(),
+        num_labels=data.num_labels,
+        label_names=data.label_names,
+        problem_type=problem_type,
+        threshold=threshold,
+    )
+    with torch.no_grad():  # the same logits for every input
+        task.head[1].weight.zero_()
+        task.head[1].bias.copy_(torch.tensor(bias))
+    assert _predict_to_file(task, data, tmp_path) == [expected, expected]
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("classifier_dropout", 1.5, "classifier_dropout must be in [0, 1], got 1.5"),
+        ("threshold", -0.1, "threshold must be in [0, 1], got -0.1"),
+        ("num_labels", 0, "num_labels must be a positive integer, got 0"),
+        ("layer_lr_decay", 0.0, "layer_lr_decay must be in (0, 1], got 0.0"),
+    ],
+)
+def test_bad_arguments_are_named_at_construction(argument, value, message):
+    with pytest.raises(ValueError, match=f"^SequenceClassification: {re.escape(message)}"):
+        SequenceClassification(_tiny_bert(), **{argument: value})
+
+
+def test_zoo_names_a_zero_batch_size(capsys):
+    recipe = str(REPO / "recipes" / "finetune" / "sst2-minilm.yaml")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", recipe, "--data.init_args.batch_size=0"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: ")
+        and "TextClassificationDataModule: batch_size must be a positive integer, got 0" in err
+    )
+
+
+def test_sst2_recipe_fit_then_zoo_predict_a_txt_file_writes_names_and_probabilities(
+    tmp_path, monkeypatch, minilm_dir
+):
+    """The shipped recipe, shortened on the command line only: two training steps on 16 real SST-2
+    sentences (labels renamed to words), then `zoo predict --ckpt_path` on a plain .txt file."""
+    lines = shared_file("sst2/train.tsv").read_text(encoding="utf-8").splitlines()[1:17]
+    named = {"0": "negative", "1": "positive"}
+    rows = [line.rsplit("\t", 1) for line in lines]
+    monkeypatch.chdir(tmp_path)
+    Path("train.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"{text}\t{named[label]}\n" for text, label in rows), encoding="utf-8"
+    )
+    Path("new.txt").write_text("a gorgeous , witty , seductive movie .\n\nthe worst film of the year\nfine\n")
+    recipe = str(REPO / "recipes" / "finetune" / "sst2-minilm.yaml")
+    small = [
+        "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.train_file=train.tsv",
+        "--data.init_args.val_file=train.tsv",
+        "--data.init_args.test_file=train.tsv",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.eval_batch_size=8",
+    ]
+    main(["fit", "--config", recipe, *small])
+    (last,) = Path("runs").rglob("last.ckpt")
+    main(
+        [
+            "predict",
+            "--config",
+            recipe,
+            *small,
+            "--data.init_args.predict_file=new.txt",
+            "--ckpt_path",
+            str(last),
+        ]
+    )
+    written = Path("runs", "sst2-minilm", "predictions.txt").read_text(encoding="utf-8")
+    predicted = [line.split("\t") for line in written.splitlines()]
+    assert len(predicted) == 3  # one line per text, the blank line skipped
+    for row in predicted:
+        assert sorted(row[0::2]) == ["negative", "positive"]
+        probs = [float(p) for p in row[1::2]]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=2e-4)

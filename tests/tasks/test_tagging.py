@@ -3,6 +3,8 @@ fit on real CoNLL-2003 sentences, checkpoint -> predictions in the input format,
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import cpu_trainer, shared_file
@@ -131,3 +133,47 @@ def test_ud_upos_reads_syntactic_words(minilm_dir):
         field="upos",
     )
     assert len(data.label_names) == 17 and "PROPN" in data.label_names
+
+
+def test_plain_text_predict_file_gives_word_tab_tag_lines(minilm_dir, tmp_path):
+    """``predict_format: text``: one sentence per line in, ``word<TAB>tag`` lines out, a blank line after
+    each sentence, in input order; every word tagged, even the one past the truncation point."""
+    lines = ["Peter Blackburn visited Wolfeschlegelsteinhausen .", "", "EU   rejects\tit", "no"]
+    new = tmp_path / "new.txt"
+    new.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = _data(minilm_dir, tmp_path, predict_file=str(new), predict_format="text", max_seq_len=8)
+    backbone = Bert(
+        vocab_size=30522,
+        max_seq_len=16,
+        embed_dim=16,
+        num_heads=2,
+        num_layers=1,
+        with_pretraining_heads=False,
+    )
+    torch.manual_seed(0)
+    task = TokenClassification(backbone, num_labels=data.num_labels, label_names=data.label_names)
+    out = tmp_path / "pred.txt"
+    cpu_trainer(tmp_path, callbacks=[PredictionWriter(str(out))]).predict(
+        task, datamodule=data, return_predictions=False
+    )
+    text = out.read_text(encoding="utf-8")
+    assert text.endswith("\n\n") and "\n\n\n" not in text
+    blocks = [[row.split("\t") for row in block.split("\n")] for block in text[:-2].split("\n\n")]
+    assert [[word for word, _ in block] for block in blocks] == [line.split() for line in lines if line]
+    assert all(len(row) == 2 and row[1] in data.label_names for block in blocks for row in block)
+    assert blocks[0][-1][1] == "O"  # truncated at 8 subwords: the last word gets the first label
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("num_labels", 0, "num_labels must be a positive integer, got 0"),
+        ("classifier_dropout", -0.1, "classifier_dropout must be in [0, 1], got -0.1"),
+    ],
+)
+def test_bad_arguments_are_named_at_construction(argument, value, message):
+    backbone = Bert(
+        vocab_size=50, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1, with_pretraining_heads=False
+    )
+    with pytest.raises(ValueError, match=f"^TokenClassification: {re.escape(message)}"):
+        TokenClassification(backbone, **{argument: value})

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -13,9 +14,11 @@ from typing import Any, Literal
 from tokenizers import Tokenizer
 
 from zoo.data.corpus import read_text
-from zoo.data.labelled import LabelledDataModule
+from zoo.data.labelled import LabelledDataModule, read_lines
+from zoo.errors import check_positive
 
 ProblemType = Literal["single_label", "multi_label", "regression"]
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def read_table(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
@@ -27,8 +30,8 @@ def read_table(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, 
 
     Raises:
         FileNotFoundError: No such file.
-        ValueError: Not UTF-8 (byte offset), unknown suffix, a requested column absent from the header
-            (the message lists the header), or a malformed row (``path:line``).
+        ValueError: Not UTF-8 (byte offset), unknown suffix (``.txt`` included), a requested column absent
+            from the header (the message lists the header), or a malformed row (``path:line``).
     """
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} not found")
@@ -36,6 +39,11 @@ def read_table(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, 
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(path, text, columns)
+    if suffix == ".txt":
+        raise ValueError(
+            f"{path}: a .txt file holds one text per line, no {list(columns)} columns; use a .tsv, .csv or "
+            ".jsonl table (a .txt is accepted as predict_file)"
+        )
     if suffix not in (".tsv", ".csv"):
         raise ValueError(f"{path}: unknown table format {suffix!r}; use .tsv, .csv or .jsonl")
     if suffix == ".tsv":
@@ -79,6 +87,34 @@ def _read_jsonl(path: Path, text: str, columns: Sequence[str]) -> list[tuple[int
     return rows
 
 
+def check_label_kinds(path: Path, labels: Sequence[tuple[int, str]], column: str) -> None:
+    """A label column holds numbers (``0``, ``1``) or words (``negative``), not both: a few words among
+    numbers (or the reverse) is a data error, not a bigger label set.
+
+    Args:
+        path: The file, for the message.
+        labels: ``(line_number, label)`` pairs in file order.
+        column: The label column, for the message.
+
+    Raises:
+        ValueError: ``path:LINE: ...`` at the first label of the rarer kind, naming both kinds.
+    """
+    kinds: dict[str, list[tuple[int, str]]] = {"number": [], "word": []}
+    for line, label in labels:
+        kinds["number" if _NUMBER.fullmatch(label) else "word"].append((line, label))
+    if not (kinds["number"] and kinds["word"]):
+        return
+    # the rarer kind is the odd one; on a tie, the kind that shows up later
+    odd = min(kinds, key=lambda kind: (len(kinds[kind]), -kinds[kind][0][0]))
+    usual = "word" if odd == "number" else "number"
+    line, label = kinds[odd][0]
+    example = kinds[usual][0][1]
+    raise ValueError(
+        f"{path}:{line}: label {label!r} is a {odd}, but {len(kinds[usual])} labels of column {column!r} "
+        f"are {usual}s (e.g. {example!r}); a label column must not mix numbers and words"
+    )
+
+
 def _sorted_labels(labels: set[str]) -> list[str]:
     """Numeric labels in numeric order ("2" before "10"), others alphabetically."""
     try:
@@ -94,11 +130,20 @@ class TextClassificationDataModule(LabelledDataModule):
     in checkpoints; ``num_labels`` and ``label_names`` are linked to the model by the CLI. Batches are
     padded to their longest example, and training batches group similar lengths.
 
+    Labels that are clearly wrong stop with ``path:line``: a validation or test label absent from the
+    training file, and a label column that mixes numbers and words (see `check_label_kinds`).
+
+    ``zoo predict`` (with `zoo.tasks.callbacks.PredictionWriter`) writes one line per example of
+    ``predict_file``, in input order (see `format_prediction`).
+
     Args:
         tokenizer: The pretrained model's tokenizer: a BERT ``vocab.txt``/``tokenizer.json`` or their
             directory (e.g. the Hugging Face model directory), or GPT-2's files.
-        train_file, val_file, test_file: Labelled tables (``.tsv``, ``.csv`` or ``.jsonl``).
-        predict_file: A table with at least the text column(s); ``zoo predict`` writes one label per line.
+        train_file: Labelled training table (``.tsv``, ``.csv`` or ``.jsonl``); it defines the label set.
+        val_file: Labelled validation table.
+        test_file: Labelled test table.
+        predict_file: A table with at least the text column(s), or a plain ``.txt`` file with one text
+            per line (blank lines skipped; single texts only, not pairs).
         text_column: Column of the text (e.g. GLUE SST-2's ``sentence``).
         text_pair_column: Column of the second text of a pair task (``None`` for single texts).
         label_column: Column of the label.
@@ -111,6 +156,10 @@ class TextClassificationDataModule(LabelledDataModule):
         eval_batch_size: Evaluation batch size (default ``2 * batch_size``).
         seed: Shuffling and subsampling seed.
         num_workers: DataLoader workers.
+
+    Raises:
+        ValueError: A size that is not a positive integer or an empty ``label_separator`` (the message
+            names the argument).
     """
 
     def __init__(
@@ -145,6 +194,9 @@ class TextClassificationDataModule(LabelledDataModule):
             seed=seed,
             num_workers=num_workers,
         )
+        check_positive(type(self).__name__, max_train_examples=max_train_examples)
+        if not label_separator:
+            raise ValueError(f"{type(self).__name__}: label_separator must not be empty")
         self.text_columns = [text_column] + ([text_pair_column] if text_pair_column else [])
         self.label_column = label_column
         self.problem_type = problem_type
@@ -154,10 +206,15 @@ class TextClassificationDataModule(LabelledDataModule):
     def _read_labels(self, path: Path) -> list[str]:
         if self.problem_type == "regression":
             return [self.label_column]
-        labels: set[str] = set()
-        for _, row in read_table(path, [self.label_column]):
-            labels.update(self._split_labels(row[self.label_column]))
-        return _sorted_labels(labels)
+        rows = read_table(path, [self.label_column])
+        return _sorted_labels({name for _, name in self._label_strings(path, rows)})
+
+    def _label_strings(self, path: Path, rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, str]]:
+        """``(line, label)`` of every label of ``rows`` (read with the label column), after checking that
+        they do not mix numbers and words."""
+        labels = [(line, name) for line, row in rows for name in self._split_labels(row[self.label_column])]
+        check_label_kinds(path, labels, self.label_column)
+        return labels
 
     def _split_labels(self, value: Any) -> list[str]:
         if self.problem_type == "single_label":
@@ -166,9 +223,23 @@ class TextClassificationDataModule(LabelledDataModule):
             return [str(v).strip() for v in value]
         return [v.strip() for v in str(value).split(self.label_separator) if v.strip()]
 
+    def _read_rows(self, path: Path, labelled: bool) -> list[tuple[int, dict[str, Any]]]:
+        """``(line, row)`` pairs of a table, or of a plain ``.txt`` predict file (one text per line)."""
+        if not labelled and path.suffix.lower() == ".txt":
+            if len(self.text_columns) > 1:
+                raise ValueError(
+                    f"{path}: a .txt predict_file holds one text per line, but this data has text pairs "
+                    f"(text_pair_column={self.text_columns[1]!r}); use a table with both columns"
+                )
+            return [(line, {self.text_columns[0]: text}) for line, text in read_lines(path)]
+        rows = read_table(path, self.text_columns + ([self.label_column] if labelled else []))
+        if labelled and self.problem_type != "regression":
+            self._label_strings(path, rows)  # a mixed column is named before any unknown label
+        return rows
+
     def _encode(self, path: Path, split: str) -> list[dict[str, Any]]:
         labelled = split != "predict"
-        rows = read_table(path, self.text_columns + ([self.label_column] if labelled else []))
+        rows = self._read_rows(path, labelled)
         if split == "fit" and self.max_train_examples is not None and len(rows) > self.max_train_examples:
             rows = random.Random(self.seed).sample(rows, self.max_train_examples)
         texts = []
@@ -208,7 +279,20 @@ class TextClassificationDataModule(LabelledDataModule):
             hot[self.label_id(name, where)] = 1.0
         return hot
 
-    def format_prediction(self, index: int, prediction: Any) -> str:
-        if isinstance(prediction, list):
-            return self.label_separator.join(prediction) + "\n"
-        return f"{prediction}\n"
+    def format_prediction(self, index: int, prediction: float | list[tuple[str, float]]) -> str:
+        """The line ``zoo predict`` writes for example ``index`` of ``predict_file``.
+
+        Args:
+            index: The example's position in ``predict_file`` (0-based, blank lines not counted).
+            prediction: What `zoo.tasks.SequenceClassification.predict_step` returns for the example:
+                ``(label name, probability)`` pairs, most probable first, or a number (regression).
+
+        Returns:
+            Tab-separated ``name<TAB>probability`` pairs (4 decimals) and a newline: for ``single_label``
+            every label, so the first column is the predicted label and the second its probability; for
+            ``multi_label`` the labels above the model's ``threshold`` (an empty line when none is); for
+            ``regression`` the number alone (6 significant digits).
+        """
+        if isinstance(prediction, int | float):
+            return f"{prediction:.6g}\n"
+        return "\t".join(f"{name}\t{probability:.4f}" for name, probability in prediction) + "\n"

@@ -1,7 +1,9 @@
 """Tagged-sentence files: CoNLL-2003 style columns and CoNLL-U, read into sentences and written back.
 
-Both readers keep every sentence's original lines, so predictions can be written back in the input's own
-format (``format_conll`` / ``format_conllu``) and scored by the usual external tools.
+The CoNLL and CoNLL-U readers keep every sentence's original lines, so predictions can be written back
+in the input's own format (``format_conll`` / ``format_conllu``) and scored by the usual external tools.
+Plain text (one sentence per line, `read_sentence_lines`) is written back as ``word<TAB>tag`` lines
+(`format_word_tags`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from zoo.data.corpus import read_text
+from zoo.data.labelled import read_lines
 
 CONLLU_FIELDS = {"upos": 3, "xpos": 4}
 """Column index of each CoNLL-U field a tagger can predict (``ID FORM LEMMA UPOS XPOS ...``)."""
@@ -40,6 +43,13 @@ class TaggedSentence:
     lines: list[str]
     start_line: int
     path: str
+
+    def word_line(self, index: int) -> int:
+        """1-based line number in ``path`` of word ``index`` (CoNLL-U: its syntactic-word line)."""
+        if len(self.lines) == len(self.words):  # CoNLL: one line per word
+            return self.start_line + index
+        rows = [n for n, line in enumerate(self.lines) if _is_word_line(line.split("\t"))]
+        return self.start_line + (rows[index] if index < len(rows) else 0)
 
 
 def read_conll(
@@ -124,6 +134,40 @@ def read_conllu(
     if blanks:
         sentences = [dataclasses.replace(s, labels=None) for s in sentences]
     return sentences
+
+
+def read_sentence_lines(path: str | os.PathLike[str]) -> list[TaggedSentence]:
+    """Read plain text for prediction: one sentence per line, words separated by whitespace, no labels.
+
+    Blank lines are skipped. Write predictions back with `format_word_tags`.
+
+    Args:
+        path: The file to read (UTF-8).
+
+    Returns:
+        The sentences in file order, each with ``labels=None`` and its line as ``lines``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is empty or not UTF-8.
+    """
+    path = str(path)
+    sentences = [
+        TaggedSentence(words=line.split(), labels=None, lines=[line], start_line=number, path=path)
+        for number, line in read_lines(Path(path))
+    ]
+    return _nonempty(path, sentences)
+
+
+def format_word_tags(sentence: TaggedSentence, predicted: list[str]) -> str:
+    """One ``word<TAB>tag`` line per word, then a blank line (the two-column CoNLL layout).
+
+    Args:
+        sentence: Any sentence, e.g. from `read_sentence_lines`.
+        predicted: One tag per word.
+    """
+    _check_predicted(sentence, predicted)
+    return "".join(f"{word}\t{tag}\n" for word, tag in zip(sentence.words, predicted)) + "\n"
 
 
 def format_conll(sentence: TaggedSentence, predicted: list[str], *, column: int) -> str:

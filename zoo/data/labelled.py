@@ -16,9 +16,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
+from zoo.data.corpus import read_text
 from zoo.data.resumable import ResumableSampler
 from zoo.data.tokenizers import load_tokenizer
 from zoo.data.wordpiece import load_wordpiece
+from zoo.errors import check_non_negative, check_positive
 from zoo.models.hf_io import resolve_model_dir
 
 IGNORE_INDEX = -100
@@ -45,6 +47,20 @@ def pad_token_id(tokenizer: Tokenizer) -> int:
         if index is not None:
             return index
     return 0
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of a plain ``.txt`` file (one example per line), as ``(line_number, text)``
+    pairs; blank lines are skipped.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Not UTF-8 (the message gives the byte offset).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} not found")
+    lines = read_text(path).split("\n")
+    return [(number, line.rstrip("\r")) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
 class Examples(Dataset):
@@ -142,13 +158,20 @@ class LabelledDataModule(TokenizedDataModule):
 
     Args:
         tokenizer: The pretrained model's tokenizer (see `load_pretrained_tokenizer`).
-        train_file, val_file, test_file, predict_file: Data files (``predict_file`` may lack labels).
+        train_file: Labelled training file; its labels make the label set.
+        val_file: Labelled validation file; a label absent from ``train_file`` is an error (``path:line``).
+        test_file: Labelled test file, checked like ``val_file``.
+        predict_file: File to predict; it may lack labels.
         max_seq_len: Longest encoded example (special tokens included); longer ones are truncated and
             counted in the log.
         batch_size: Training batch size.
         eval_batch_size: Batch size for validation, test and prediction (default: ``2 * batch_size``).
         seed: Shuffling seed.
         num_workers: DataLoader workers.
+
+    Raises:
+        ValueError: A size that is not a positive integer, or negative ``num_workers`` (the message
+            names the argument).
     """
 
     def __init__(
@@ -165,6 +188,9 @@ class LabelledDataModule(TokenizedDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
+        owner = type(self).__name__
+        check_positive(owner, max_seq_len=max_seq_len, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        check_non_negative(owner, num_workers=num_workers)
         super().__init__()
         self.tokenizer_spec = tokenizer
         self.files = {"fit": train_file, "validate": val_file, "test": test_file, "predict": predict_file}

@@ -9,7 +9,15 @@ from typing import Any, Literal
 from lightning.pytorch.utilities import rank_zero_warn
 from tokenizers import Tokenizer
 
-from zoo.data.conll import TaggedSentence, format_conll, format_conllu, read_conll, read_conllu
+from zoo.data.conll import (
+    TaggedSentence,
+    format_conll,
+    format_conllu,
+    format_word_tags,
+    read_conll,
+    read_conllu,
+    read_sentence_lines,
+)
 from zoo.data.labelled import IGNORE_INDEX, LabelledDataModule
 
 
@@ -26,14 +34,22 @@ class TaggingDataModule(LabelledDataModule):
     ``zoo predict`` writes the first label, ``O`` for NER, for them); words the tokenizer turns into no
     subword at all (e.g. only control characters) are treated the same way. Both are counted in the log.
 
+    A validation or test tag absent from the training file stops with ``path:line`` of its word.
+
     Args:
         tokenizer: The pretrained model's tokenizer (``vocab.txt``, ``tokenizer.json`` or their directory).
-        train_file, val_file, test_file: Tagged files.
-        predict_file: A file in the same format; its label column may be absent (CoNLL: words only) or
-            ``_`` (CoNLL-U). ``zoo predict`` writes it back with the predicted tags.
+        train_file: Tagged training file; its tags make the label set.
+        val_file: Tagged validation file.
+        test_file: Tagged test file.
+        predict_file: The sentences to tag, read as ``predict_format`` says. ``zoo predict`` (with
+            `zoo.tasks.callbacks.PredictionWriter`) writes them back with the predicted tags.
         format: ``conll`` (CoNLL-2003 style whitespace columns) or ``conllu``.
         column: ``conll`` only: Python index of the label column (-1 NER, 1 POS, 2 chunk).
         field: ``conllu`` only: ``upos`` or ``xpos``.
+        predict_format: ``same``: ``predict_file`` is in ``format``, its label column absent (CoNLL:
+            words only) or ``_`` (CoNLL-U), and is written back in that format with the predicted tags;
+            ``text``: plain text, one sentence per line, split into words at whitespace (blank lines
+            skipped), written back as ``word<TAB>tag`` lines with a blank line after each sentence.
         max_seq_len: Longest encoded sentence in subwords, [CLS] and [SEP] included.
         batch_size: Training batch size.
         eval_batch_size: Evaluation batch size (default ``2 * batch_size``).
@@ -54,6 +70,7 @@ class TaggingDataModule(LabelledDataModule):
         format: Literal["conll", "conllu"] = "conll",
         column: int = -1,
         field: Literal["upos", "xpos"] = "upos",
+        predict_format: Literal["same", "text"] = "same",
         max_seq_len: int = 256,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -75,10 +92,11 @@ class TaggingDataModule(LabelledDataModule):
         self.format = format
         self.column = column
         self.field = field
+        self.predict_format = predict_format
         self._sentences: dict[str, list[TaggedSentence]] = {}
 
     def read(self, path: Path, *, require_labels: bool = True) -> list[TaggedSentence]:
-        """The sentences of ``path`` in this module's format."""
+        """The sentences of ``path`` in this module's ``format``."""
         if self.format == "conllu":
             return read_conllu(path, field=self.field, require_labels=require_labels)
         return read_conll(path, column=self.column, require_labels=require_labels)
@@ -89,7 +107,10 @@ class TaggingDataModule(LabelledDataModule):
 
     def _encode(self, path: Path, split: str) -> list[dict[str, Any]]:
         labelled = split != "predict"
-        sentences = self.read(path, require_labels=labelled)
+        if not labelled and self.predict_format == "text":
+            sentences = read_sentence_lines(path)
+        else:
+            sentences = self.read(path, require_labels=labelled)
         self._sentences[split] = sentences
         tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
         tokenizer.enable_truncation(self.max_seq_len)
@@ -102,7 +123,7 @@ class TaggingDataModule(LabelledDataModule):
                 seen.add(word)
                 word_index.append(word if first else -1)
                 if first and labelled and sentence.labels is not None:
-                    where = f"{sentence.path}:{sentence.start_line}"
+                    where = f"{sentence.path}:{sentence.word_line(word)}"
                     labels.append(self.label_id(sentence.labels[word], where))
                 else:
                     labels.append(IGNORE_INDEX)
@@ -124,8 +145,22 @@ class TaggingDataModule(LabelledDataModule):
         return examples
 
     def format_prediction(self, index: int, prediction: list[str]) -> str:
+        """The lines ``zoo predict`` writes for sentence ``index`` of ``predict_file``.
+
+        Args:
+            index: The sentence's position in ``predict_file`` (0-based).
+            prediction: One tag per word that got a subword (`zoo.tasks.TokenClassification.predict_step`);
+                words past a truncation get the first label.
+
+        Returns:
+            ``predict_format: same``: the sentence's own lines with the tags (`zoo.data.conll.format_conll`,
+            `zoo.data.conll.format_conllu`); ``text``: ``word<TAB>tag`` lines
+            (`zoo.data.conll.format_word_tags`). A blank line follows each sentence.
+        """
         sentence = self._sentences["predict"][index]
         labels = list(prediction) + [self.label_names[0]] * (len(sentence.words) - len(prediction))
+        if self.predict_format == "text":
+            return format_word_tags(sentence, labels)
         if self.format == "conllu":
             return format_conllu(sentence, labels, field=self.field)
         return format_conll(sentence, labels, column=self.column)

@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +117,22 @@ def config_value(config: dict[str, Any], key: str, source: Path) -> Any:
     return config[key]
 
 
-def write_model_dir(directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, Tensor]) -> Path:
+def write_model_dir(
+    directory: str | os.PathLike,
+    config: dict[str, Any],
+    tensors: dict[str, Tensor],
+    *,
+    files: Mapping[str, str] | None = None,
+) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically: into a temporary sibling directory that
-    replaces ``directory`` only once complete, so an interrupted export never leaves a half-written model."""
+    replaces ``directory`` only once complete, so an interrupted export never leaves a half-written model.
+
+    Args:
+        directory: The model directory; an existing one is replaced whole.
+        config: The ``config.json`` contents.
+        tensors: The weights, by their Hugging Face names.
+        files: More text files to write beside them (e.g. `tokenizer_files`), by file name.
+    """
     from safetensors.torch import save_file
 
     target = Path(directory).expanduser().resolve()
@@ -127,6 +142,10 @@ def write_model_dir(directory: str | os.PathLike, config: dict[str, Any], tensor
         (tmp / "config.json").write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
+        for name, text in (files or {}).items():
+            if Path(name).name != name or name in ("config.json", "model.safetensors"):
+                raise ValueError(f"extra file name {name!r} must be a plain file name other than the model's")
+            (tmp / name).write_text(text, encoding="utf-8")
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if target.exists():
@@ -140,3 +159,82 @@ def write_model_dir(directory: str | os.PathLike, config: dict[str, Any], tensor
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+_PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+_TOKEN_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+
+
+@dataclass(frozen=True)
+class LabelHead:
+    """A fine-tuning task's output layer, ``Linear(C, num_labels)`` after dropout, and what it reads.
+
+    Attributes:
+        weight: (num_labels, C).
+        bias: (num_labels,).
+        label_names: Label strings by id.
+        pooling: How a sequence becomes the one vector the layer reads (``SequenceClassification``'s
+            ``pooling``: ``pooler``, ``first``, ``last``, ``mean``); ``None`` for one label per token.
+        problem_type: ``single_label``, ``multi_label`` or ``regression``.
+        dropout: Dropout before the layer (training only).
+    """
+
+    weight: Tensor
+    bias: Tensor
+    label_names: list[str]
+    pooling: str | None
+    problem_type: str = "single_label"
+    dropout: float = 0.1
+
+
+def label_config(head: LabelHead) -> dict[str, Any]:
+    """The ``config.json`` entries of a classification head: the label names both ways, the problem type
+    (which loss transformers computes when given labels) and the classifier's dropout."""
+    if len(head.label_names) != head.weight.shape[0]:
+        raise ValueError(f"{len(head.label_names)} label names for a head of {head.weight.shape[0]} outputs")
+    if head.problem_type not in _PROBLEM_TYPES:
+        raise ValueError(f"problem_type must be one of {sorted(_PROBLEM_TYPES)}, got {head.problem_type!r}")
+    return {
+        "id2label": {str(i): name for i, name in enumerate(head.label_names)},
+        "label2id": {name: i for i, name in enumerate(head.label_names)},
+        "problem_type": _PROBLEM_TYPES[head.problem_type],
+        "classifier_dropout": head.dropout,
+    }
+
+
+def tokenizer_files(
+    tokenizer_json: str,
+    *,
+    special_tokens: Mapping[str, str],
+    max_seq_len: int,
+    input_names: Sequence[str],
+) -> dict[str, str]:
+    """``tokenizer.json`` as given plus the ``tokenizer_config.json`` with which ``AutoTokenizer`` loads
+    it unchanged (as ``PreTrainedTokenizerFast``), for `write_model_dir`'s ``files``.
+
+    Args:
+        tokenizer_json: A ``tokenizers.Tokenizer`` serialised with ``to_str()``.
+        special_tokens: Token string by role: ``bos``, ``eos``, ``unk``, ``sep``, ``pad``, ``cls``, ``mask``.
+        max_seq_len: The model's number of positions (``model_max_length``).
+        input_names: The inputs the model takes, e.g. ``("input_ids", "attention_mask")``: what calling
+            the tokenizer returns.
+    """
+    unknown = sorted(set(special_tokens) - set(_TOKEN_ROLES))
+    if unknown:
+        raise ValueError(f"unknown special token roles {unknown}; expected some of {list(_TOKEN_ROLES)}")
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": max_seq_len,
+        "model_input_names": list(input_names),
+        "padding_side": "right",
+        "clean_up_tokenization_spaces": False,  # decode as the tokenizer's own decoder does
+        **{f"{role}_token": token for role, token in special_tokens.items()},
+    }
+    return {
+        "tokenizer.json": tokenizer_json,
+        "tokenizer_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n",
+    }

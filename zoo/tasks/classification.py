@@ -17,6 +17,7 @@ from torchmetrics.classification import (
     MultilabelMatthewsCorrCoef,
 )
 
+from zoo.errors import check_probability
 from zoo.nn import pool_first, pool_last, pool_mean
 from zoo.tasks.finetune import FinetuneTask
 
@@ -25,15 +26,15 @@ Pooling = Literal["pooler", "first", "last", "mean"]
 _POOL = {"first": pool_first, "last": pool_last, "mean": pool_mean}
 
 
-def _metrics(problem_type: ProblemType, num_labels: int) -> MetricCollection:
+def _metrics(problem_type: ProblemType, num_labels: int, threshold: float) -> MetricCollection:
     if problem_type == "regression":
         return MetricCollection({"mse": MeanSquaredError(), "pearson": PearsonCorrCoef()})
     if problem_type == "multi_label":
         return MetricCollection(
             {
-                "acc": MultilabelAccuracy(num_labels=num_labels),
-                "f1": MultilabelF1Score(num_labels=num_labels, average="macro"),
-                "mcc": MultilabelMatthewsCorrCoef(num_labels=num_labels),
+                "acc": MultilabelAccuracy(num_labels=num_labels, threshold=threshold),
+                "f1": MultilabelF1Score(num_labels=num_labels, threshold=threshold, average="macro"),
+                "mcc": MultilabelMatthewsCorrCoef(num_labels=num_labels, threshold=threshold),
             }
         )
     return MetricCollection(
@@ -60,14 +61,28 @@ class SequenceClassification(FinetuneTask):
         backbone: The network or its spec (``zoo.models.bert.Bert``, ``zoo.models.gpt2.GPT2``, ...).
         num_labels: Number of classes (1 for regression); linked from the data by the CLI.
         label_names: Class names by id (linked from the data); ``zoo predict`` writes them.
-        problem_type: ``single_label`` (softmax cross-entropy), ``multi_label`` (a sigmoid per class,
-            threshold 0.5) or ``regression`` (mean squared error).
+        problem_type: ``single_label`` (softmax cross-entropy), ``multi_label`` (a sigmoid per class)
+            or ``regression`` (mean squared error).
+        threshold: ``multi_label`` only: a label is predicted (and counted by the metrics) when its
+            probability is above this.
         pooling: ``pooler``: the backbone's own pooler (BERT's tanh layer on [CLS]); ``first``: the [CLS]
             hidden state; ``last``: the last real token (GPT-2; any padding side); ``mean``: the mean over
             real tokens (sentence-transformers models such as all-MiniLM-L6-v2 were trained with it).
         classifier_dropout: Dropout before the output layer.
-        pretrained, layer_lr_decay, freeze_embeddings, learning_rate, weight_decay, betas, warmup_steps,
-            min_lr_ratio, total_steps: See `FinetuneTask`.
+        pretrained: See `FinetuneTask`.
+        layer_lr_decay: See `FinetuneTask`.
+        freeze_embeddings: See `FinetuneTask`.
+        learning_rate: See `FinetuneTask`.
+        weight_decay: See `FinetuneTask`.
+        betas: See `FinetuneTask`.
+        warmup_steps: See `FinetuneTask`.
+        min_lr_ratio: See `FinetuneTask`.
+        total_steps: See `FinetuneTask`.
+
+    Raises:
+        ValueError: ``num_labels`` not a positive integer (not 1 for regression), ``threshold`` or
+            ``classifier_dropout`` outside [0, 1], ``pooling: pooler`` on a backbone without one (the
+            message names the argument).
     """
 
     def __init__(
@@ -77,6 +92,7 @@ class SequenceClassification(FinetuneTask):
         num_labels: int = 2,
         label_names: list[str] | None = None,
         problem_type: ProblemType = "single_label",
+        threshold: float = 0.5,
         pooling: Pooling = "pooler",
         classifier_dropout: float = 0.1,
         pretrained: str | None = None,
@@ -101,6 +117,7 @@ class SequenceClassification(FinetuneTask):
             min_lr_ratio=min_lr_ratio,
             total_steps=total_steps,
         )
+        check_probability(type(self).__name__, threshold=threshold)
         if problem_type == "regression" and num_labels != 1:
             raise ValueError(f"regression predicts one number: num_labels must be 1, got {num_labels}")
         if pooling == "pooler" and not hasattr(self.backbone, "pool"):
@@ -110,11 +127,12 @@ class SequenceClassification(FinetuneTask):
         self.num_labels = num_labels
         self.label_names = label_names
         self.problem_type = problem_type
+        self.threshold = threshold
         self.pooling = pooling
         self.head = self.label_head(num_labels, label_names, dropout=classifier_dropout)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.val_metrics = _metrics(problem_type, num_labels).clone(prefix="val_")
-        self.test_metrics = _metrics(problem_type, num_labels).clone(prefix="test_")
+        self.val_metrics = _metrics(problem_type, num_labels, threshold).clone(prefix="val_")
+        self.test_metrics = _metrics(problem_type, num_labels, threshold).clone(prefix="test_")
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Logits (B, num_labels) of a batch (a dict as the data module yields)."""
@@ -136,7 +154,7 @@ class SequenceClassification(FinetuneTask):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(self(batch), batch["labels"])
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log("train_loss", loss, batch_size=len(batch["input_ids"]))
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -146,14 +164,24 @@ class SequenceClassification(FinetuneTask):
         self._evaluate(batch, self.test_loss, self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[Any]:
-        """Per example: a label name (``single_label``), a list of names (``multi_label``) or a float."""
+        """Per example, what the data module's ``format_prediction`` writes: ``(label name, probability)``
+        pairs, most probable first (``single_label``: every label, softmax probabilities;
+        ``multi_label``: the labels whose sigmoid is above ``threshold``), or a float (``regression``).
+        Labels without a name are called by their id."""
         logits = self(batch).float()
         if self.problem_type == "regression":
             return logits.squeeze(-1).tolist()
         names = self.label_names or [str(i) for i in range(self.num_labels)]
-        if self.problem_type == "multi_label":
-            return [[names[j] for j in row.nonzero().flatten().tolist()] for row in logits > 0]
-        return [names[i] for i in logits.argmax(-1).tolist()]
+        multi = self.problem_type == "multi_label"
+        probs = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)  # (B, num_labels)
+        ranked, order = probs.sort(dim=-1, descending=True, stable=True)  # ties: label id order
+        out = []
+        for row_probs, row_ids in zip(ranked.tolist(), order.tolist()):
+            pairs = [(names[i], p) for i, p in zip(row_ids, row_probs)]
+            if multi:
+                pairs = [(name, p) for name, p in pairs if p > self.threshold]
+            out.append(pairs)
+        return out
 
     def _evaluate(
         self, batch: dict[str, Tensor], loss: MeanMetric, metrics: MetricCollection, stage: str

@@ -9,6 +9,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from zoo.errors import check_positive, check_probability
 from zoo.models.pretrained import load_pretrained
 from zoo.tasks.base import BackboneTask
 
@@ -40,6 +41,9 @@ class FinetuneTask(BackboneTask):
         warmup_steps: Linear warm-up steps.
         min_lr_ratio: Final learning rate as a fraction of the peak.
         total_steps: Schedule length; ``None`` follows the trainer.
+
+    Raises:
+        ValueError: ``layer_lr_decay`` outside (0, 1] (the message names it).
     """
 
     def __init__(
@@ -65,8 +69,7 @@ class FinetuneTask(BackboneTask):
             min_lr_ratio=min_lr_ratio,
             total_steps=total_steps,
         )
-        if not 0.0 < layer_lr_decay <= 1.0:
-            raise ValueError(f"layer_lr_decay must be in (0, 1], got {layer_lr_decay}")
+        check_probability(type(self).__name__, open_low=True, layer_lr_decay=layer_lr_decay)
         self.pretrained = pretrained
         self.layer_lr_decay = layer_lr_decay
         self._initialised = False
@@ -85,10 +88,22 @@ class FinetuneTask(BackboneTask):
         return width
 
     def label_head(self, num_labels: int, label_names: list[str] | None, *, dropout: float) -> nn.Sequential:
-        """``Dropout -> Linear(embed_dim, num_labels)`` with BERT's initialisation, after checking that
-        ``label_names`` (when given) names every label."""
+        """``Dropout -> Linear(embed_dim, num_labels)`` with BERT's initialisation.
+
+        Args:
+            num_labels: Output width.
+            label_names: Names by id, or ``None``.
+            dropout: Dropout probability before the linear layer.
+
+        Raises:
+            ValueError: ``num_labels`` not a positive integer, ``dropout`` (the task's
+                ``classifier_dropout``) outside [0, 1], or ``label_names`` not naming every label.
+        """
+        owner = type(self).__name__
+        check_positive(owner, num_labels=num_labels)
+        check_probability(owner, classifier_dropout=dropout)
         if label_names is not None and len(label_names) != num_labels:
-            raise ValueError(f"{len(label_names)} label_names for num_labels={num_labels}")
+            raise ValueError(f"{owner}: {len(label_names)} label_names for num_labels={num_labels}")
         head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.embed_dim, num_labels))
         nn.init.normal_(head[1].weight, std=0.02)
         nn.init.zeros_(head[1].bias)

@@ -36,8 +36,19 @@ class TokenClassification(FinetuneTask):
             ``strict`` / ``conlleval``: that ``SpanF1`` mode (conlleval: an ``I-`` tag after ``O`` starts
             an entity); ``none``: accuracy only.
         classifier_dropout: Dropout before the output layer.
-        pretrained, layer_lr_decay, freeze_embeddings, learning_rate, weight_decay, betas, warmup_steps,
-            min_lr_ratio, total_steps: See `FinetuneTask`.
+        pretrained: See `FinetuneTask`.
+        layer_lr_decay: See `FinetuneTask`.
+        freeze_embeddings: See `FinetuneTask`.
+        learning_rate: See `FinetuneTask`.
+        weight_decay: See `FinetuneTask`.
+        betas: See `FinetuneTask`.
+        warmup_steps: See `FinetuneTask`.
+        min_lr_ratio: See `FinetuneTask`.
+        total_steps: See `FinetuneTask`.
+
+    Raises:
+        ValueError: ``num_labels`` not a positive integer or ``classifier_dropout`` outside [0, 1] (the
+            message names the argument).
     """
 
     def __init__(
@@ -90,7 +101,7 @@ class TokenClassification(FinetuneTask):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(self(batch), batch["labels"])
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log("train_loss", loss, batch_size=len(batch["input_ids"]))
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

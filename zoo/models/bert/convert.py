@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
-from zoo.models.hf_io import config_value, read_config, read_state_dict, resolve_model_dir, write_model_dir
+from zoo.models.hf_io import (
+    LabelHead,
+    config_value,
+    label_config,
+    read_config,
+    read_state_dict,
+    resolve_model_dir,
+    write_model_dir,
+)
 
 if TYPE_CHECKING:
     from zoo.models.bert.model import Bert
@@ -196,21 +205,88 @@ def config_to_hf(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def save_hf(model: Bert, directory: str | os.PathLike) -> Path:
-    args = model.spec["init_args"] if model.spec else None
-    if args is None:
-        raise ValueError("this Bert was built with non-plain arguments; cannot write its config.json")
-    heads = args["with_pretraining_heads"]
-    prefix = "bert." if heads else ""  # BertForPreTraining nests the encoder; BertModel does not
+INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
+"""What Hugging Face's BERT is called with (and what its exported tokenizer returns)."""
+
+_ARCHITECTURES = {"pretraining": "BertForPreTraining", "mlm": "BertForMaskedLM", "none": "BertModel"}
+
+
+def head_mismatch(head: LabelHead) -> str | None:
+    """Why ``head`` has no faithful transformers BERT class, or ``None`` when it has one."""
+    if head.pooling in (None, "pooler"):
+        return None  # BertForTokenClassification / BertForSequenceClassification
+    return (
+        "BertForSequenceClassification always classifies BERT's pooler output (tanh(Linear(h[CLS]))); "
+        f"pooling={head.pooling!r} has no transformers equivalent"
+    )
+
+
+def _encoder_to_hf(model: Bert, num_layers: int, *, pooler: bool) -> dict[str, Tensor]:
+    """The encoder's weights by ``BertModel``'s names (no ``bert.`` prefix), with or without the pooler."""
     ours = model.state_dict()
-    theirs = {prefix + t: ours[m] for m, t in {**_EMBEDDING_KEYS, **_POOLER_KEYS}.items()}
-    for i in range(args["num_layers"]):
-        layer = f"{prefix}encoder.layer.{i}."
+    keys = {**_EMBEDDING_KEYS, **_POOLER_KEYS} if pooler else _EMBEDDING_KEYS
+    theirs = {t: ours[m] for m, t in keys.items()}
+    for i in range(num_layers):
+        layer = f"encoder.layer.{i}."
         for suffix in ("weight", "bias"):
             qkv = ours[f"layers.{i}.self_attn.qkv_proj.{suffix}"].chunk(3, dim=0)  # 3 x (C, C) / (C,)
             # clone: safetensors refuses tensors that share storage
             theirs.update({f"{layer}{name}.{suffix}": t.clone() for name, t in zip(_QKV, qkv)})
         theirs.update({layer + t: ours[f"layers.{i}.{m}"] for m, t in _LAYER_KEYS.items()})
-    if heads:
-        theirs.update({t: ours[m] for m, t in {**_MLM_KEYS, **_NSP_KEYS}.items()})
-    return write_model_dir(directory, config_to_hf(args), theirs)
+    return theirs
+
+
+def save_hf(
+    model: Bert,
+    directory: str | os.PathLike,
+    *,
+    head: LabelHead | Literal["pretraining", "mlm", "none"] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``model`` as a Hugging Face directory (safetensors, atomic; see `write_model_dir`).
+
+    Args:
+        model: The BERT.
+        directory: Target directory, replaced whole.
+        head: ``"pretraining"``: ``BertForPreTraining`` (MLM + NSP heads); ``"mlm"``: ``BertForMaskedLM``
+            (no pooler, no NSP head); ``"none"``: the bare ``BertModel`` (with the pooler); a `LabelHead`:
+            ``BertForTokenClassification`` (``pooling=None``) or ``BertForSequenceClassification``
+            (``pooling="pooler"``; see `head_mismatch`). ``None``: ``"pretraining"`` when the model has
+            the pretraining heads, else ``"none"``.
+        files: Tokenizer files and the like, written in the same atomic step.
+
+    Raises:
+        ValueError: A head the model lacks or transformers cannot reproduce (the message says why).
+    """
+    args = model.spec["init_args"] if model.spec else None
+    if args is None:
+        raise ValueError("this Bert was built with non-plain arguments; cannot write its config.json")
+    has_heads = args["with_pretraining_heads"]
+    head = head or ("pretraining" if has_heads else "none")
+    config = config_to_hf(args)
+    num_layers = args["num_layers"]
+    if isinstance(head, LabelHead):
+        problem = head_mismatch(head)
+        if problem is not None:
+            raise ValueError(f"cannot export this head: {problem}")
+        per_token = head.pooling is None
+        config.update(label_config(head))
+        architecture = "BertForTokenClassification" if per_token else "BertForSequenceClassification"
+        config["architectures"] = [architecture]
+        encoder = _encoder_to_hf(model, num_layers, pooler=not per_token)  # only the sequence head reads it
+        theirs = {f"bert.{k}": v for k, v in encoder.items()}
+        theirs.update({"classifier.weight": head.weight, "classifier.bias": head.bias})
+        return write_model_dir(directory, config, theirs, files=files)
+    if head not in _ARCHITECTURES:
+        raise ValueError(f"head must be 'pretraining', 'mlm', 'none' or a LabelHead, got {head!r}")
+    if head != "none" and not has_heads:
+        raise ValueError(f"head={head!r}: this Bert has no MLM head (with_pretraining_heads=False)")
+    config["architectures"] = [_ARCHITECTURES[head]]
+    encoder = _encoder_to_hf(model, num_layers, pooler=head != "mlm")
+    if head == "none":  # BertModel does not nest the encoder under ``bert.``
+        return write_model_dir(directory, config, encoder, files=files)
+    theirs = {f"bert.{k}": v for k, v in encoder.items()}
+    ours = model.state_dict()
+    heads = {**_MLM_KEYS, **_NSP_KEYS} if head == "pretraining" else _MLM_KEYS
+    theirs.update({t: ours[m] for m, t in heads.items()})
+    return write_model_dir(directory, config, theirs, files=files)

@@ -7,12 +7,21 @@ linear weights as ``Conv1D`` with shape (in, out), the transpose of ``nn.Linear`
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor
 
-from zoo.models.hf_io import config_value, read_config, read_state_dict, resolve_model_dir, write_model_dir
+from zoo.models.hf_io import (
+    LabelHead,
+    config_value,
+    label_config,
+    read_config,
+    read_state_dict,
+    resolve_model_dir,
+    write_model_dir,
+)
 
 if TYPE_CHECKING:
     from zoo.models.gpt2.model import GPT2
@@ -108,18 +117,42 @@ def load_hf(cls: type[GPT2], name_or_path: str | os.PathLike) -> GPT2:
     return model
 
 
-def save_hf(model: GPT2, directory: str | os.PathLike) -> Path:
-    args = model.spec["init_args"] if model.spec else None
-    if args is None:
-        raise ValueError("this GPT2 was built with non-plain arguments; cannot write its config.json")
-    embed_dim = args["embed_dim"]
+INPUT_NAMES = ("input_ids", "attention_mask")
+"""What Hugging Face's GPT-2 should be called with: given ``token_type_ids`` it would add their token
+embeddings (``wte``) to the input, which zoo's GPT-2 never does."""
+
+
+def head_mismatch(head: LabelHead) -> str | None:
+    """Why ``head`` has no faithful transformers GPT-2 class, or ``None`` when it has one."""
+    if head.pooling is None:
+        return None  # GPT2ForTokenClassification: dropout + Linear at every position
+    if head.pooling != "last":
+        return (
+            f"GPT2ForSequenceClassification classifies the last non-padding token; pooling={head.pooling!r} "
+            "has no transformers equivalent"
+        )
+    if bool(head.bias.any()):
+        return "GPT2ForSequenceClassification's score layer has no bias, and this head's bias is not zero"
+    return None
+
+
+def config_to_hf(
+    args: dict[str, Any], *, eot_token_id: int | None = None, pad_token_id: int | None = None
+) -> dict[str, Any]:
+    """A ``config.json`` dict (for ``GPT2LMHeadModel``) for ``GPT2`` init arguments.
+
+    ``eot_token_id`` (the tokenizer's ``<|endoftext|>``) becomes the begin/end-of-text id; without it,
+    OpenAI's 50256 when the vocabulary has it.
+    """
+    if not args["bias"]:
+        raise ValueError("Hugging Face GPT-2 has biases everywhere; a bias=False model cannot be exported")
     config = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": args["vocab_size"],
         "n_positions": args["max_seq_len"],
         "n_ctx": args["max_seq_len"],
-        "n_embd": embed_dim,
+        "n_embd": args["embed_dim"],
         "n_head": args["num_heads"],
         "n_layer": args["num_layers"],
         "n_inner": args["hidden_dim"],
@@ -132,16 +165,72 @@ def save_hf(model: GPT2, directory: str | os.PathLike) -> Path:
         "initializer_range": 0.02,
     }
     # transformers defaults both to GPT-2's <|endoftext|> (50256), which is no id of a smaller vocabulary
-    eot = 50256 if args["vocab_size"] > 50256 else None
-    config.update(bos_token_id=eot, eos_token_id=eot)
-    if not args["bias"]:
-        raise ValueError("Hugging Face GPT-2 has biases everywhere; a bias=False model cannot be exported")
+    if eot_token_id is None and args["vocab_size"] > 50256:
+        eot_token_id = 50256
+    config.update(bos_token_id=eot_token_id, eos_token_id=eot_token_id)
+    if pad_token_id is not None:
+        config["pad_token_id"] = pad_token_id
+    return config
+
+
+def _backbone_to_hf(model: GPT2, num_layers: int) -> dict[str, Tensor]:
+    """The transformer's weights by ``GPT2Model``'s names (no ``transformer.`` prefix)."""
     ours = model.state_dict()
-    theirs = {f"transformer.{t}": ours[m] for m, t in _TOP_KEYS.items()}
-    for i in range(args["num_layers"]):
+    theirs = {t: ours[m] for m, t in _TOP_KEYS.items()}
+    for i in range(num_layers):
         for mine, (t, conv1d) in _LAYER_KEYS.items():
             w = ours[f"layers.{i}.{mine}"]
-            theirs[f"transformer.h.{i}.{t}"] = w.t() if conv1d else w
-    if not args["tie_weights"]:
-        theirs["lm_head.weight"] = ours["lm_head.weight"]
-    return write_model_dir(directory, config, theirs)
+            theirs[f"h.{i}.{t}"] = w.t() if conv1d else w
+    return theirs
+
+
+def save_hf(
+    model: GPT2,
+    directory: str | os.PathLike,
+    *,
+    head: LabelHead | Literal["lm", "none"] = "lm",
+    eot_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    files: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``model`` as a Hugging Face directory (safetensors, atomic; see `write_model_dir`).
+
+    Args:
+        model: The GPT-2.
+        directory: Target directory, replaced whole.
+        head: ``"lm"``: ``GPT2LMHeadModel``; ``"none"``: the bare ``GPT2Model``; a `LabelHead`:
+            ``GPT2ForTokenClassification`` (``pooling=None``) or ``GPT2ForSequenceClassification``
+            (``pooling="last"`` with a zero bias; see `head_mismatch`).
+        eot_token_id: Id of the tokenizer's ``<|endoftext|>`` (config's begin/end-of-text id).
+        pad_token_id: Padding id; ``GPT2ForSequenceClassification`` finds each row's last token with it.
+        files: Tokenizer files and the like, written in the same atomic step.
+
+    Raises:
+        ValueError: A ``bias=False`` model, or a head transformers cannot reproduce (the message says why).
+    """
+    args = model.spec["init_args"] if model.spec else None
+    if args is None:
+        raise ValueError("this GPT2 was built with non-plain arguments; cannot write its config.json")
+    config = config_to_hf(args, eot_token_id=eot_token_id, pad_token_id=pad_token_id)
+    backbone = _backbone_to_hf(model, args["num_layers"])
+    if head == "none":
+        config["architectures"] = ["GPT2Model"]
+        return write_model_dir(directory, config, backbone, files=files)
+    theirs = {f"transformer.{k}": v for k, v in backbone.items()}
+    if head == "lm":
+        if not args["tie_weights"]:
+            theirs["lm_head.weight"] = model.state_dict()["lm_head.weight"]
+    elif isinstance(head, LabelHead):
+        problem = head_mismatch(head)
+        if problem is not None:
+            raise ValueError(f"cannot export this head: {problem}")
+        config.update(label_config(head))
+        if head.pooling is None:
+            config["architectures"] = ["GPT2ForTokenClassification"]
+            theirs.update({"classifier.weight": head.weight, "classifier.bias": head.bias})
+        else:
+            config["architectures"] = ["GPT2ForSequenceClassification"]
+            theirs["score.weight"] = head.weight
+    else:
+        raise ValueError(f"head must be 'lm', 'none' or a LabelHead, got {head!r}")
+    return write_model_dir(directory, config, theirs, files=files)

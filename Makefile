@@ -39,7 +39,7 @@ demo: $(VENV)/.run
 
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mkdocs build --strict --quiet -d site
+	$(VENV)/bin/mkdocs build --strict -d site
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.dev

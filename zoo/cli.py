@@ -204,7 +204,7 @@ def _message(err: BaseException) -> str:
     while err.__cause__ is not None and str(err).startswith(_WRAPPERS):
         err = err.__cause__
     text = str(err).strip() or type(err).__name__
-    if isinstance(err, ValueError | OSError | FloatingPointError):
+    if isinstance(err, ValueError | OSError | FloatingPointError | ImportError):
         return text
     return f"{type(err).__name__}: {text}"
 

@@ -172,3 +172,17 @@ def test_finetune_recipe_fit_then_zoo_predict_writes_one_tag_per_word(
     )
     out = capsys.readouterr().out
     assert "val_acc" in out and "val_f1" not in out
+
+
+def test_top_level_help_answers_without_lightning_and_lists_every_subcommand():
+    """`zoo --help` must not pay Lightning's import (seconds); it lists what `zoo` dispatches."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from zoo.__main__ import HELP
+
+    code = "import sys; from zoo.__main__ import main; sys.argv = ['zoo', '--help']\n"
+    code += "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'lightning' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "0 False", proc.stdout[-500:] + proc.stderr[-500:]
+    listed = set(HELP.split("{", 1)[1].split("}", 1)[0].split(","))
+    assert listed == set(LightningCLI.subcommands()) | {"export"}

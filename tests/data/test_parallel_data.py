@@ -207,3 +207,16 @@ def test_data_module_resumes_its_training_order_from_a_checkpoint(tmp_path):
     )
     resumed.setup("fit")
     assert [batch["index"].tolist() for batch in resumed.train_dataloader()] == full[3:]
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ({"max_tokens": 0}, "max_tokens must be a positive integer, got 0"),
+        ({"predict_batch_size": -1}, "predict_batch_size must be a positive integer, got -1"),
+        ({"num_workers": -1}, "num_workers must be >= 0, got -1"),
+    ],
+)
+def test_bad_sizes_are_named_at_construction(argument, message):
+    with pytest.raises(ValueError, match=f"ParallelTextDataModule: {message}"):
+        ParallelTextDataModule(["a.de", "a.en"], ["b.de", "b.en"], **argument)

@@ -35,6 +35,7 @@ from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, 
 from zoo.data.pairs import ParallelExamples, TranslationCollator
 from zoo.data.token_budget import TokenBudgetSampler
 from zoo.data.tokenizers import load_tokenizer
+from zoo.errors import check_non_negative, check_positive
 
 CACHE_VERSION = 1
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
@@ -158,6 +159,15 @@ class ParallelTextDataModule(TokenizedDataModule):
         cache_dir: str = ".cache/zoo",
     ) -> None:
         super().__init__()
+        check_positive(
+            "ParallelTextDataModule",
+            bpe_vocab_size=bpe_vocab_size,
+            max_seq_len=max_seq_len,
+            max_tokens=max_tokens,
+            eval_max_tokens=eval_max_tokens,
+            predict_batch_size=predict_batch_size,
+        )
+        check_non_negative("ParallelTextDataModule", num_workers=num_workers)
         if max_seq_len < 2 or max_tokens < max_seq_len:
             raise ValueError(f"need 2 <= max_seq_len <= max_tokens, got {max_seq_len} and {max_tokens}")
         self.train_files, self.val_files = list(train_files), list(val_files)

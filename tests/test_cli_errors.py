@@ -131,3 +131,30 @@ def test_debug_shows_the_traceback_and_the_process_exits_non_zero(tmp_path):
         [sys.executable, "-m", "zoo.cli", *args, "--debug"], capture_output=True, text=True, cwd=REPO
     )
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "CheckpointError" in loud.stderr
+
+
+def test_a_checkpoint_saved_from_python_works_with_zoo_test(tmp_path, capsys):
+    """Hyper-parameters without LightningCLI's `_class_path` (a plain `Trainer.fit`) still rebuild the model."""
+    import lightning as L
+
+    from zoo.data import TextDataModule
+    from zoo.models.gpt2 import GPT2
+    from zoo.tasks import CausalLM
+
+    corpus = shared_file("tinyshakespeare/input.txt")
+    data = TextDataModule([str(corpus)], tokenizer="char", max_seq_len=64, cache_dir=str(tmp_path / "cache"))
+    model = CausalLM(GPT2(vocab_size=data.vocab_size, max_seq_len=64, embed_dim=32, num_heads=2, num_layers=1))
+    trainer = L.Trainer(max_steps=1, limit_val_batches=1, logger=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "python.ckpt")
+    capsys.readouterr()
+    small = [f"--data.init_args.files=[{corpus}]", "--trainer.limit_test_batches=1"]
+    small.append(f"--trainer.default_root_dir={tmp_path}")
+    main(["test", "--config", RECIPE, *small, "--ckpt_path", str(tmp_path / "python.ckpt")])
+    assert "test_loss" in capsys.readouterr().out
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_an_error_for_evaluation(tmp_path, capsys):
+    small = _small(tmp_path, shared_file("tinyshakespeare/input.txt"))
+    line = _fails(["validate", "--config", RECIPE, *small, "--ckpt_path", "last"], capsys)
+    assert line.startswith(f"error: --ckpt_path last: no last.ckpt under {tmp_path / 'logs'}, so there is no ")

@@ -64,7 +64,7 @@ class ZooCLI(LightningCLI):
         if config is None or not config.get("ckpt_path"):
             return
         if config.ckpt_path == "last":
-            config.ckpt_path = resolve_last(config.trainer, continue_logs=subcommand == "fit")
+            config.ckpt_path = resolve_last(config.trainer, subcommand)
             if config.ckpt_path is None:
                 return
         elif config.ckpt_path in ("best", "hpc") or "://" in str(config.ckpt_path):
@@ -77,8 +77,10 @@ class ZooCLI(LightningCLI):
             hparams.pop(key, None)
         if not hparams:
             return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        # a checkpoint saved from plain Python has no _class_path: the config's class (same task family,
+        # checked above) takes its hyper-parameters the way Lightning passes a CLI checkpoint's
+        class_path = hparams.pop("_class_path", None) or config.model.get("class_path")
+        hparams = {"class_path": class_path, "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         except SystemExit:

@@ -27,27 +27,34 @@ def place_run_outputs(trainer_config: Any) -> None:
             init_args.save_dir = str(root)
 
 
-def resolve_last(trainer_config: Any, *, continue_logs: bool) -> str | None:
-    """The newest ``last.ckpt`` of the runs this config would log to, or ``None`` (said in one line).
+def resolve_last(trainer_config: Any, subcommand: str) -> str | None:
+    """The newest ``last.ckpt`` of the runs this config would log to; for ``fit``, ``None`` (said in one
+    line) when there is none yet, so preemption scripts can always pass ``--ckpt_path last``.
 
     Lightning's own ``ckpt_path="last"`` looks only in the *new* run's folder (a logger opens
     ``version_N+1``), so it never finds the previous run's checkpoint. This looks in every version folder
     of the first logger (or the callbacks' explicit ``dirpath``, or ``default_root_dir/checkpoints``
     without a logger). With ``continue_logs`` (``fit``), the logger is pinned to the version the
     checkpoint came from, so the resumed run appends to the same logs and keeps writing checkpoints there.
+
+    Raises:
+        FileNotFoundError: ``validate``/``test``/``predict`` with no ``last.ckpt`` (nothing to evaluate).
     """
     candidates = _last_candidates(trainer_config)
     found = [c for c in candidates if c[0].is_file()]
     if not found:
-        searched = sorted({str(where) for _, where, _ in candidates})
+        searched = ", ".join(sorted({str(where) for _, where, _ in candidates}))
+        if subcommand != "fit":
+            raise FileNotFoundError(
+                f"--ckpt_path last: no {LAST} under {searched}, so there is no model to {subcommand}; "
+                "train one first (zoo fit) or pass a checkpoint file"
+            )
         print(
-            f"zoo: --ckpt_path last: no {LAST} under {', '.join(searched)}; starting from the beginning",
-            file=sys.stderr,
-            flush=True,
+            f"zoo: --ckpt_path last: no {LAST} under {searched}; starting from the beginning", file=sys.stderr
         )
         return None
     path, _, (logger, version) = max(found, key=lambda c: c[0].stat().st_mtime)
-    if continue_logs and logger is not None and logger.init_args.get("version") is None:
+    if subcommand == "fit" and logger is not None and logger.init_args.get("version") is None:
         number = re.fullmatch(r"version_(\d+)", version)
         logger.init_args.version = int(number.group(1)) if number else version
     print(f"zoo: --ckpt_path last: resuming from {path}", file=sys.stderr, flush=True)

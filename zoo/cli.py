@@ -11,11 +11,19 @@ from typing import Any
 
 import yaml
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from zoo.checkpoint import check_fits, check_task, read_checkpoint
 from zoo.runs import existing_log_dirs, place_run_outputs, remove_empty_log_dirs, resolve_last
 from zoo.strategies import FSDP
+
+
+class ZooArgumentParser(LightningArgumentParser):
+    """On a parse error, the message and a tip, without the 40-line usage first (``--help`` prints it)."""
+
+    def print_usage(self, file: Any = None) -> None:
+        if file is not sys.stderr:
+            super().print_usage(file)
 
 
 class ZooCLI(LightningCLI):
@@ -164,6 +172,7 @@ def main(args: list[str] | None = None) -> None:
             export_main(argv[1:])
             return
         ZooCLI(
+            parser_class=ZooArgumentParser,
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},

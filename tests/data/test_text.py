@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_file
 from tokenizers import Tokenizer
 
 from zoo.data import TextDataModule, TokenBlocks
@@ -166,13 +167,17 @@ def test_bad_inputs_name_the_problem(tmp_path):
         _ = _dm([latin1], tmp_path).vocab_size
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    with pytest.raises(ValueError, match="empty corpus"):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{empty}: cannot build a character vocabulary from an empty")
+    ):
         _ = _dm([empty], tmp_path).vocab_size
     short = tmp_path / "short.txt"
     short.write_text("abc")
     dm = _dm([short], tmp_path)
     dm.prepare_data()
-    with pytest.raises(ValueError, match="cannot fill one block"):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{short}: the training split has 2 tokens, fewer than one")
+    ):
         dm.setup("fit")
 
 
@@ -214,3 +219,89 @@ def test_non_zero_local_rank_waits_for_the_tokenizer_of_rank_zero(tmp_path, monk
     assert waited.to_str() == built.to_str()
     with pytest.raises(TimeoutError, match="local rank 0"):
         text_module._wait_for(tmp_path / "never.json", timeout_s=0.2)
+
+
+# -- corpus sanity: binary data that happens to decode as UTF-8 -----------------------------------------
+
+
+def test_real_text_is_never_taken_for_binary(tmp_path):
+    from zoo.data.corpus import read_text, resolve_files
+
+    stdlib = resolve_files(["stdlib:*.py"], cache_dir=tmp_path)  # recipes/gpt2/stdlib-char.yaml's corpus
+    shared = [shared_file("tinyshakespeare/input.txt"), shared_file("wikitext-2/wiki.valid.tokens")]
+    assert len(stdlib) > 100
+    for path in stdlib + shared:
+        read_text(path)  # raises on binary
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"one\r\ntwo\rthree\n")
+    assert read_text(crlf) == "one\ntwo\nthree\n"  # universal newlines, as before
+
+
+def test_a_mostly_control_byte_file_is_refused_naming_file_line_and_offset(tmp_path):
+    binary = tmp_path / "weights.txt"  # a binary file renamed .txt that happens to decode as UTF-8
+    binary.write_bytes(b"header line\nsecond line\n" + bytes([0, 0, 0, 0, 0, 0, 0, 0, 7, 1, 2, 3]) * 50)
+    with pytest.raises(ValueError) as err:
+        _ = _dm([binary], tmp_path).vocab_size
+    assert str(err.value).startswith(f"{binary}:3: binary data, not text: 600 of its 624 bytes (96%) ")
+    assert "the first stretch starts at byte 24" in str(err.value)
+    utf16 = tmp_path / "notes.txt"  # UTF-16 without a byte-order mark: ASCII with a NUL after each byte
+    utf16.write_bytes("plain words\n".encode("utf-16-le") * 20)
+    with pytest.raises(ValueError, match=f"{re.escape(str(utf16))}:1: binary data.*convert UTF-16"):
+        _ = _dm([utf16], tmp_path).vocab_size
+
+
+@pytest.mark.parametrize("control_bytes, refused", [(10, False), (11, True)])
+def test_the_control_byte_limit_is_ten_percent(tmp_path, control_bytes, refused):
+    from zoo.data.corpus import read_text
+
+    path = tmp_path / "edge.txt"
+    whitespace = b"\t\n\x0b\x0c\r" * 10  # control characters of text: never counted
+    path.write_bytes(b"\x1b" * control_bytes + whitespace + b"a" * (50 - control_bytes))
+    if refused:
+        with pytest.raises(ValueError, match=r"11 of its 100 bytes \(11%\)"):
+            read_text(path)
+    else:
+        assert read_text(path).count("\x1b") == 10
+
+
+# -- text the tokenizer cannot represent ---------------------------------------------------------------
+
+
+def test_unknown_characters_are_reported_once_and_never_targets(tmp_path, capsys):
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text("abc abc\n" * 40)
+    # '€' is not in the char vocabulary; it sits in the second 4096-character encoding chunk
+    val.write_text("abc abc\n" * 600 + "ab€ c\n" + "abc\n" * 10)
+    dm = _dm([train], tmp_path, val_files=[str(val)], max_seq_len=8)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert capsys.readouterr().err.splitlines() == [
+        f"zoo: {val}: the tokenizer cannot represent 1 character(s) ('€' x1), first at {val}:601; they are "
+        "read as <unk> and never scored or trained on (their labels are -100)"
+    ]
+    unk = dm.tokenizer.token_to_id("<unk>")
+    inputs = torch.cat([dm.val_set[i]["input_ids"] for i in range(len(dm.val_set))])
+    labels = torch.cat([dm.val_set[i]["labels"] for i in range(len(dm.val_set))])
+    assert (inputs == unk).sum() == 1  # kept in the input, so the context keeps its length
+    assert (labels == unk).sum() == 0 and (labels == -100).sum() == 1  # never a target
+
+
+# -- constructor checks --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"eval_batch_size": -4}, "eval_batch_size must be a positive integer, got -4"),
+        ({"max_seq_len": 0}, "max_seq_len must be a positive integer, got 0"),
+        ({"train_stride": 0}, "train_stride must be a positive integer, got 0"),
+        ({"test_stride": 0}, "test_stride must be a positive integer, got 0"),
+        ({"test_stride": 17}, "test_stride=17 is larger than max_seq_len=16"),
+        ({"num_workers": -1}, "num_workers must be >= 0, got -1"),
+        ({"val_fraction": 1.0}, "val_fraction must be in (0, 1), got 1.0"),
+    ],
+)
+def test_bad_sizes_are_refused_at_construction_naming_the_argument(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=re.escape(f"TextDataModule: {message}")):
+        _dm([tmp_path / "never-read.txt"], tmp_path, **bad)

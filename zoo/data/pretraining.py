@@ -113,6 +113,9 @@ def split_sentences(line: str) -> list[str]:
 
 
 # -- instances -------------------------------------------------------------------------------------
+_NSP_OFF = "turn next-sentence prediction off (nsp: false on both data.init_args and model.init_args)"
+
+
 def create_instances(
     documents: Sequence[Sequence[np.ndarray]],
     *,
@@ -134,7 +137,7 @@ def create_instances(
     if nsp and len(documents) < 2:
         raise ValueError(
             f"next-sentence prediction needs at least 2 documents (a random B must come from another "
-            f"document) but got {len(documents)}; add documents or set nsp=False"
+            f"document) but got {len(documents)}; add documents or {_NSP_OFF}"
         )
     seed = (seed,) if isinstance(seed, int) else tuple(seed)
     max_tokens = max_seq_len - 3 if nsp else max_seq_len - 2
@@ -155,7 +158,8 @@ def create_instances(
     if not lengths:
         raise ValueError(
             f"no instances: each of the {len(documents)} documents has a single sentence, and a sentence "
-            "pair needs two; put several lines per document, use split_lines=True, or set nsp=False"
+            "pair needs two; put several sentences per document (a blank line ends a document), or "
+            + _NSP_OFF
         )
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -601,7 +605,12 @@ class BertPretrainingDataModule(TokenizedDataModule):
             val_docs = _tokenize(self._documents(self.val_files), self.tokenizer)
         else:
             min_docs = 2 if self.nsp else 1
-            train_docs, val_docs = _hold_out(train_docs, self.val_fraction, min_docs=min_docs, seed=self.seed)
+            try:
+                train_docs, val_docs = _hold_out(
+                    train_docs, self.val_fraction, min_docs=min_docs, seed=self.seed
+                )
+            except ValueError as err:
+                raise ValueError(f"{', '.join(self.files)}: {err}") from err
         splits = {
             "train": self._split_instances("train", train_docs, _TRAIN, self.dupe_factor),
             "val": self._split_instances("val", val_docs, _VAL, 1),
@@ -629,7 +638,8 @@ class BertPretrainingDataModule(TokenizedDataModule):
                 seed=(self.seed, stream),
             )
         except ValueError as err:
-            raise ValueError(f"{split} split: {err}") from err
+            files = self.val_files if split == "val" and self.val_files else self.files
+            raise ValueError(f"{', '.join(files)} ({split} split): {err}") from err
         dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.int32
         return {**arrays, "input_ids": arrays["input_ids"].astype(dtype)}
 
@@ -677,7 +687,7 @@ def _hold_out(
         raise ValueError(
             f"{len(documents)} documents cannot give {min_docs}+ training and {n_val} validation documents; "
             "add documents, lower val_fraction or pass val_files"
-            + ("" if min_docs == 1 else " (or set nsp=False)")
+            + ("" if min_docs == 1 else f" (or {_NSP_OFF})")
         )
     held_out = set(np.random.default_rng((seed, _SPLIT)).permutation(len(documents))[:n_val].tolist())
     train = [d for i, d in enumerate(documents) if i not in held_out]

@@ -1,9 +1,11 @@
-"""Raw text to fixed-length next-token blocks, through a memory-mapped token cache."""
+"""Raw text to next-token blocks (training, validation) and sliding windows (scoring a file), through a
+memory-mapped token cache."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
@@ -19,14 +22,18 @@ from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, 
 from zoo.data.resumable import ResumableSampler
 from zoo.data.tokenizers import (
     TOKENIZER_KINDS,
+    UnknownTally,
     eot_id,
     load_tokenizer,
     text_chunks,
     train_bpe_tokenizer,
     train_char_tokenizer,
+    unk_id,
 )
+from zoo.errors import check_non_negative, check_positive
 
 CACHE_VERSION = 1
+IGNORE_INDEX = -100
 
 
 class TokenBlocks(Dataset):
@@ -41,16 +48,19 @@ class TokenBlocks(Dataset):
         tokens: 1-D token array (usually a ``np.memmap``).
         block_size: T, the number of positions per example.
         stride: Distance between block starts (defaults to ``block_size``).
+        ignore_id: A label equal to this id (the tokenizer's ``<unk>``) becomes -100: never a target.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, stride: int | None = None) -> None:
+    def __init__(
+        self, tokens: np.ndarray, block_size: int, stride: int | None = None, ignore_id: int | None = None
+    ) -> None:
         if len(tokens) < block_size + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1 positions")
-        if stride is not None and not 0 < stride:
-            raise ValueError(f"stride must be positive, got {stride}")
+        check_positive("TokenBlocks", block_size=block_size, stride=stride)
         self.tokens = tokens
         self.block_size = block_size
         self.stride = stride or block_size
+        self.ignore_id = ignore_id
 
     def __len__(self) -> int:
         return (len(self.tokens) - 1 - self.block_size) // self.stride + 1
@@ -59,8 +69,59 @@ class TokenBlocks(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"block {i} out of range for {len(self)} blocks")
         start = i * self.stride
-        chunk = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
-        return {"input_ids": chunk[:-1], "labels": chunk[1:]}
+        return _next_token_item(self.tokens[start : start + self.block_size + 1], self.ignore_id)
+
+
+class SlidingWindows(Dataset):
+    """Windows that score every token of a stream exactly once: strided sliding-window evaluation.
+
+    With ``N`` tokens, targets are tokens ``1 .. N-1`` (token 0 has nothing before it). Window ``k`` starts
+    at ``s = min(k * stride, N - 1 - T)`` (the last window ends at the last token) and holds
+    ``input_ids = tokens[s : s+T]`` and ``labels = tokens[s+1 : s+T+1]``, where the labels of targets an
+    earlier window already scored are -100: they are context only. So the first window scores its ``T``
+    targets with the context from the start of the stream, and every later target is predicted from at
+    least ``T - stride + 1`` tokens before it. ``stride == T`` gives disjoint windows (cheapest, least
+    context); ``stride == 1`` gives every target the full ``T`` (``T`` times the cost). A stream shorter
+    than a window is one window of ``N - 1`` positions.
+
+    Args:
+        tokens: 1-D token array, at least 2 tokens.
+        block_size: T, the positions per window (the model's context).
+        stride: New targets per window after the first (at most ``block_size``; defaults to it).
+        ignore_id: A label equal to this id (the tokenizer's ``<unk>``) becomes -100: never scored.
+    """
+
+    def __init__(
+        self, tokens: np.ndarray, block_size: int, stride: int | None = None, ignore_id: int | None = None
+    ) -> None:
+        check_positive("SlidingWindows", block_size=block_size, stride=stride)
+        stride = stride or block_size
+        if stride > block_size:
+            raise ValueError(
+                f"stride={stride} is larger than the window of {block_size} tokens: the tokens between "
+                "windows would never be scored"
+            )
+        if len(tokens) < 2:
+            raise ValueError(f"{len(tokens)} token(s) to score: at least 2 are needed (the first is context)")
+        self.tokens = tokens
+        self.width = min(block_size, len(tokens) - 1)
+        self.stride = stride
+        self.ignore_id = ignore_id
+        self._last_start = len(tokens) - 1 - self.width
+
+    def __len__(self) -> int:
+        return 1 + -(-self._last_start // self.stride)  # 1 + ceil(last_start / stride)
+
+    def start(self, i: int) -> int:
+        """Index of window ``i``'s first input token."""
+        return min(i * self.stride, self._last_start)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"window {i} out of range for {len(self)} windows")
+        s = self.start(i)
+        scored_before = 0 if i == 0 else self.start(i - 1) + self.width - s  # targets the last window scored
+        return _next_token_item(self.tokens[s : s + self.width + 1], self.ignore_id, context=scored_before)
 
 
 class TextDataModule(TokenizedDataModule):
@@ -70,6 +131,11 @@ class TextDataModule(TokenizedDataModule):
     corpus into a memory-mapped token file (uint16 when the vocabulary fits) whose name is keyed on the
     files' contents and the tokenizer, so a stale cache is never reused. ``setup`` (every rank) maps it
     and cuts train/validation blocks; under DDP Lightning's distributed sampler gives each rank its share.
+    ``zoo test`` scores ``test_file`` (default: the validation tokens) with `SlidingWindows`.
+
+    Text the tokenizer cannot represent (a character the ``char`` vocabulary never saw) is read as
+    ``<unk>``, is never a target (label -100), and is reported once per corpus on stderr: how many
+    characters, which, and the first ``file:line``.
 
     Args:
         files: Training corpus: paths, globs, ``stdlib:GLOB`` (the Python standard library's sources), URLs,
@@ -77,12 +143,17 @@ class TextDataModule(TokenizedDataModule):
         val_files: Separate validation files; when ``None`` the last ``val_fraction`` of the tokens is
             held out.
         val_fraction: Share of the corpus held out for validation when ``val_files`` is not given.
+        test_file: What ``zoo test`` scores (a path, glob or URL, like ``files``), with the tokenizer built
+            from ``files`` (the checkpoint's: a different one is refused); ``None``: the validation tokens.
         tokenizer: ``"char"``, ``"bpe"`` (trained on ``files``), or a path to ``tokenizer.json`` / a directory
             with ``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``.
         bpe_vocab_size: Vocabulary size when training ``"bpe"``.
         max_seq_len: Positions per training example.
         train_stride: Distance between training block starts; ``None`` means ``max_seq_len`` (disjoint
             blocks), 1 makes every token a possible start. Validation blocks are always disjoint.
+        test_stride: New targets per window when ``zoo test`` scores (see `SlidingWindows`); each
+            later target gets at least ``max_seq_len - test_stride + 1`` tokens of context. ``None`` means
+            ``max_seq_len`` (disjoint windows); at most ``max_seq_len``.
         batch_size: Training batch size per device.
         eval_batch_size: Validation/test batch size (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -98,10 +169,12 @@ class TextDataModule(TokenizedDataModule):
         *,
         val_files: list[str] | None = None,
         val_fraction: float = 0.1,
+        test_file: str | None = None,
         tokenizer: str = "char",
         bpe_vocab_size: int = 8192,
         max_seq_len: int = 256,
         train_stride: int | None = None,
+        test_stride: int | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -110,15 +183,16 @@ class TextDataModule(TokenizedDataModule):
         shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
-        if not 0.0 < val_fraction < 1.0 and val_files is None:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        _check_arguments(locals())
         self.files = list(files)
         self.val_files = list(val_files) if val_files else None
         self.val_fraction = val_fraction
+        self.test_file = test_file
         self.tokenizer_spec = tokenizer
         self.bpe_vocab_size = bpe_vocab_size
         self.max_seq_len = max_seq_len
         self.train_stride = train_stride
+        self.test_stride = test_stride
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -127,6 +201,8 @@ class TextDataModule(TokenizedDataModule):
         self.shuffle_seed = shuffle_seed
         self.train_set: TokenBlocks | None = None
         self.val_set: TokenBlocks | None = None
+        self.test_set: SlidingWindows | None = None
+        self._reported: set[str] = set()
 
     # -- tokenizer ---------------------------------------------------------------------------------
 
@@ -153,34 +229,54 @@ class TextDataModule(TokenizedDataModule):
         if _local_rank() != 0:  # under torchrun/SLURM every process starts at once: local rank 0 trains
             return Tokenizer.from_file(str(_wait_for(path)))
         texts = (read_text(f) for f in files)
-        tok = (
-            train_char_tokenizer(texts)
-            if spec == "char"
-            else train_bpe_tokenizer(
-                (chunk for text in texts for chunk in text_chunks(text, 4096)), vocab_size=self.bpe_vocab_size
+        try:
+            tok = (
+                train_char_tokenizer(texts)
+                if spec == "char"
+                else train_bpe_tokenizer(
+                    (chunk for text in texts for chunk in text_chunks(text, 4096)),
+                    vocab_size=self.bpe_vocab_size,
+                )
             )
-        )
+        except ValueError as err:  # an empty corpus: say which files (reading errors already do)
+            if any(str(err).startswith(str(f)) for f in files):
+                raise
+            raise ValueError(f"{', '.join(str(f) for f in files)}: {err}") from err
         atomic_write_text(path, tok.to_str())
         return tok
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Tokenize the corpus once into the cache (local rank 0 only)."""
-        self._token_file(self.files)
-        if self.val_files:
-            self._token_file(self.val_files)
+        """Tokenize the corpora the run needs once into the cache (local rank 0 only)."""
+        testing = self.trainer is not None and self.trainer.testing
+        for specs in self._corpora("test" if testing else "fit"):
+            self._token_file(specs)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             return
-        train_tokens = np.memmap(self._token_file(self.files), dtype=self._dtype, mode="r")
-        if self.val_files:
-            val_tokens = np.memmap(self._token_file(self.val_files), dtype=self._dtype, mode="r")
-        else:
-            split = int(len(train_tokens) * (1.0 - self.val_fraction))
-            train_tokens, val_tokens = train_tokens[:split], train_tokens[split:]
-        self.train_set = TokenBlocks(train_tokens, self.max_seq_len, self.train_stride)
-        self.val_set = TokenBlocks(val_tokens, self.max_seq_len)
+        ignore = unk_id(self.tokenizer)
+        if stage == "test":
+            tokens = self._tokens(self.test_file) if self.test_file else self._train_and_val_tokens()[1]
+            if len(tokens) < 2:
+                raise ValueError(
+                    f"{self.test_file or 'the validation split'}: {len(tokens)} token(s), too few to score "
+                    "(the first token is only context)"
+                )
+            self.test_set = SlidingWindows(tokens, self.max_seq_len, self.test_stride, ignore_id=ignore)
+            return
+        train_tokens, val_tokens = self._train_and_val_tokens()
+        where = ", ".join(self.files)
+        for split, tokens in (("training", train_tokens), ("validation", val_tokens)):
+            if len(tokens) < self.max_seq_len + 1:
+                source = ", ".join(self.val_files) if split == "validation" and self.val_files else where
+                raise ValueError(
+                    f"{source}: the {split} split has {len(tokens)} tokens, fewer than one block of "
+                    f"max_seq_len + 1 = {self.max_seq_len + 1}; give more text, a smaller max_seq_len"
+                    + (" or a larger val_fraction" if split == "validation" and not self.val_files else "")
+                )
+        self.train_set = TokenBlocks(train_tokens, self.max_seq_len, self.train_stride, ignore_id=ignore)
+        self.val_set = TokenBlocks(val_tokens, self.max_seq_len, ignore_id=ignore)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
@@ -203,7 +299,8 @@ class TextDataModule(TokenizedDataModule):
         return self._loader(self.val_set, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        """`SlidingWindows` over ``test_file`` (or the validation tokens), in order."""
+        return self._loader(self.test_set, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         encoded = [self.encode(p) for p in self.prompts]
@@ -222,14 +319,44 @@ class TextDataModule(TokenizedDataModule):
     def _dtype(self) -> type:
         return np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
+    def _corpora(self, stage: str) -> list[list[str]]:
+        """The corpus specs ``stage`` reads: each list is one token file."""
+        if stage == "test" and self.test_file:
+            return [[self.test_file]]
+        if stage == "test" and self.val_files:
+            return [self.val_files]
+        return [self.files] + ([self.val_files] if self.val_files else [])
+
+    def _train_and_val_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        train_tokens = self._tokens(*self.files)
+        if self.val_files:
+            return train_tokens, self._tokens(*self.val_files)
+        split = int(len(train_tokens) * (1.0 - self.val_fraction))
+        return train_tokens[:split], train_tokens[split:]
+
+    def _tokens(self, *specs: str) -> np.ndarray:
+        """The token ids of the corpus ``specs``, memory-mapped from the cache (encoded first if needed)."""
+        path = self._token_file(list(specs))
+        if path.stat().st_size == 0:  # np.memmap refuses empty files
+            return np.zeros(0, dtype=self._dtype)
+        return np.memmap(path, dtype=self._dtype, mode="r")
+
     def _token_file(self, specs: list[str]) -> Path:
+        """Path of the cached token file of ``specs``; the first call per corpus reports unknown text."""
         files = resolve_files(specs, cache_dir=self.cache_dir)
         key = digest(
             files_digest(files), self.tokenizer.to_str(), np.dtype(self._dtype).name, str(CACHE_VERSION)
         )
         path = self.cache_dir / "tokens" / f"{key}.{np.dtype(self._dtype).name}"
-        if not path.is_file():
-            _encode_to_file(files, self.tokenizer, self._dtype, path)
+        meta = _read_meta(path)
+        if meta is None:
+            tally = _encode_to_file(files, self.tokenizer, self._dtype, path)
+        else:
+            tally = UnknownTally.from_dict(unk_id(self.tokenizer), meta["unknown"])
+        corpus = ", ".join(specs)
+        if tally.count and corpus not in self._reported:
+            self._reported.add(corpus)
+            _report(tally.message(corpus))
         return path
 
     def _loader(self, dataset: Dataset | None, batch_size: int) -> DataLoader:
@@ -241,6 +368,39 @@ class TextDataModule(TokenizedDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+def _check_arguments(args: dict[str, Any]) -> None:
+    """TextDataModule's constructor checks: every message names the argument."""
+    owner = "TextDataModule"
+    if not args["files"]:
+        raise ValueError(f"{owner}: files must list at least one corpus file")
+    if args["val_files"] is None and not 0.0 < args["val_fraction"] < 1.0:
+        raise ValueError(f"{owner}: val_fraction must be in (0, 1), got {args['val_fraction']!r}")
+    sizes = ("bpe_vocab_size", "max_seq_len", "train_stride", "test_stride", "batch_size", "eval_batch_size")
+    check_positive(owner, **{name: args[name] for name in sizes})
+    check_non_negative(owner, num_workers=args["num_workers"])
+    if args["test_stride"] is not None and args["test_stride"] > args["max_seq_len"]:
+        raise ValueError(
+            f"{owner}: test_stride={args['test_stride']} is larger than max_seq_len={args['max_seq_len']}: "
+            "the tokens between windows would never be scored"
+        )
+
+
+def _next_token_item(chunk: np.ndarray, ignore_id: int | None, context: int = 0) -> dict[str, torch.Tensor]:
+    """``{"input_ids": chunk[:-1], "labels": chunk[1:]}`` (int64), with -100 on the first ``context``
+    labels and on labels equal to ``ignore_id``."""
+    ids = torch.from_numpy(chunk.astype(np.int64))
+    labels = ids[1:].clone()
+    labels[:context] = IGNORE_INDEX
+    if ignore_id is not None:
+        labels[labels == ignore_id] = IGNORE_INDEX
+    return {"input_ids": ids[:-1], "labels": labels}
+
+
+@rank_zero_only
+def _report(message: str) -> None:
+    print(f"zoo: {message}", file=sys.stderr, flush=True)
 
 
 def _local_rank() -> int:
@@ -268,33 +428,62 @@ def _collate_prompts(prompts: list[list[int]]) -> dict[str, list[list[int]]]:
     return {"prompts": prompts}
 
 
-def _encode_to_file(files: list[Path], tok: Tokenizer, dtype: type, path: Path) -> None:
-    """Encode ``files`` in batches, streaming ids to a temporary file renamed into place when complete."""
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """A token file's metadata, or ``None`` when it must be (re-)encoded: missing, or written before the
+    metadata counted unknown text."""
+    meta_path = path.with_suffix(path.suffix + ".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    return meta if "unknown" in meta else None
+
+
+def _encode_to_file(files: list[Path], tok: Tokenizer, dtype: type, path: Path) -> UnknownTally:
+    """Encode ``files`` in batches, streaming ids to a temporary file renamed into place when complete
+    (after its metadata: files, token count, unknown text)."""
     eot = eot_id(tok)
+    tally = UnknownTally(unk_id(tok))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokens-")
     try:
         with os.fdopen(fd, "wb") as out:
             for file in files:
-                batch: list[str] = []
-                for chunk in text_chunks(read_text(file), 4096):
-                    batch.append(chunk)
-                    if len(batch) == 256:
-                        _write_batch(out, tok, batch, dtype)
-                        batch = []
-                _write_batch(out, tok, batch, dtype)
+                _encode_file(out, file, tok, dtype, tally)
                 if eot is not None:
                     out.write(np.array([eot], dtype=dtype).tobytes())
+        meta = {
+            "files": [str(f) for f in files],
+            "tokens": Path(tmp).stat().st_size // np.dtype(dtype).itemsize,
+            "unknown": tally.as_dict(),
+        }
+        atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(meta, indent=1))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    meta = {"files": [str(f) for f in files], "tokens": path.stat().st_size // np.dtype(dtype).itemsize}
-    atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(meta, indent=1))
+    return tally
 
 
-def _write_batch(out: Any, tok: Tokenizer, batch: list[str], dtype: type) -> None:
+def _encode_file(out: Any, file: Path, tok: Tokenizer, dtype: type, tally: UnknownTally) -> None:
+    """Encode one file in batches of 256 chunks, keeping each chunk's first line number for ``tally``."""
+    batch: list[str] = []
+    where: list[tuple[str, int]] = []
+    line = 1
+    for chunk in text_chunks(read_text(file), 4096):
+        batch.append(chunk)
+        where.append((str(file), line))
+        line += chunk.count("\n")
+        if len(batch) == 256:
+            _write_batch(out, tok, batch, where, dtype, tally)
+            batch, where = [], []
+    _write_batch(out, tok, batch, where, dtype, tally)
+
+
+def _write_batch(
+    out: Any, tok: Tokenizer, batch: list[str], where: list[tuple[str, int]], dtype: type, tally: UnknownTally
+) -> None:
     if batch:
         encodings = tok.encode_batch(batch, add_special_tokens=False)
+        tally.add(encodings, batch, where)
         ids = np.fromiter((i for e in encodings for i in e.ids), dtype=dtype)
         out.write(ids.tobytes())

@@ -45,11 +45,13 @@ def build(size: str, workdir: Path) -> tuple[GPT2, torch.nn.Module]:
 
 
 def sides(
-    ours: GPT2, theirs: torch.nn.Module, prompt: list[int], new: int
-) -> dict[str, Callable[[], list[int]]]:
+    ours: GPT2, theirs: torch.nn.Module, prompts: list[list[int]], new: int
+) -> dict[str, Callable[[], list[list[int]]]]:
+    """Greedy decoding of ``prompts`` (equal lengths, so neither side pads) by each side, on the device of
+    its model; each returns the new tokens of every prompt."""
     from transformers import GenerationConfig
 
-    ids = torch.tensor([prompt])
+    ids = torch.tensor(prompts, device=next(theirs.parameters()).device)
     config = GenerationConfig(
         max_new_tokens=new,
         min_new_tokens=new,  # no early stop: both sides decode exactly `new` tokens
@@ -59,15 +61,22 @@ def sides(
         pad_token_id=0,
     )
 
-    def zoo_side() -> list[int]:
-        return generate(ours, [prompt], max_new_tokens=new, temperature=0.0)[0]
+    def zoo_side() -> list[list[int]]:
+        return generate(ours, prompts, max_new_tokens=new, temperature=0.0)
 
     @torch.inference_mode()
-    def hf_side() -> list[int]:
+    def hf_side() -> list[list[int]]:
         out = theirs.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-        return out[0, len(prompt) :].tolist()
+        return out[:, ids.shape[1] :].tolist()
 
     return {"zoo generate": zoo_side, "transformers generate": hf_side}
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """Index of the first new token where two continuations differ (or where the shorter ends)."""
+    if a == b:
+        return None
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def main() -> int:
@@ -89,7 +98,7 @@ def main() -> int:
     prompt = torch.randint(
         0, SIZES[args.size]["vocab_size"], (args.prompt,), generator=torch.Generator().manual_seed(1)
     )
-    runs = sides(ours, theirs, prompt.tolist(), args.new)
+    runs = sides(ours, theirs, [prompt.tolist()], args.new)
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__} "
         f"(attention: {theirs.config._attn_implementation}), {args.threads} threads, fp32, "
@@ -100,12 +109,10 @@ def main() -> int:
     for _ in range(args.warmup - 1):
         for run in runs.values():
             run()
-    (a_name, a), (b_name, b) = outputs.items()
-    if a != b:
-        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        print(
-            f"MISMATCH: the two sides' tokens differ from new token {first} on ({len(a)} vs {len(b)} tokens)"
-        )
+    (a_name, (a,)), (b_name, (b,)) = outputs.items()
+    mismatch = first_difference(a, b)
+    if mismatch is not None:
+        print(f"MISMATCH: the two sides' tokens differ from new token {mismatch} on")
         return 1
     print(f"same tokens: yes ({len(a)} new tokens identical)")
     seconds: dict[str, list[float]] = {name: [] for name in runs}

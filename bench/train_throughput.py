@@ -44,22 +44,26 @@ class Side:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def bert_sides(g: torch.Generator) -> tuple[list[Side], int]:
-    from transformers import BertConfig, BertForPreTraining
-
-    c = BERT
+def bert_batch(c: dict, g: torch.Generator) -> dict[str, Tensor]:
+    """A random MLM + NSP batch of ``c["batch"]`` rows of ``c["seq"]`` tokens, 15% of them masked."""
     B, T = c["batch"], c["seq"]
     input_ids = torch.randint(5, c["vocab_size"], (B, T), generator=g)
     input_ids[:, 0], input_ids[:, -1] = 2, 3  # [CLS] ... [SEP]
     chosen = torch.rand(B, T, generator=g) < 0.15
     chosen[:, 0] = chosen[:, -1] = False
-    batch = {
+    return {
         "input_ids": torch.where(chosen, 4, input_ids),  # [MASK]
         "attention_mask": torch.ones(B, T, dtype=torch.long),
         "token_type_ids": (torch.arange(T) >= T // 2).long().expand(B, T).contiguous(),
         "labels": torch.where(chosen, input_ids, -100),
         "next_sentence_label": torch.randint(0, 2, (B,), generator=g),
     }
+
+
+def bert_models(c: dict) -> tuple[MaskedLM, nn.Module]:
+    """zoo's ``MaskedLM(Bert)`` and transformers' ``BertForPreTraining`` of the sizes in ``c``."""
+    from transformers import BertConfig, BertForPreTraining
+
     ours = MaskedLM(
         Bert(
             vocab_size=c["vocab_size"],
@@ -69,7 +73,7 @@ def bert_sides(g: torch.Generator) -> tuple[list[Side], int]:
             num_layers=c["num_layers"],
             hidden_dim=c["hidden_dim"],
         )
-    ).train()
+    )
     hf = BertForPreTraining(
         BertConfig(
             vocab_size=c["vocab_size"],
@@ -79,21 +83,20 @@ def bert_sides(g: torch.Generator) -> tuple[list[Side], int]:
             intermediate_size=c["hidden_dim"],
             max_position_embeddings=512,
         )
-    ).train()
-    sides = [
-        Side("zoo Bert + MaskedLM", "F.scaled_dot_product_attention", ours, lambda: ours.losses(batch).loss),
-        Side("transformers BertForPreTraining", hf.config._attn_implementation, hf, lambda: hf(**batch).loss),
-    ]
-    return sides, B * T
+    )
+    return ours.train(), hf.train()
 
 
-def gpt2_sides(g: torch.Generator) -> tuple[list[Side], int]:
+def gpt2_batch(c: dict, g: torch.Generator) -> dict[str, Tensor]:
+    """Random ``input_ids`` (B, T) and their next tokens as ``labels``."""
+    tokens = torch.randint(0, c["vocab_size"], (c["batch"], c["seq"] + 1), generator=g)
+    return {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
+
+
+def gpt2_models(c: dict) -> tuple[CausalLM, nn.Module]:
+    """zoo's ``CausalLM(GPT2)`` and transformers' ``GPT2LMHeadModel`` of the sizes in ``c``, no dropout."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    c = GPT
-    B, T = c["batch"], c["seq"]
-    tokens = torch.randint(0, c["vocab_size"], (B, T + 1), generator=g)
-    input_ids, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     ours = CausalLM(
         GPT2(
             vocab_size=c["vocab_size"],
@@ -104,7 +107,7 @@ def gpt2_sides(g: torch.Generator) -> tuple[list[Side], int]:
             hidden_dim=c["hidden_dim"],
             dropout=0.0,
         )
-    ).train()
+    )
     config = GPT2Config(
         vocab_size=c["vocab_size"],
         n_positions=1024,
@@ -118,23 +121,42 @@ def gpt2_sides(g: torch.Generator) -> tuple[list[Side], int]:
         bos_token_id=0,
         eos_token_id=0,
     )
-    hf = GPT2LMHeadModel(config).train()
+    return ours.train(), GPT2LMHeadModel(config).train()
+
+
+def hf_gpt2_loss(hf: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    # transformers shifts the labels itself: the same next-token targets, less the last position's
+    return hf(batch["input_ids"], labels=batch["input_ids"]).loss
+
+
+def bert_sides(g: torch.Generator) -> tuple[list[Side], int]:
+    batch = bert_batch(BERT, g)
+    ours, hf = bert_models(BERT)
+    sides = [
+        Side("zoo Bert + MaskedLM", "F.scaled_dot_product_attention", ours, lambda: ours.losses(batch).loss),
+        Side("transformers BertForPreTraining", hf.config._attn_implementation, hf, lambda: hf(**batch).loss),
+    ]
+    return sides, BERT["batch"] * BERT["seq"]
+
+
+def gpt2_sides(g: torch.Generator) -> tuple[list[Side], int]:
+    batch = gpt2_batch(GPT, g)
+    ours, hf = gpt2_models(GPT)
     sides = [
         Side(
             "zoo GPT2 + CausalLM",
             "F.scaled_dot_product_attention",
             ours,
-            lambda: ours.loss(ours(input_ids), labels),
+            lambda: ours.loss(ours(batch["input_ids"]), batch["labels"]),
         ),
-        # transformers shifts the labels itself: the same next-token targets, less the last position's
         Side(
             "transformers GPT2LMHeadModel",
             hf.config._attn_implementation,
             hf,
-            lambda: hf(input_ids, labels=input_ids).loss,
+            lambda: hf_gpt2_loss(hf, batch),
         ),
     ]
-    return sides, B * T
+    return sides, GPT["batch"] * GPT["seq"]
 
 
 def main() -> None:

@@ -12,11 +12,13 @@ import lightning as L
 import pytest
 import torch
 
+from zoo.cli import main
 from zoo.data import TextDataModule
 from zoo.models.gpt2 import GPT2
 from zoo.tasks import CausalLM
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "gpt2" / "shakespeare-char.yaml"
 
 
 def _data(corpus: Path, tmp_path: Path, **kw) -> TextDataModule:
@@ -166,3 +168,32 @@ def test_data_that_does_not_fit_the_backbone_is_refused_before_training(stdlib_t
         _trainer(tmp_path, max_steps=1).fit(short, datamodule=dm)
     with pytest.raises(ValueError, match="sequence length 17 exceeds max_seq_len=16"):
         short(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("--model.init_args.top_p=1.5", "CausalLM: top_p must be in (0, 1], got 1.5"),
+        ("--data.init_args.batch_size=0", "TextDataModule: batch_size must be a positive integer, got 0"),
+        ("--data.init_args.test_stride=65", "TextDataModule: test_stride=65 is larger than max_seq_len=64"),
+    ],
+)
+def test_bad_arguments_stop_zoo_with_the_argument_named(tmp_path, capsys, monkeypatch, arg, message):
+    monkeypatch.chdir(tmp_path)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be\n" * 50)
+    data = [f"--data.init_args.files=[{corpus}]", f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(RECIPE), *data, arg])
+    assert exit_info.value.code == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
+def test_bad_sampling_arguments_are_refused_at_construction():
+    gpt2 = GPT2(vocab_size=10, max_seq_len=8, embed_dim=8, num_heads=2, num_layers=1)
+    with pytest.raises(ValueError, match=r"CausalLM: top_p must be in \(0, 1\], got 0"):
+        CausalLM(gpt2, top_p=0)
+    with pytest.raises(ValueError, match="CausalLM: max_new_tokens must be a positive integer, got 0"):
+        CausalLM(gpt2, max_new_tokens=0)
+    CausalLM(gpt2, temperature=0.0, top_k=1, top_p=1.0)  # the edges are allowed: greedy, argmax, no nucleus

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -117,3 +119,21 @@ def test_predict_prompts_longer_than_the_data_context_are_named(tmp_path):
         r"context of max_seq_len=16",
     ):
         dm.predict_dataloader()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"top_p": 1.5}, "generate: top_p must be in (0, 1], got 1.5"),
+        ({"top_p": 0.0}, "generate: top_p must be in (0, 1], got 0.0"),
+        ({"top_k": 0}, "generate: top_k must be a positive integer, got 0"),
+        ({"temperature": -0.5}, "generate: temperature must be >= 0, got -0.5"),
+        ({"max_new_tokens": 0}, "generate: max_new_tokens must be a positive integer, got 0"),
+    ],
+)
+def test_bad_sampling_arguments_are_refused_before_decoding(bad, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generate(_model(), [[1, 2]], **{"max_new_tokens": 4, **bad})
+    if "top_k" in bad or "top_p" in bad:  # no longer silently ignored by the filter either
+        with pytest.raises(ValueError, match=re.escape(message.replace("generate", "filter_logits"))):
+            filter_logits(torch.zeros(1, 5), **bad)

@@ -1,4 +1,4 @@
-"""Locating corpus files: local paths and globs, the Python standard library, and downloads."""
+"""Locating and reading corpus files: local paths and globs, the Python standard library, downloads."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 KNOWN_CORPORA = {
     "tinyshakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
@@ -68,12 +70,61 @@ def download(url: str, *, cache_dir: Path) -> Path:
     return target
 
 
+MAX_CONTROL_SHARE = 0.1
+"""A file whose bytes are more than this share of control bytes (NUL, ESC, ...; not tab, newline, carriage
+return, form feed or vertical tab) is refused as binary. Real text has none: tinyshakespeare, WikiText-2,
+every shared dataset and every ``.py`` file of the standard library measure 0."""
+
+_CONTROL_BYTES = np.zeros(256, dtype=bool)
+_CONTROL_BYTES[[*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F]] = True
+
+
 def read_text(path: Path) -> str:
-    """Read a UTF-8 text file; a decoding error names the file and byte offset."""
+    """Read a UTF-8 text file, with universal newlines (``\\r\\n`` and ``\\r`` read as ``\\n``).
+
+    Raises:
+        ValueError: The file is not UTF-8 (names the byte offset), or it decodes but is mostly control
+            bytes, e.g. a binary file renamed ``.txt`` or UTF-16 text (names the line and byte offset of
+            the first stretch of them).
+    """
+    data = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from err
+    check_not_binary(path, data)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_not_binary(path: Path, data: bytes) -> None:
+    """Refuse ``data`` (the contents of ``path``) when more than ``MAX_CONTROL_SHARE`` of it is control bytes.
+
+    Raises:
+        ValueError: ``"PATH:LINE: binary data, not text: N of its M bytes (P%) are control bytes ...,
+            first stretch at byte B ..."``.
+    """
+    byte_counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)  # (256,)
+    count = int(byte_counts[_CONTROL_BYTES].sum())
+    if count <= MAX_CONTROL_SHARE * len(data):
+        return
+    offset = _first_control_stretch(np.frombuffer(data, dtype=np.uint8))
+    line = data.count(b"\n", 0, offset) + 1
+    raise ValueError(
+        f"{path}:{line}: binary data, not text: {count:,} of its {len(data):,} bytes "
+        f"({count / len(data):.0%}) are control bytes such as NUL; the first stretch starts at byte {offset} "
+        f"(more than {MAX_CONTROL_SHARE:.0%} is refused; convert UTF-16 text to UTF-8)"
+    )
+
+
+def _first_control_stretch(data: np.ndarray, run: int = 8, block: int = 1 << 20) -> int:
+    """Offset of the first ``run`` control bytes in a row in ``data`` (uint8), else of the first one."""
+    for start in range(0, len(data), block):
+        window = data[start : start + block + run - 1]  # overlapping by run - 1: no stretch is cut
+        control = _CONTROL_BYTES[window].astype(np.int32)  # (len(window),)
+        hits = np.flatnonzero(np.convolve(control, np.ones(run, dtype=np.int32), mode="valid") == run)
+        if hits.size:
+            return start + int(hits[0])
+    return int(np.argmax(_CONTROL_BYTES[data]))
 
 
 def files_digest(files: list[Path]) -> str:

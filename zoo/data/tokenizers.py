@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Encoding, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 UNK = "<unk>"
 EOT = "<|endoftext|>"
@@ -79,6 +81,73 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 def eot_id(tok: Tokenizer) -> int | None:
     """Id of ``<|endoftext|>`` if the vocabulary has it (used between documents and as a stop token)."""
     return tok.token_to_id(EOT)
+
+
+def unk_id(tok: Tokenizer) -> int | None:
+    """Id of the token that stands for text the vocabulary cannot represent (``<unk>``), if the model has one.
+
+    Byte-level BPE (``"bpe"``, GPT-2's vocabulary) has none: every byte is in its vocabulary.
+    """
+    token = getattr(tok.model, "unk_token", None)
+    return tok.token_to_id(token) if token else None
+
+
+class UnknownTally:
+    """Characters a tokenizer could only encode as its unknown token, counted while a corpus is encoded.
+
+    Feed it every encoded batch with `add`; `message` is the one-line report, and `as_dict` /
+    `from_dict` let the count travel in a token cache's metadata.
+
+    Args:
+        unk: The tokenizer's unknown id (`unk_id`); ``None`` counts nothing.
+    """
+
+    def __init__(self, unk: int | None) -> None:
+        self.unk = unk
+        self.chars: Counter[str] = Counter()
+        self.first: str | None = None  # "file:line" of the first one
+
+    @property
+    def count(self) -> int:
+        return sum(self.chars.values())
+
+    def add(
+        self, encodings: Sequence[Encoding], chunks: Sequence[str], where: Sequence[tuple[str, int]]
+    ) -> None:
+        """Count the unknown tokens of ``encodings`` (of ``chunks``; chunk ``i`` starts at line
+        ``where[i][1]`` of file ``where[i][0]``)."""
+        if self.unk is None:
+            return
+        for encoding, chunk, (file, line) in zip(encodings, chunks, where):
+            ids = encoding.ids
+            if self.unk not in ids:  # the common case, at C speed
+                continue
+            for i in (i for i, token in enumerate(ids) if token == self.unk):
+                start, end = encoding.offsets[i]
+                self.chars.update(chunk[start:end] or "?")  # an unknown token may span several characters
+                if self.first is None:
+                    row = line + chunk.count("\n", 0, start)
+                    self.first = f"{file}:{row}"
+
+    def message(self, corpus: str) -> str:
+        """One line: ``"CORPUS: the tokenizer cannot represent 3 character(s) ('€' x2, 'ж' x1), first at
+        FILE:LINE; ..."``."""
+        shown = ", ".join(f"{c!r} x{n}" for c, n in self.chars.most_common(10))
+        more = f" and {len(self.chars) - 10} more kinds" if len(self.chars) > 10 else ""
+        return (
+            f"{corpus}: the tokenizer cannot represent {self.count} character(s) ({shown}{more}), first at "
+            f"{self.first}; they are read as <unk> and never scored or trained on (their labels are -100)"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chars": dict(self.chars), "first": self.first}
+
+    @classmethod
+    def from_dict(cls, unk: int | None, saved: dict[str, Any]) -> UnknownTally:
+        tally = cls(unk)
+        tally.chars.update(saved.get("chars", {}))
+        tally.first = saved.get("first")
+        return tally
 
 
 def text_chunks(text: str, size: int = 1 << 16) -> Iterator[str]:

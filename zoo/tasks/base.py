@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchmetrics import Metric
 
 from zoo.checkpoint import install_atomic_checkpoint_io
 from zoo.models.spec import from_spec, spec_of
+from zoo.nn import KVCache
+from zoo.strategies import declared_fsdp_units
 
 try:  # the config LightningCLI instantiated this module from (plain dicts), when it did
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -49,7 +53,17 @@ class BackboneTask(L.LightningModule):
         min_lr_ratio: Cosine decay ends at ``learning_rate * min_lr_ratio``.
         total_steps: Length of the schedule; ``None`` uses ``trainer.max_steps`` (or the estimate of
             optimizer steps when ``max_steps`` is unset).
+        compile: ``torch.compile`` each block the backbone declares in ``fsdp_units`` (per block, so it
+            also works when FSDP wraps the blocks). Parameter names and checkpoints stay those of the
+            plain model; incremental decoding (calls with a KV cache) runs uncompiled.
+        activation_checkpointing: Recompute each declared block's activations in the backward pass
+            (``torch.utils.checkpoint``): less memory for about one more forward pass of compute. For
+            FSDP runs, ``zoo.strategies.FSDP(activation_checkpointing=True)`` does the same; use one.
     """
+
+    compile_kwargs: ClassVar[dict[str, Any]] = {}
+    """Keyword arguments of ``torch.compile`` when ``compile`` is on, e.g. ``{"mode": "max-autotune"}``;
+    set on a subclass or an instance."""
 
     def __init__(
         self,
@@ -61,10 +75,13 @@ class BackboneTask(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
         total_steps: int | None = None,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         caller = inspect.currentframe()
-        self.save_hyperparameters(ignore=["backbone"], frame=caller)
+        # hyper-parameters are what the concrete class takes: a checkpoint rebuilds it from them
+        self.save_hyperparameters(ignore=["backbone", *_base_only_arguments(type(self))], frame=caller)
         if isinstance(backbone, dict):
             spec, backbone = backbone, from_spec(backbone)
         else:
@@ -90,6 +107,55 @@ class BackboneTask(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
         self.total_steps = total_steps
+        self.compile_blocks = compile  # not `self.compile`: that is nn.Module.compile()
+        self.activation_checkpointing = activation_checkpointing
+        # first step whose loss was not finite (-1: none yet) and that loss, kept on the device
+        self._bad_step: torch.Tensor | None = None
+        self._bad_loss: torch.Tensor | None = None
+        self._checked_step = -1
+
+    def flops_per_token(self, seq_len: int) -> int | None:
+        """Training FLOPs (forward and backward) per token at sequence length ``seq_len``: the backbone's
+        ``flops_per_token`` (nanoGPT's ``6N + 12·L·H·Q·T``), ``None`` when it has none. The
+        `zoo.tasks.monitor.ProgressMonitor` turns it into model FLOPs utilisation (MFU)."""
+        estimate = getattr(self.backbone, "flops_per_token", None)
+        return estimate(seq_len) if callable(estimate) else None
+
+    def configure_model(self) -> None:
+        """Apply ``activation_checkpointing`` and ``compile`` to each block of the backbone's ``fsdp_units``.
+
+        Lightning calls this before every fit, validate, test and predict, before a strategy wraps the
+        model; a block already set up the same way is left alone.
+        """
+        wanted = self.compile_blocks or self.activation_checkpointing
+        units = declared_fsdp_units(self) if wanted else ()
+        if wanted and not units:
+            raise ValueError(
+                f"compile and activation_checkpointing act on the blocks a backbone declares as "
+                f"`fsdp_units`, and {type(self.backbone).__name__} declares none; set the class attribute "
+                "`fsdp_units = (YourBlock,)` on it"
+            )
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        strategy_recomputes = getattr(strategy, "activation_checkpointing", False) is True or bool(
+            getattr(strategy, "_activation_checkpointing_kwargs", None)
+        )
+        if self.activation_checkpointing and strategy_recomputes:
+            raise ValueError(
+                "activation_checkpointing is on in both the model and the FSDP strategy; turn one off"
+            )
+        for module in self.backbone.modules():
+            current = module.__dict__.get("forward")
+            if isinstance(current, BlockForward) and not wanted:
+                del module.forward
+            elif units and isinstance(module, units):
+                settings = (self.compile_blocks, self.activation_checkpointing, self.compile_kwargs)
+                if not (isinstance(current, BlockForward) and current.settings == settings):
+                    module.forward = BlockForward(
+                        module,
+                        compile=self.compile_blocks,
+                        checkpoint=self.activation_checkpointing,
+                        compile_kwargs=self.compile_kwargs,
+                    )
 
     def setup(self, stage: str) -> None:
         """Install atomic checkpoint writes and check the data against the backbone before any batch."""
@@ -121,18 +187,52 @@ class BackboneTask(L.LightningModule):
             if isinstance(module, Metric):
                 module.reset()
 
+    def on_fit_start(self) -> None:
+        rank_zero_info(f"attention: scaled_dot_product_attention backends {sdpa_backends(self.device)}")
+
+    def on_train_start(self) -> None:
+        self._bad_step = self._bad_loss = None
+        self._checked_step = -1
+
     def on_before_backward(self, loss: torch.Tensor) -> None:
-        # Stop instead of training on garbage; every rank takes the same decision so none hangs.
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if self.trainer.world_size > 1:
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            raise FloatingPointError(
-                f"the training loss became {loss.detach().float().item()} at global step "
-                f"{self.trainer.global_step} (epoch {self.trainer.current_epoch}); stopping. Checkpoints "
-                "already written are kept: resume from the last good one with a lower learning rate, "
-                "or check the data around this step."
-            )
+        # Stop instead of training on garbage, without a host-device sync per step: the first bad step
+        # is recorded on the device and read by `check_finite_loss`, once per logging interval, before
+        # every checkpoint and at the end of training.
+        loss = loss.detach()
+        if self._bad_step is None:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_loss = torch.zeros((), dtype=torch.float32, device=loss.device)
+        first = ~torch.isfinite(loss).all() & (self._bad_step < 0)
+        self._bad_step = torch.where(first, self.trainer.global_step, self._bad_step)
+        self._bad_loss = torch.where(first, loss.float(), self._bad_loss)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.trainer.global_step
+        every = self.trainer.log_every_n_steps or 50
+        if step != self._checked_step and step % every == 0:
+            self._checked_step = step
+            self.check_finite_loss()
+
+    def on_train_end(self) -> None:
+        self.check_finite_loss()
+
+    def check_finite_loss(self) -> None:
+        """Raise `FloatingPointError` naming the first step whose training loss was NaN or infinite on
+        any rank since training started. Every rank must call it (one all-reduce); one host sync."""
+        if self._bad_step is None:
+            return
+        never = torch.iinfo(torch.long).max
+        step = torch.where(self._bad_step < 0, never, self._bad_step)
+        agreed = self.trainer.strategy.reduce(step.clone(), reduce_op="min")
+        first, mine, loss = torch.stack([agreed.double(), step.double(), self._bad_loss.double()]).tolist()
+        if first >= never:
+            return
+        value = loss if mine == first else "non-finite on another rank"
+        raise FloatingPointError(
+            f"the training loss became {value} at global step {int(first)}; stopping. Checkpoints "
+            "written before that step are kept (none is written after it): resume from the last good "
+            "one with a lower learning rate, or check the data around this step."
+        )
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -173,6 +273,8 @@ class BackboneTask(L.LightningModule):
             raise CheckpointError(f"{checkpoint_path}: {err}") from err
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self.check_finite_loss()  # weights updated with a non-finite loss are never saved
         checkpoint["zoo_task"] = _task_family(type(self))
         # Dropout draws from the global RNG: save it so a resumed run draws the same masks.
         checkpoint["zoo_rng"] = {
@@ -224,6 +326,66 @@ class BackboneTask(L.LightningModule):
         if self.trainer.max_steps and self.trainer.max_steps > 0:
             return self.trainer.max_steps
         return int(self.trainer.estimated_stepping_batches)
+
+
+class BlockForward:
+    """A block's ``forward`` with activation checkpointing and/or ``torch.compile``.
+
+    Installed as the instance attribute ``block.forward``, so the block keeps its class (which FSDP's wrap
+    policy matches), its parameter names and its ``state_dict``; a copy of the model calls its own block.
+    Calls that pass a `zoo.nn.KVCache` (incremental decoding, whose shapes change at every step) run the
+    plain forward.
+
+    Args:
+        block: The module whose forward this becomes.
+        compile: Compile the forward with ``torch.compile(**compile_kwargs)``.
+        checkpoint: Recompute the block's activations in the backward pass (when gradients are on).
+        compile_kwargs: Keyword arguments of ``torch.compile``.
+    """
+
+    def __init__(
+        self, block: nn.Module, *, compile: bool, checkpoint: bool, compile_kwargs: dict[str, Any]
+    ) -> None:
+        self.block = block
+        self.settings = (compile, checkpoint, dict(compile_kwargs))
+        forward = type(block).forward  # unbound: compiled once, shared by blocks of one class
+        if checkpoint:
+            forward = functools.partial(_checkpointed, forward)
+        self.fast = torch.compile(forward, **compile_kwargs) if compile else forward
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if any(isinstance(v, KVCache) for v in kwargs.values()):
+            return type(self.block).forward(self.block, *args, **kwargs)
+        return self.fast(self.block, *args, **kwargs)
+
+
+def _checkpointed(forward: Any, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    if not torch.is_grad_enabled():
+        return forward(block, *args, **kwargs)
+    return checkpoint(forward, block, *args, use_reentrant=False, **kwargs)
+
+
+def sdpa_backends(device: torch.device) -> str:
+    """Which ``scaled_dot_product_attention`` kernels may run on ``device``: on CUDA the enabled ones
+    among flash, mem-efficient, cuDNN and math (SDPA picks the fastest that fits the inputs)."""
+    if device.type != "cuda":
+        return f"math/{device.type}"
+    flags = {
+        "flash": torch.backends.cuda.flash_sdp_enabled(),
+        "mem-efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+        "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+        "math": torch.backends.cuda.math_sdp_enabled(),
+    }
+    enabled = [name for name, on in flags.items() if on]
+    return "enabled: " + (", ".join(enabled) or "none")
+
+
+def _base_only_arguments(cls: type) -> list[str]:
+    """`BackboneTask` arguments that ``cls`` (a subclass) does not take, e.g. ``compile``."""
+    own = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+        return []
+    return [name for name in inspect.signature(BackboneTask.__init__).parameters if name not in own]
 
 
 class CheckpointError(ValueError):

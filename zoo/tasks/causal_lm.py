@@ -1,18 +1,17 @@
-"""Causal language modelling: next-token cross-entropy, perplexity, sampling."""
+"""Causal language modelling: next-token cross-entropy, perplexity on any text, sampling."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.text import Perplexity
+from torchmetrics import Metric
 
 from zoo.tasks.base import BackboneTask
-from zoo.tasks.generation import generate
+from zoo.tasks.generation import check_sampling, generate
 
 IGNORE_INDEX = -100
 
@@ -21,8 +20,12 @@ class CausalLM(BackboneTask):
     """Train and sample a decoder-only language model.
 
     Batches hold ``input_ids`` (B, T) and ``labels`` (B, T), where ``labels[:, t]`` is the token that
-    follows position ``t`` (``-100`` where there is none); an optional ``attention_mask`` marks padding.
-    The backbone maps ``input_ids`` to logits (B, T, V).
+    follows position ``t`` (``-100`` where there is none, or where it is context only); an optional
+    ``attention_mask`` marks padding. The backbone maps ``input_ids`` to logits (B, T, V).
+
+    Validation and test log ``{stage}_loss``, the mean next-token negative log-likelihood per scored
+    token (every label that is not -100; summed over the whole run, so exact whatever the batch holds),
+    ``{stage}_ppl = exp({stage}_loss)`` and ``{stage}_tokens``, the number of scored tokens.
 
     Args:
         backbone: Decoder network, e.g. `zoo.models.gpt2.GPT2`, or its spec.
@@ -64,14 +67,20 @@ class CausalLM(BackboneTask):
             min_lr_ratio=min_lr_ratio,
             total_steps=total_steps,
         )
+        check_sampling(
+            type(self).__name__,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
         self.stop_tokens = list(stop_tokens or [])
-        self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
-        self.test_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
-        self._last_step_time: float | None = None
+        self.val_nll = TokenNLL()
+        self.test_nll = TokenNLL()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, T, V)."""
@@ -84,15 +93,20 @@ class CausalLM(BackboneTask):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self(batch["input_ids"], batch.get("attention_mask"))
         loss = self.loss(logits, batch["labels"])
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self._log_throughput(batch["input_ids"])
+        self.log("train_loss", loss, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_perplexity)
+        self.val_nll.update(*self.token_nll(batch))
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_perplexity)
+        self.test_nll.update(*self.token_nll(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", self.val_nll)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_nll)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[list[int]]:
         """Continue each prompt in ``batch["prompts"]`` (lists of ids); returns the new ids."""
@@ -134,17 +148,42 @@ class CausalLM(BackboneTask):
         finally:
             self.train(was_training)
 
-    def _evaluate(self, batch: dict[str, Tensor], stage: str, perplexity: Perplexity) -> None:
-        logits = self(batch["input_ids"], batch.get("attention_mask"))
-        loss = self.loss(logits, batch["labels"])
-        n = batch["input_ids"].shape[0]
-        self.log(f"{stage}_loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
-        perplexity.update(logits.float(), batch["labels"])
-        self.log(f"{stage}_ppl", perplexity, batch_size=n)
+    def token_nll(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Summed next-token negative log-likelihood of the batch's scored labels (those not -100), in at
+        least fp32, and their number: two scalars."""
+        logits = self(batch["input_ids"], batch.get("attention_mask"))  # (B, T, V)
+        logits = logits.flatten(0, 1)  # (B*T, V)
+        labels = batch["labels"].flatten()  # (B*T,)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        nll = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        return nll, (labels != IGNORE_INDEX).sum()
 
-    def _log_throughput(self, input_ids: Tensor) -> None:
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            tokens = input_ids.numel() * self.trainer.world_size
-            self.log("train_tokens_per_sec", tokens / (now - self._last_step_time), batch_size=1)
-        self._last_step_time = now
+    def _log_scores(self, stage: str, scores: TokenNLL) -> None:
+        nll, tokens = scores.compute()  # summed over every batch and rank
+        loss = nll / tokens  # nan when nothing was scored
+        self.log(f"{stage}_loss", loss, prog_bar=True, sync_dist=True)  # sync_dist: equal on every rank
+        self.log(f"{stage}_ppl", loss.exp(), sync_dist=True)
+        self.log(f"{stage}_tokens", tokens.to(loss.dtype), sync_dist=True)
+        scores.reset()
+
+
+class TokenNLL(Metric):
+    """Summed negative log-likelihood and number of scored tokens, summed across batches and ranks.
+
+    ``compute()`` returns ``(nll, tokens)``; the mean is ``nll / tokens``. The count is an integer state,
+    exact at any corpus size.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nll", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, nll: Tensor, tokens: Tensor) -> None:
+        self.nll += nll.detach().to(self.nll.dtype)
+        self.tokens += tokens.detach()
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return self.nll, self.tokens

@@ -8,10 +8,36 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from zoo.errors import check_non_negative, check_positive, check_probability
+
+
+def check_sampling(
+    owner: str,
+    *,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> None:
+    """The sampling arguments every entry point checks (``None`` passes).
+
+    Raises:
+        ValueError: Names ``owner`` and the argument: ``max_new_tokens`` or ``top_k`` below 1, a negative
+            ``temperature``, ``top_p`` outside (0, 1].
+    """
+    check_positive(owner, max_new_tokens=max_new_tokens, top_k=top_k)
+    check_non_negative(owner, temperature=temperature)
+    check_probability(owner, open_low=True, top_p=top_p)
+
 
 def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None) -> Tensor:
-    """Set logits outside the top-k / nucleus (top-p) set to ``-inf``. ``logits``: (B, V)."""
-    if top_k is not None and top_k > 0:
+    """Set logits outside the top-k / nucleus (top-p) set to ``-inf``. ``logits``: (B, V).
+
+    Raises:
+        ValueError: ``top_k`` below 1, or ``top_p`` outside (0, 1].
+    """
+    check_sampling("filter_logits", top_k=top_k, top_p=top_p)
+    if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
@@ -78,7 +104,14 @@ def generate(
 
     The backbone is called as ``backbone(input_ids, attention_mask=...)``, plus ``position_ids`` when its
     ``forward`` accepts them (needed for correct positions under left padding) and ``kv_caches``.
+
+    Raises:
+        ValueError: A prompt is empty or longer than the context, or a sampling argument is out of range
+            (see `check_sampling`), before any decoding.
     """
+    check_sampling(
+        "generate", max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
+    )
     device = next(backbone.parameters()).device
     max_len = getattr(backbone, "max_seq_len", None)
     for i, prompt in enumerate(prompts):

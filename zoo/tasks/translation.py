@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -99,7 +98,6 @@ class Translation(BackboneTask):
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.val_metrics = _metrics()
         self.test_metrics = _metrics()
-        self._last_step_time: float | None = None
 
     def forward(
         self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Tensor | None = None
@@ -120,8 +118,7 @@ class Translation(BackboneTask):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
         loss = self.loss(logits, batch["labels"])
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
-        self._log_throughput(batch)
+        self.log("train_loss", loss, batch_size=batch["labels"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -217,12 +214,3 @@ class Translation(BackboneTask):
         if data is None or not hasattr(data, "decode"):
             raise RuntimeError("BLEU needs a data module with decode(ids) -> text (or set val_beam_size: 0)")
         return data.decode
-
-    def _log_throughput(self, batch: dict[str, Any]) -> None:
-        # real (non-padding) source and target tokens per second, all ranks together
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            tokens = int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
-            rate = tokens * self.trainer.world_size / (now - self._last_step_time)
-            self.log("train_tokens_per_sec", rate, batch_size=1)
-        self._last_step_time = now

@@ -254,6 +254,15 @@ class Bert(Configurable, nn.Module):
             raise RuntimeError("this Bert was built with with_pretraining_heads=False; it has no NSP head")
         return self.nsp_head(pooled)
 
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward and backward) per token of sequences of ``seq_len`` (default
+        ``max_seq_len``): nanoGPT's ``6N + 12·L·H·Q·T``, N the weights of the matrix products, the MLM
+        head's at every position (as `forward` computes it; the pooler and NSP head, once per sequence,
+        are counted per token too, under 1% of N at bert-base)."""
+        attn = self.layers[0].self_attn
+        N = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 6 * N + 12 * self.num_layers * attn.num_heads * attn.head_dim * (seq_len or self.max_seq_len)
+
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count (tied weights counted once); optionally without the embedding tables."""
         n = sum(p.numel() for p in self.parameters())

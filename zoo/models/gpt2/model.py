@@ -191,6 +191,14 @@ class GPT2(Configurable, nn.Module):
             for _ in self.layers
         ]
 
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward and backward) per token at context ``seq_len`` (default ``max_seq_len``):
+        nanoGPT's ``6N + 12·L·H·Q·T`` (PaLM, appendix B), N the weights of the matrix products (the output
+        layer's included, the embedding lookups' not), L layers of H heads of width Q, T the context."""
+        attn = self.layers[0].self_attn
+        N = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 6 * N + 12 * self.num_layers * attn.num_heads * attn.head_dim * (seq_len or self.max_seq_len)
+
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count (tied weights counted once); optionally without position/token embeddings."""
         n = sum(p.numel() for p in self.parameters())

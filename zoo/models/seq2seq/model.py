@@ -280,6 +280,15 @@ class Transformer(Configurable, nn.Module):
         layers = range(len(self.decoder_layers))
         return DecoderCaches([cache(target_len) for _ in layers], [cache(source_len) for _ in layers])
 
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward and backward) per source token, for sources and targets of ``seq_len``
+        tokens each (default ``max_seq_len``): one source and one target position, nanoGPT's
+        ``6N + 12·L·H·Q·T`` with the encoder's self-attention and the decoder's self- and cross-attention."""
+        attn = self.encoder_layers[0].self_attn
+        N = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        attention_layers = len(self.encoder_layers) + 2 * len(self.decoder_layers)
+        return 6 * N + 12 * attention_layers * attn.num_heads * attn.head_dim * (seq_len or self.max_seq_len)
+
     def num_parameters(self) -> int:
         """Parameter count, shared and tied tables counted once."""
         return sum(p.numel() for p in self.parameters())

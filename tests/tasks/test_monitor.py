@@ -1,0 +1,168 @@
+"""ProgressMonitor: plain progress lines instead of a bar, tokens/s counted from the batch, MFU from the
+model's FLOPs per token; the datasheet table's lookup by GPU name."""
+
+from __future__ import annotations
+
+import csv
+import re
+import textwrap
+
+import pytest
+import torch
+from conftest import cpu_trainer
+from torch.utils.data import DataLoader
+
+from zoo.cli import main
+from zoo.models.gpt2 import GPT2
+from zoo.tasks import CausalLM
+from zoo.tasks.monitor import PEAK_FLOPS, ProgressMonitor, count_tokens, gpu_chip
+
+PROGRESS = re.compile(
+    r"step (\d+)/(\d+) \((\d+)%\) \| [\d,]+ tok/s \| MFU \d+\.\d% \| loss \d+\.\d{3} \| elapsed \d+:\d\d"
+    r"( \| ETA \d+:\d\d)?"
+)
+
+
+def test_zoo_fit_prints_progress_lines_and_logs_throughput_and_mfu(stdlib_text_file, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            seed_everything: 0
+            trainer:
+              accelerator: cpu
+              max_steps: 10
+              val_check_interval: 10
+              check_val_every_n_epoch: null
+              limit_val_batches: 2
+              log_every_n_steps: 5
+              enable_checkpointing: false
+              enable_progress_bar: true
+              default_root_dir: {tmp_path / "run"}
+              logger:
+                class_path: lightning.pytorch.loggers.CSVLogger
+                init_args: {{save_dir: {tmp_path / "logs"}, name: run}}
+              callbacks:
+                - class_path: zoo.tasks.monitor.ProgressMonitor
+            model:
+              class_path: zoo.tasks.CausalLM
+              init_args:
+                backbone:
+                  class_path: zoo.models.gpt2.GPT2
+                  init_args: {{max_seq_len: 32, embed_dim: 32, num_heads: 2, num_layers: 1}}
+            data:
+              class_path: zoo.data.TextDataModule
+              init_args:
+                files: [{stdlib_text_file}]
+                max_seq_len: 32
+                batch_size: 8
+                cache_dir: {tmp_path / "cache"}
+            """
+        )
+    )
+    main(["fit", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert "\r" not in out  # lines a log file keeps, no redrawn bar
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 2, out
+    first, last = (PROGRESS.fullmatch(line) for line in lines)
+    assert first and first.groups()[:3] == ("5", "10", "50") and first.group(4), lines[0]  # with an ETA
+    assert last and last.groups()[:3] == ("10", "10", "100"), lines[1]
+    assert re.search(r"^validation at step 10 \| val_loss \d", out, re.MULTILINE), out
+    assert re.search(r"^done: 10 steps in \d+:\d\d", out, re.MULTILINE), out
+    (metrics_file,) = (tmp_path / "logs").rglob("metrics.csv")
+    rows = [r for r in csv.DictReader(metrics_file.open()) if r.get("throughput/tokens_per_sec")]
+    assert [int(r["step"]) for r in rows] == [4, 9]  # Lightning's 0-based logging steps 5 and 10
+    for row in rows:
+        tokens, samples = float(row["throughput/tokens_per_sec"]), float(row["throughput/samples_per_sec"])
+        assert tokens == pytest.approx(32 * samples, rel=1e-4)  # packed text: every position is a token
+        assert 0 < float(row["throughput/mfu"]) < 1  # against this CPU's measured matmul rate
+
+
+class _PaddedBatches(torch.utils.data.Dataset):
+    """Rows of 16 positions, the last 4 padding."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(1, 50, (17,), generator=torch.Generator().manual_seed(i))
+        mask = (torch.arange(16) < 12).long()
+        return {
+            "input_ids": ids[:-1] * mask,
+            "attention_mask": mask,
+            "labels": torch.where(mask.bool(), ids[1:], -100),
+        }
+
+
+def test_throughput_counts_non_padding_tokens_and_mfu_uses_the_model_flops(tmp_path, capsys):
+    model = GPT2(vocab_size=50, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=2)
+    monitor = ProgressMonitor(every_n_steps=5, peak_flops=2e11)
+    trainer = cpu_trainer(tmp_path, max_epochs=1, enable_progress_bar=True, callbacks=[monitor])
+    assert trainer.progress_bar_callback is monitor  # it replaces Lightning's bar
+    trainer.fit(CausalLM(model), DataLoader(_PaddedBatches(), batch_size=4))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("throughput/")}
+    assert metrics["throughput/tokens_per_sec"] == pytest.approx(12 * metrics["throughput/samples_per_sec"])
+    flops_per_sec = metrics["throughput/tflops_per_device"] * 1e12
+    assert flops_per_sec / metrics["throughput/tokens_per_sec"] == pytest.approx(
+        model.flops_per_token(16), rel=1e-4
+    )
+    assert metrics["throughput/mfu"] == pytest.approx(flops_per_sec / 2e11, rel=1e-4)
+    # no max_steps: the total is the number of optimizer steps in the epochs
+    steps = re.findall(r"^step (\d+/\d+) \(\d+%\)", capsys.readouterr().out, re.MULTILINE)
+    assert steps == ["5/10", "10/10"]
+
+
+def test_without_a_flops_estimate_the_line_and_logs_leave_mfu_out(tmp_path, capsys):
+    class NoEstimate(CausalLM):
+        def flops_per_token(self, seq_len: int) -> None:
+            return None
+
+    model = NoEstimate(GPT2(vocab_size=50, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=1))
+    trainer = cpu_trainer(
+        tmp_path, max_steps=5, enable_progress_bar=True, callbacks=[ProgressMonitor(every_n_steps=5)]
+    )
+    trainer.fit(model, DataLoader(_PaddedBatches(), batch_size=4))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("step 5/5"))
+    assert re.fullmatch(r"step 5/5 \(100%\) \| [\d,]+ tok/s \| loss \d+\.\d{3} \| elapsed \d+:\d\d", line), (
+        line
+    )
+    assert "throughput/tokens_per_sec" in trainer.callback_metrics
+    assert "throughput/mfu" not in trainer.callback_metrics
+
+
+def test_count_tokens_reads_nothing_back_and_falls_back_to_samples():
+    ids = torch.ones(3, 8, dtype=torch.long)
+    mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3, [1] * 2 + [0] * 6])
+    tokens, samples, seq_len = count_tokens({"input_ids": ids, "attention_mask": mask})
+    assert isinstance(tokens, torch.Tensor) and int(tokens) == 15 and (samples, seq_len) == (3, 8)
+    assert count_tokens({"input_ids": ids}) == (24, 3, 8)
+    assert count_tokens({"pixels": torch.zeros(5, 3, 2, 2), "labels": torch.zeros(5)}) == (None, 5, 0)
+    assert count_tokens([torch.zeros(7, 2), torch.zeros(7)]) == (None, 7, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "chip"),
+    [
+        ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+        ("NVIDIA H100 PCIe", None),  # left to Lightning's table
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA L4", "l4"),
+        ("NVIDIA L40S", None),
+        ("NVIDIA A10G", "a10g"),
+        ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+    ],
+)
+def test_gpu_names_find_their_datasheet_row(name, chip):
+    assert gpu_chip(name) == chip
+    if chip is not None:
+        peaks = PEAK_FLOPS[chip]
+        assert peaks["bf16"] >= peaks["tf32"] >= peaks["fp32"] > 1e13
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="every_n_steps must be a positive integer, got 0"):
+        ProgressMonitor(every_n_steps=0)
+    with pytest.raises(ValueError, match="peak_flops must be > 0"):
+        ProgressMonitor(peak_flops=-1.0)

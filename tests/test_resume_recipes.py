@@ -66,6 +66,9 @@ SLOW_RECIPES = {
         ["--data.init_args.max_tokens=512", "--model.init_args.val_beam_size=1"],
         ["multi30k/train.de"],
     ),
+}
+# the GPU recipes, shrunk to CPU size by overrides: `make test-long` (their code paths are the CPU recipes')
+LONG_RECIPES = {
     "gpt2/124m.yaml": (
         [
             *CPU_FP32,
@@ -204,13 +207,19 @@ def test_killed_recipe_resumes_bit_identical(recipe, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(SLOW_RECIPES))
-def test_every_other_recipe_resumes_bit_identical(recipe, tmp_path):
+def test_every_other_cpu_recipe_resumes_bit_identical(recipe, tmp_path):
     kill_and_resume(recipe, *SLOW_RECIPES[recipe], tmp_path)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("recipe", sorted(LONG_RECIPES))
+def test_every_gpu_recipe_resumes_bit_identical_on_cpu(recipe, tmp_path):
+    kill_and_resume(recipe, *LONG_RECIPES[recipe], tmp_path)
 
 
 def test_every_recipe_has_a_resume_test():
     shipped = {str(p.relative_to(REPO / "recipes")) for p in (REPO / "recipes").rglob("*.yaml")}
-    assert shipped == set(RECIPES) | set(SLOW_RECIPES)
+    assert shipped == set(RECIPES) | set(SLOW_RECIPES) | set(LONG_RECIPES)
 
 
 def test_ckpt_path_last_without_a_checkpoint_says_so(tmp_path):

@@ -60,7 +60,7 @@ class ZooCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
-        """``--ckpt_path last`` finds the previous run's ``last.ckpt`` (see `find_last_checkpoint`); any
+        """``--ckpt_path last`` finds the previous run's ``last.ckpt`` (`zoo.runs.resolve_last`); any
         checkpoint is read safely and refused with a clear message when it belongs to another task.
 
         LightningCLI then rebuilds the model from the checkpoint's hyper-parameters, which would silently

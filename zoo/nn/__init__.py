@@ -3,15 +3,30 @@
 from zoo.nn.attention import CrossAttention, KVCache, SelfAttention, build_attention_mask
 from zoo.nn.block import PostNormBlock, PreNormBlock
 from zoo.nn.embeddings import SinusoidalPositions, TokenEmbedding
+from zoo.nn.gqa import Attention
 from zoo.nn.heads import last_token_index, pool_first, pool_last, pool_mean
-from zoo.nn.mlp import MLP
+from zoo.nn.mlp import MLP, GatedMLP
+from zoo.nn.norms import RMSNorm
+from zoo.nn.positions import ALiBiPositions, LearnedPositions, Positions, RotaryPositions
+from zoo.nn.stack import DecoderBlock, DecoderCache, DecoderLM, DecoderStack
 
 __all__ = [
     "MLP",
+    "ALiBiPositions",
+    "Attention",
     "CrossAttention",
+    "DecoderBlock",
+    "DecoderCache",
+    "DecoderLM",
+    "DecoderStack",
+    "GatedMLP",
     "KVCache",
+    "LearnedPositions",
+    "Positions",
     "PostNormBlock",
     "PreNormBlock",
+    "RMSNorm",
+    "RotaryPositions",
     "SelfAttention",
     "SinusoidalPositions",
     "TokenEmbedding",

@@ -57,6 +57,11 @@ class KVCache(nn.Module):
         self.seq_len = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def reorder(self, index: Tensor) -> None:
+        """Keep the batch rows ``index`` (N,), in that order (beam search: each beam's parent row)."""
+        self.k = self.k.index_select(0, index)  # (N, nh, T, hs)
+        self.v = self.v.index_select(0, index)  # (N, nh, T, hs)
+
 
 def build_attention_mask(
     *,

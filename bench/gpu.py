@@ -151,8 +151,9 @@ def zoo_step_seconds(task: BackboneTask, batch: dict[str, Tensor], setup: Setup)
 
 def optimizer_settings(task: BackboneTask) -> dict:
     """What ``task.configure_optimizers`` builds its AdamW and schedule from."""
-    names = ("learning_rate", "betas", "weight_decay", "warmup_steps", "min_lr_ratio")
-    return {name: getattr(task, name) for name in names}
+    opt, sched = task.optimizer_spec["init_args"], task.lr_scheduler_spec["init_args"]
+    names = {"learning_rate": opt["lr"], "betas": tuple(opt["betas"]), "weight_decay": opt["weight_decay"]}
+    return {**names, "warmup_steps": sched["warmup_steps"], "min_lr_ratio": sched["min_lr_ratio"]}
 
 
 def hf_step_seconds(

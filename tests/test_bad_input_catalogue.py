@@ -290,7 +290,8 @@ ROWS: dict[str, Row] = {
     "loss-not-finite": Row(
         "fit",
         GPT2,
-        _corpus(SENTENCES, "--model.init_args.learning_rate=1e30", "--model.init_args.warmup_steps=0"),
+        _corpus(SENTENCES, "--model.init_args.optimizer.init_args.lr=1e30",
+                "--model.init_args.lr_scheduler=null"),
         "error: the training loss became nan at global step 1; stopping. Checkpoints written before that "
         "step are kept (none is written after it): resume from the last good one with a lower learning "
         "rate, or check the data around this step.",

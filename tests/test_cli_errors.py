@@ -143,7 +143,9 @@ def test_a_checkpoint_saved_from_python_works_with_zoo_test(tmp_path, capsys):
 
     corpus = shared_file("tinyshakespeare/input.txt")
     data = TextDataModule([str(corpus)], tokenizer="char", max_seq_len=64, cache_dir=str(tmp_path / "cache"))
-    model = CausalLM(GPT2(vocab_size=data.vocab_size, max_seq_len=64, embed_dim=32, num_heads=2, num_layers=1))
+    model = CausalLM(
+        GPT2(vocab_size=data.vocab_size, max_seq_len=64, embed_dim=32, num_heads=2, num_layers=1)
+    )
     trainer = L.Trainer(max_steps=1, limit_val_batches=1, logger=False, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=data)
     trainer.save_checkpoint(tmp_path / "python.ckpt")
@@ -157,4 +159,6 @@ def test_a_checkpoint_saved_from_python_works_with_zoo_test(tmp_path, capsys):
 def test_ckpt_path_last_without_a_checkpoint_is_an_error_for_evaluation(tmp_path, capsys):
     small = _small(tmp_path, shared_file("tinyshakespeare/input.txt"))
     line = _fails(["validate", "--config", RECIPE, *small, "--ckpt_path", "last"], capsys)
-    assert line.startswith(f"error: --ckpt_path last: no last.ckpt under {tmp_path / 'logs'}, so there is no ")
+    assert line.startswith(
+        f"error: --ckpt_path last: no last.ckpt under {tmp_path / 'logs'}, so there is no "
+    )

@@ -26,6 +26,7 @@ from zoo.models.gpt2 import convert as gpt2_convert
 from zoo.models.hf_io import LabelHead
 from zoo.models.seq2seq import Transformer
 from zoo.tasks import CausalLM, MaskedLM, SequenceClassification, TokenClassification, Translation
+from zoo.tasks.optim import adamw, warmup_cosine_schedule
 
 transformers = pytest.importorskip("transformers")
 
@@ -172,7 +173,7 @@ def test_causal_lm_from_zoo_fit_is_a_gpt2_lm_head_model(tmp_path, stdlib_text_fi
                 backbone:
                   class_path: zoo.models.gpt2.GPT2
                   init_args: {{max_seq_len: 64, embed_dim: 32, num_heads: 2, num_layers: 2}}
-                learning_rate: 1.0e-2
+                optimizer: {{class_path: torch.optim.AdamW, init_args: {{lr: 1.0e-2}}}}
             data:
               class_path: zoo.data.TextDataModule
               init_args:
@@ -220,7 +221,10 @@ def test_masked_lm_is_bert_for_pretraining_or_masked_lm(tmp_path, stdlib_text_fi
         cache_dir=str(tmp_path / "cache"),
     )
     task = MaskedLM(
-        Bert(vocab_size=data.vocab_size, **TINY_BERT), nsp=nsp, warmup_steps=0, learning_rate=1e-2
+        Bert(vocab_size=data.vocab_size, **TINY_BERT),
+        nsp=nsp,
+        lr_scheduler=warmup_cosine_schedule(warmup_steps=0, min_lr_ratio=0.0),
+        optimizer=adamw(lr=1e-2),
     )
     ckpt = _fit(tmp_path, task, data)
 
@@ -244,7 +248,9 @@ def test_masked_lm_is_bert_for_pretraining_or_masked_lm(tmp_path, stdlib_text_fi
 def test_sequence_classification_over_bert(tmp_path, capsys):
     data = _sentences(tmp_path, "wordpiece")
     backbone = Bert(vocab_size=data.vocab_size, **TINY_BERT, with_pretraining_heads=False)
-    task = SequenceClassification(backbone, num_labels=3, label_names=data.label_names, learning_rate=1e-2)
+    task = SequenceClassification(
+        backbone, num_labels=3, label_names=data.label_names, optimizer=adamw(lr=1e-2)
+    )
     ckpt = _fit(tmp_path, task, data)
 
     out = tmp_path / "exported"
@@ -286,7 +292,7 @@ def test_mean_pooled_bert_classifier_exports_the_backbone_and_says_why(tmp_path,
 def test_sequence_classification_over_gpt2(tmp_path, capsys, zero_bias):
     data = _sentences(tmp_path, "bpe")
     backbone = GPT2(vocab_size=data.vocab_size, **TINY_GPT2)
-    task = SequenceClassification(backbone, num_labels=3, pooling="last", learning_rate=1e-2)
+    task = SequenceClassification(backbone, num_labels=3, pooling="last", optimizer=adamw(lr=1e-2))
     if zero_bias:  # transformers' score layer has none: train without one
         task.head[1].bias.requires_grad_(False)
     ckpt = _fit(tmp_path, task, data)
@@ -322,7 +328,7 @@ def test_token_classification(tmp_path, capsys, family):
     else:
         backbone = GPT2(vocab_size=data.vocab_size, **TINY_GPT2)
     task = TokenClassification(
-        backbone, num_labels=data.num_labels, label_names=data.label_names, learning_rate=1e-2
+        backbone, num_labels=data.num_labels, label_names=data.label_names, optimizer=adamw(lr=1e-2)
     )
     ckpt = _fit(tmp_path, task, data)
 

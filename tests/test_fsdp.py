@@ -224,7 +224,9 @@ if __name__ == "__main__":
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=FSDP(activation_checkpointing=True),
                         max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=sys.argv[1], callbacks=[Report()])
-    trainer.fit(CausalLM(gpt2, learning_rate=3e-3, warmup_steps=0), DataLoader(data, batch_size=4))
+    optimizer = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-3}}
+    schedule = {"class_path": "zoo.tasks.optim.WarmupCosine", "init_args": {"warmup_steps": 0}}
+    trainer.fit(CausalLM(gpt2, optimizer=optimizer, lr_scheduler=schedule), DataLoader(data, batch_size=4))
 """
 
 

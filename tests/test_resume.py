@@ -23,8 +23,8 @@ CAUSAL = """
         backbone:
           class_path: zoo.models.gpt2.GPT2
           init_args: {{max_seq_len: 32, embed_dim: 32, num_heads: 2, num_layers: 2, dropout: 0.1}}
-        learning_rate: 3.0e-3
-        warmup_steps: 8
+        optimizer: {{class_path: torch.optim.AdamW, init_args: {{lr: 3.0e-3}}}}
+        lr_scheduler: {{class_path: zoo.tasks.optim.WarmupCosine, init_args: {{warmup_steps: 8}}}}
     data:
       class_path: zoo.data.TextDataModule
       init_args:
@@ -40,8 +40,8 @@ MASKED = """
         backbone:
           class_path: zoo.models.bert.Bert
           init_args: {{max_seq_len: 32, embed_dim: 32, num_heads: 2, num_layers: 2, hidden_dim: 64}}
-        learning_rate: 3.0e-3
-        warmup_steps: 8
+        optimizer: {{class_path: torch.optim.AdamW, init_args: {{lr: 3.0e-3}}}}
+        lr_scheduler: {{class_path: zoo.tasks.optim.WarmupCosine, init_args: {{warmup_steps: 8}}}}
     data:
       class_path: zoo.data.BertPretrainingDataModule
       init_args:

@@ -52,8 +52,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: truncated, unsafe, or from another task or model."""
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a Lightning checkpoint with ``weights_only=True`` (it cannot run code).
+def read_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
+    """Load a Lightning checkpoint with ``weights_only=True`` (it cannot run code); ``mmap`` maps the
+    tensors from the file instead of reading them (for a look at the metadata).
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
@@ -65,7 +68,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not zipfile.is_zipfile(path):  # torch.save writes zip archives; a cut one has no directory
         raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint (not a zip archive)")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on a non-checkpoint
         raise checkpoint_error(path, err) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

@@ -81,6 +81,9 @@ class ZooCLI(LightningCLI):
         check_task(checkpoint, (config.get("model") or {}).get("class_path"), config.ckpt_path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
+        from zoo.tasks.optim import migrate_hparams  # checkpoints from before optimizer/lr_scheduler
+
+        hparams = migrate_hparams(hparams, hparams.get("_class_path") or config.model.get("class_path"))
         for key in _explicit_model_args(getattr(self, "_given_args", [])):
             hparams.pop(key, None)
         if not hparams:

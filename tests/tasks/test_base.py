@@ -24,8 +24,10 @@ from zoo.models.bert import Bert
 from zoo.models.gpt2 import GPT2
 from zoo.models.spec import from_spec, spec_of
 from zoo.tasks import CausalLM, MaskedLM
-from zoo.tasks.base import BackboneTask, BlockForward, warmup_cosine
+from zoo.tasks.base import BackboneTask, BlockForward
+from zoo.tasks.causal_lm import LR_SCHEDULER, OPTIMIZER
 from zoo.tasks.monitor import ProgressMonitor
+from zoo.tasks.optim import warmup_cosine, with_init_args
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
@@ -41,7 +43,11 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 def test_weight_decay_only_on_matrices_and_tied_weights_counted_once():
     backbone = GPT2(vocab_size=30, max_seq_len=8, embed_dim=16, num_heads=2, num_layers=2)
-    task = CausalLM(backbone, weight_decay=0.1, total_steps=10)
+    task = CausalLM(
+        backbone,
+        optimizer=with_init_args(OPTIMIZER, weight_decay=0.1),
+        lr_scheduler=with_init_args(LR_SCHEDULER, total_steps=10),
+    )
     optimizer = task.configure_optimizers()["optimizer"]
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -316,7 +322,7 @@ def test_compiled_run_matches_eager_and_its_checkpoint_reloads_uncompiled(stdlib
     runs = {}
     for compiled in (False, True):
         L.seed_everything(0)
-        task = CausalLM(_tiny_gpt2(dm.vocab_size), warmup_steps=2)
+        task = CausalLM(_tiny_gpt2(dm.vocab_size), lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=2))
         task.compile_blocks = compiled
         losses = Losses()
         trainer = cpu_trainer(tmp_path / str(compiled), max_steps=8, limit_val_batches=0, callbacks=[losses])
@@ -345,6 +351,8 @@ from zoo.models.gpt2 import GPT2
 from zoo.strategies import FSDP
 from zoo.tasks import CausalLM
 from zoo.tasks.base import BlockForward
+from zoo.tasks.causal_lm import LR_SCHEDULER, OPTIMIZER
+from zoo.tasks.optim import with_init_args
 
 
 class OnCPU(fsdp.FullyShardedDataParallel):  # as in tests/test_fsdp.py: FSDP on CPU needs device_id=cpu
@@ -374,7 +382,8 @@ if __name__ == "__main__":
     ids = torch.randint(0, 32, (8, 16))
     data = [{"input_ids": x, "labels": x} for x in ids.repeat(4, 1)]
     task = CausalLM(GPT2(vocab_size=32, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=2),
-                    learning_rate=3e-3, warmup_steps=0)
+                    optimizer=with_init_args(OPTIMIZER, lr=3e-3),
+                    lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=0))
     task.compile_blocks, task.compile_kwargs, task.activation_checkpointing = True, {"backend": "eager"}, True
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=FSDP(), max_steps=6, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -16,6 +16,8 @@ from zoo.cli import main
 from zoo.data import TextDataModule
 from zoo.models.gpt2 import GPT2
 from zoo.tasks import CausalLM
+from zoo.tasks.causal_lm import LR_SCHEDULER, OPTIMIZER
+from zoo.tasks.optim import with_init_args
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "gpt2" / "shakespeare-char.yaml"
@@ -51,8 +53,8 @@ def test_tiny_fit_lowers_validation_loss(stdlib_text_file, tmp_path):
     dm = _data(stdlib_text_file, tmp_path)
     model = CausalLM(
         GPT2(vocab_size=dm.vocab_size, max_seq_len=32, embed_dim=48, num_heads=4, num_layers=2),
-        learning_rate=3e-3,
-        warmup_steps=5,
+        optimizer=with_init_args(OPTIMIZER, lr=3e-3),
+        lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=5),
     )
     trainer = _trainer(tmp_path, enable_checkpointing=False, val_check_interval=30)
     before = trainer.validate(model, datamodule=dm, verbose=False)[0]["val_loss"]

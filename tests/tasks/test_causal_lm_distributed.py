@@ -12,6 +12,8 @@ from conftest import cpu_trainer
 from zoo.data import TextDataModule
 from zoo.models.gpt2 import GPT2
 from zoo.tasks import CausalLM
+from zoo.tasks.causal_lm import LR_SCHEDULER, OPTIMIZER
+from zoo.tasks.optim import with_init_args
 
 
 def _data(tmp_path: Path) -> TextDataModule:
@@ -24,7 +26,11 @@ def _data(tmp_path: Path) -> TextDataModule:
 
 def _tiny_lm(vocab_size: int) -> CausalLM:
     gpt2 = GPT2(vocab_size=vocab_size, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=2)
-    return CausalLM(gpt2, learning_rate=1e-3, warmup_steps=1)
+    return CausalLM(
+        gpt2,
+        optimizer=with_init_args(OPTIMIZER, lr=1e-3),
+        lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=1),
+    )
 
 
 def _trainer(tmp_path: Path, **kw) -> L.Trainer:

@@ -18,6 +18,8 @@ from zoo.models.gpt2 import GPT2
 from zoo.models.pretrained import load_pretrained
 from zoo.tasks import SequenceClassification
 from zoo.tasks.callbacks import PredictionWriter
+from zoo.tasks.finetune import OPTIMIZER
+from zoo.tasks.optim import with_init_args
 
 REPO = Path(__file__).resolve().parents[2]
 MINILM = dict(max_seq_len=512, embed_dim=384, num_heads=12, num_layers=6, hidden_dim=1536, vocab_size=30522)
@@ -104,10 +106,15 @@ def test_gpt2_backbone_pools_the_last_real_token():
 
 def test_layer_wise_lr_decay_and_frozen_embeddings():
     task = SequenceClassification(
-        _tiny_bert(num_layers=3), num_labels=2, learning_rate=1.0, layer_lr_decay=0.5, freeze_embeddings=True
+        _tiny_bert(num_layers=3),
+        num_labels=2,
+        optimizer=with_init_args(OPTIMIZER, lr=1.0),
+        lr_scheduler=None,
+        layer_lr_decay=0.5,
+        freeze_embeddings=True,
     )
     lr_of = {}
-    for group in task.parameter_groups():
+    for group in task.configure_optimizers()["optimizer"].param_groups:
         for p in group["params"]:
             lr_of[id(p)] = group["lr"]
     named = dict(task.named_parameters())
@@ -140,7 +147,7 @@ def test_tiny_fit_on_real_sentences_then_checkpoint_predicts_a_file(minilm_dir, 
         label_names=data.label_names,
         pretrained=str(minilm_dir),
         pooling="mean",
-        learning_rate=3e-4,
+        optimizer=with_init_args(OPTIMIZER, lr=3e-4),
         freeze_embeddings=True,
     )
     before = cpu_trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]["val_loss"]
@@ -177,7 +184,7 @@ def test_bf16_mixed_steps_stay_finite(tmp_path):
                 "labels": torch.tensor(i % 2),
             }
 
-    task = SequenceClassification(_tiny_bert(), num_labels=2, learning_rate=1e-3)
+    task = SequenceClassification(_tiny_bert(), num_labels=2, optimizer=with_init_args(OPTIMIZER, lr=1e-3))
     trainer = cpu_trainer(tmp_path, max_steps=3, precision="bf16-mixed")
     trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(Rows(), batch_size=8))
     assert torch.isfinite(trainer.callback_metrics["train_loss"])

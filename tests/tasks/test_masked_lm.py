@@ -16,6 +16,8 @@ from zoo.data import BertPretrainingDataModule
 from zoo.data.masking import MLMCollator
 from zoo.models.bert import Bert
 from zoo.tasks import MaskedLM
+from zoo.tasks.masked_lm import LR_SCHEDULER, OPTIMIZER
+from zoo.tasks.optim import with_init_args
 
 REPO = Path(__file__).resolve().parents[2]
 PAD, UNK, CLS, SEP, MASK = range(5)
@@ -98,7 +100,9 @@ def test_tiny_fit_lowers_the_mlm_loss(stdlib_text_file, tmp_path):
     L.seed_everything(0)
     dm = _dm(stdlib_text_file, tmp_path)
     task = MaskedLM(
-        _bert(dm.vocab_size, dropout=0.0, attention_dropout=0.0), learning_rate=3e-3, warmup_steps=5
+        _bert(dm.vocab_size, dropout=0.0, attention_dropout=0.0),
+        optimizer=with_init_args(OPTIMIZER, lr=3e-3),
+        lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=5),
     )
     trainer = _trainer(tmp_path)
     before = trainer.validate(task, datamodule=dm, verbose=False)[0]
@@ -114,7 +118,9 @@ def test_tiny_fit_lowers_the_mlm_loss(stdlib_text_file, tmp_path):
 
 def test_mlm_only_freezes_the_nsp_parts(stdlib_text_file, tmp_path):
     dm = _dm(stdlib_text_file, tmp_path, nsp=False)
-    task = MaskedLM(_bert(dm.vocab_size), nsp=False, warmup_steps=1)
+    task = MaskedLM(
+        _bert(dm.vocab_size), nsp=False, lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=1)
+    )
     _trainer(tmp_path, max_steps=2, limit_val_batches=1).fit(task, datamodule=dm)
     assert not any(p.requires_grad for p in task.backbone.nsp_head.parameters())
     assert "train_nsp_loss" not in task.trainer.callback_metrics
@@ -123,14 +129,19 @@ def test_mlm_only_freezes_the_nsp_parts(stdlib_text_file, tmp_path):
 
 def test_checkpoint_reloads_weights_only(stdlib_text_file, tmp_path):
     dm = _dm(stdlib_text_file, tmp_path)
-    task = MaskedLM(_bert(dm.vocab_size), nsp=True, learning_rate=5e-4, warmup_steps=2)
+    task = MaskedLM(
+        _bert(dm.vocab_size),
+        nsp=True,
+        optimizer=with_init_args(OPTIMIZER, lr=5e-4),
+        lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=2),
+    )
     trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=1)
     trainer.fit(task, datamodule=dm)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     again = MaskedLM.load_from_checkpoint(path, weights_only=True)
     assert again.hparams.backbone["class_path"] == "zoo.models.bert.model.Bert"
-    assert again.learning_rate == 5e-4 and again.nsp
+    assert again.hparams.optimizer["init_args"]["lr"] == 5e-4 and again.nsp
     for (name, a), b in zip(task.state_dict().items(), again.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
 
@@ -162,7 +173,7 @@ class RecordTrainingExamples(L.Callback):
 def test_ddp_ranks_train_on_disjoint_examples(stdlib_text_file, tmp_path):
     dm = _dm(stdlib_text_file, tmp_path, batch_size=4)
     dm.prepare_data()
-    task = MaskedLM(_bert(dm.vocab_size), warmup_steps=1)
+    task = MaskedLM(_bert(dm.vocab_size), lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=1))
     trainer = _trainer(
         tmp_path,
         strategy="ddp_spawn",
@@ -236,8 +247,8 @@ def test_tiny_fit_lowers_both_losses_when_next_sentences_are_learnable(tmp_path)
     dm.setup("fit")
     task = MaskedLM(
         _bert(dm.vocab_size, max_seq_len=32, dropout=0.0, attention_dropout=0.0),
-        learning_rate=3e-3,
-        warmup_steps=10,
+        optimizer=with_init_args(OPTIMIZER, lr=3e-3),
+        lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=10),
     )
     nsp_before, mlm_before = _nsp_and_mlm_loss(task, dm)
     _trainer(tmp_path, max_steps=200, limit_val_batches=0).fit(task, datamodule=dm)

@@ -13,6 +13,8 @@ from zoo.data import TaggingDataModule
 from zoo.models.bert import Bert
 from zoo.tasks import TokenClassification
 from zoo.tasks.callbacks import PredictionWriter
+from zoo.tasks.optim import with_init_args
+from zoo.tasks.tagging import OPTIMIZER
 
 MINILM = dict(max_seq_len=512, embed_dim=384, num_heads=12, num_layers=6, hidden_dim=1536, vocab_size=30522)
 CONLL = """-DOCSTART- -X- -X- O
@@ -88,7 +90,7 @@ def test_tiny_fit_on_real_conll_then_predict_in_the_input_format(minilm_dir, tmp
         num_labels=data.num_labels,
         label_names=data.label_names,
         pretrained=str(minilm_dir),
-        learning_rate=3e-4,
+        optimizer=with_init_args(OPTIMIZER, lr=3e-4),
         freeze_embeddings=True,
     )
     before = cpu_trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]

@@ -12,7 +12,8 @@ import torch
 from zoo.data.parallel import ParallelTextDataModule
 from zoo.models.seq2seq import Transformer
 from zoo.tasks.callbacks import TextPredictionWriter
-from zoo.tasks.translation import Translation, inverse_sqrt
+from zoo.tasks.optim import inverse_sqrt, with_init_args
+from zoo.tasks.translation import LR_SCHEDULER, OPTIMIZER, Translation
 
 sacrebleu = pytest.importorskip("sacrebleu")
 
@@ -61,7 +62,13 @@ def _task(vocab_size: int, **kw) -> Translation:
         hidden_dim=128,
         dropout=0.0,
     )
-    args = dict(learning_rate=5e-3, warmup_steps=30, max_len_a=1.0, max_len_b=4, beam_size=3)
+    args = dict(
+        optimizer=with_init_args(OPTIMIZER, lr=5e-3),
+        lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=30),
+        max_len_a=1.0,
+        max_len_b=4,
+        beam_size=3,
+    )
     return Translation(backbone, **{**args, **kw})
 
 
@@ -158,7 +165,11 @@ def test_label_smoothed_loss_ignores_padding():
 
 
 def test_inverse_sqrt_schedule_on_the_decay_groups():
-    task = _task(10, learning_rate=1e-3, warmup_steps=100, weight_decay=0.01)
+    task = _task(
+        10,
+        optimizer=with_init_args(OPTIMIZER, lr=1e-3, weight_decay=0.01),
+        lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=100),
+    )
     task.trainer = L.Trainer(max_steps=1000, logger=False)
     config = task.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]

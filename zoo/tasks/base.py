@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
+import io
 import os
 import pickle
 import zipfile
@@ -18,10 +18,33 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchmetrics import Metric
 
-from zoo.checkpoint import install_atomic_checkpoint_io
+from zoo.checkpoint import (
+    CheckpointError,
+    checkpoint_error,
+    install_atomic_checkpoint_io,
+    read_checkpoint,
+    task_family,
+)
 from zoo.models.spec import from_spec, spec_of
 from zoo.nn import KVCache
 from zoo.strategies import declared_fsdp_units
+from zoo.tasks.optim import (
+    LRSchedulerCallable,
+    OptimizerCallable,
+    adamw,
+    build_optimizer,
+    build_scheduler,
+    migrate_hparams,
+    schedule_length,
+    to_spec,
+    warmup_cosine_schedule,
+)
+from zoo.tasks.optim import warmup_cosine as warmup_cosine  # its home before zoo.tasks.optim
+
+OPTIMIZER = adamw(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+"""`BackboneTask`'s default ``optimizer``: AdamW, peak learning rate 3e-4, betas (0.9, 0.95), decay 0.1."""
+LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=100, min_lr_ratio=0.1)
+"""`BackboneTask`'s default ``lr_scheduler``: 100 warm-up steps, cosine to 0.1 of the peak at max_steps."""
 
 try:  # the config LightningCLI instantiated this module from (plain dicts), when it did
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -29,10 +52,11 @@ except ImportError:  # pragma: no cover - older/newer Lightning without it
     _given_hyperparameters = None
 
 
-def _cli_backbone_config() -> dict[str, Any] | None:
+def _cli_config(name: str) -> dict[str, Any] | None:
+    """The ``{"class_path", "init_args"}`` config LightningCLI gave argument ``name``, if it did."""
     given = _given_hyperparameters.get() if _given_hyperparameters is not None else None
-    backbone = given.get("backbone") if isinstance(given, dict) else None
-    return backbone if isinstance(backbone, dict) else None
+    value = given.get(name) if isinstance(given, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 class BackboneTask(L.LightningModule):
@@ -46,13 +70,14 @@ class BackboneTask(L.LightningModule):
         backbone: The network. Its spec, a ``{"class_path": ..., "init_args": ...}`` dict, is accepted too
             (that is how checkpoints rebuild it); the annotation stays ``nn.Module`` so the CLI validates
             the backbone's arguments against its signature.
-        learning_rate: Peak learning rate of AdamW.
-        weight_decay: Decoupled weight decay, applied to matrices only (not biases, norms' gains).
-        betas: AdamW betas.
-        warmup_steps: Linear warm-up steps from 0 to ``learning_rate``.
-        min_lr_ratio: Cosine decay ends at ``learning_rate * min_lr_ratio``.
-        total_steps: Length of the schedule; ``None`` uses ``trainer.max_steps`` (or the estimate of
-            optimizer steps when ``max_steps`` is unset).
+        optimizer: The optimizer as a ``{"class_path", "init_args"}`` spec (what YAML gives, e.g.
+            ``class_path: torch.optim.SGD``), an optimizer class or ``functools.partial(cls, **init_args)``;
+            the task passes the parameter groups (`parameter_groups`: its weight decay applies to
+            matrices only, not biases or norms' gains). Default: `zoo.tasks.optim.adamw`.
+        lr_scheduler: The learning-rate schedule the same way, stepped every optimizer step; the task
+            passes the optimizer, and a ``total_steps`` argument left ``None`` becomes
+            ``trainer.max_steps`` (or the estimate of optimizer steps when ``max_steps`` is unset).
+            ``None``: a constant learning rate. Default: `zoo.tasks.optim.WarmupCosine`.
         compile: ``torch.compile`` each block the backbone declares in ``fsdp_units`` (per block, so it
             also works when FSDP wraps the blocks). Parameter names and checkpoints stay those of the
             plain model; incremental decoding (calls with a KV cache) runs uncompiled.
@@ -69,23 +94,29 @@ class BackboneTask(L.LightningModule):
         self,
         backbone: nn.Module,
         *,
-        learning_rate: float = 3e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        total_steps: int | None = None,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         compile: bool = False,
         activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         caller = inspect.currentframe()
-        # hyper-parameters are what the concrete class takes: a checkpoint rebuilds it from them
-        self.save_hyperparameters(ignore=["backbone", *_base_only_arguments(type(self))], frame=caller)
+        # hyper-parameters are what the concrete class takes: a checkpoint rebuilds it from them; the
+        # optimizer and schedule are kept as plain specs, never as the callables LightningCLI passes
+        base_only = _base_only_arguments(type(self))
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler", *base_only], frame=caller)
+        self.optimizer_spec = to_spec(_cli_config("optimizer") or optimizer, "optimizer")
+        self.lr_scheduler_spec = to_spec(
+            lr_scheduler and (_cli_config("lr_scheduler") or lr_scheduler), "lr_scheduler"
+        )
+        specs = {"optimizer": self.optimizer_spec, "lr_scheduler": self.lr_scheduler_spec}
+        specs = {name: spec for name, spec in specs.items() if name not in base_only}
+        if specs:
+            self.save_hyperparameters(specs, frame=caller)
         if isinstance(backbone, dict):
             spec, backbone = backbone, from_spec(backbone)
         else:
-            spec = spec_of(backbone) or _cli_backbone_config()
+            spec = spec_of(backbone) or _cli_config("backbone")
         if not isinstance(backbone, nn.Module):
             raise TypeError(
                 f"backbone must be an nn.Module or a class_path spec, got {type(backbone).__name__}"
@@ -99,14 +130,6 @@ class BackboneTask(L.LightningModule):
         else:
             self.save_hyperparameters({"backbone": spec}, frame=caller)
         self.backbone = backbone
-        # read by configure_optimizers; kept as attributes because a subclass's saved hyper-parameters
-        # only hold the subclass's own constructor arguments
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.betas = tuple(betas)
-        self.warmup_steps = warmup_steps
-        self.min_lr_ratio = min_lr_ratio
-        self.total_steps = total_steps
         self.compile_blocks = compile  # not `self.compile`: that is nn.Module.compile()
         self.activation_checkpointing = activation_checkpointing
         # first step whose loss was not finite (-1: none yet) and that loss, kept on the device
@@ -247,35 +270,30 @@ class BackboneTask(L.LightningModule):
         """Lightning's loader with ``weights_only=True`` by default (a checkpoint cannot run code) and
         errors that name the file: missing, truncated, unsafe, or written by another task."""
         path = Path(checkpoint_path)
-        if isinstance(checkpoint_path, str | os.PathLike) and not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found")
+        source = None
+        if isinstance(checkpoint_path, str | os.PathLike):
+            # missing, not a zip archive (truncated, text) or unsafe: named here; old layouts migrated
+            source = _migrated(read_checkpoint(path, mmap=True), cls)
         try:
             return super().load_from_checkpoint(
-                checkpoint_path,
+                checkpoint_path if source is None else source,
                 map_location=map_location,
                 hparams_file=hparams_file,
                 strict=strict,
                 weights_only=weights_only,
                 **kwargs,
             )
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(
-                f"{checkpoint_path}: refused to unpickle objects that are not plain tensors or containers "
-                f"(weights_only=True); zoo checkpoints never contain any. Details: {str(err)[:300]}"
-            ) from err
-        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as err:
-            if "PytorchStreamReader" in str(err) or isinstance(err, OSError | EOFError | zipfile.BadZipFile):
-                raise CheckpointError(
-                    f"{checkpoint_path}: truncated or not a PyTorch checkpoint ({str(err)[:200]})"
-                ) from err
-            raise
         except CheckpointError as err:
             raise CheckpointError(f"{checkpoint_path}: {err}") from err
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, zipfile.BadZipFile) as err:
+            if isinstance(err, RuntimeError) and "PytorchStreamReader" not in str(err):
+                raise
+            raise checkpoint_error(checkpoint_path, err) from err
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self.check_finite_loss()  # weights updated with a non-finite loss are never saved
-        checkpoint["zoo_task"] = _task_family(type(self))
+        checkpoint["zoo_task"] = task_family(type(self))
         # Dropout draws from the global RNG: save it so a resumed run draws the same masks.
         checkpoint["zoo_rng"] = {
             "cpu": torch.get_rng_state(),
@@ -283,7 +301,7 @@ class BackboneTask(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        written_by, expected = checkpoint.get("zoo_task"), _task_family(type(self))
+        written_by, expected = checkpoint.get("zoo_task"), task_family(type(self))
         if written_by is not None and written_by != expected:
             raise CheckpointError(f"the checkpoint was written by a {written_by} task, not a {expected}")
         self._rng_to_restore = checkpoint.get("zoo_rng")
@@ -298,34 +316,23 @@ class BackboneTask(L.LightningModule):
             self._rng_to_restore = None
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """The injected ``optimizer`` over `parameter_groups`, and ``lr_scheduler`` stepped every step."""
         groups = [g for g in self.parameter_groups() if g["params"]]
-        fused = all(p.is_cuda for g in groups for p in g["params"]) or None
-        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas, fused=fused)
-        total = self.total_steps or self._schedule_length()
-        schedule = warmup_cosine(
-            warmup_steps=self.warmup_steps, total_steps=total, min_ratio=self.min_lr_ratio
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer = build_optimizer(self.optimizer_spec, groups)
+        scheduler = build_scheduler(self.lr_scheduler_spec, optimizer, lambda: schedule_length(self.trainer))
+        if scheduler is None:
+            return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW parameter groups: weight decay on matrices only (not biases, norms' gains), frozen
-        parameters left out. Subclasses may split groups further (e.g. per-layer learning rates)."""
+        """Parameter groups for the optimizer: its weight decay on matrices only (biases and norms'
+        gains get ``weight_decay=0``), frozen parameters left out. Subclasses may split groups further;
+        a group's ``lr_scale`` multiplies the optimizer's learning rate (e.g. per-layer rates)."""
         decay, no_decay = [], []
         for p in self.parameters():
             if p.requires_grad:
                 (decay if p.dim() >= 2 else no_decay).append(p)
-        return [
-            {"params": decay, "weight_decay": self.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-
-    def _schedule_length(self) -> int:
-        # max_steps first: estimated_stepping_batches builds the train loader, which can drop a restored
-        # loader state on resume (Lightning #20550).
-        if self.trainer.max_steps and self.trainer.max_steps > 0:
-            return self.trainer.max_steps
-        return int(self.trainer.estimated_stepping_batches)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class BlockForward:
@@ -388,28 +395,14 @@ def _base_only_arguments(cls: type) -> list[str]:
     return [name for name in inspect.signature(BackboneTask.__init__).parameters if name not in own]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: truncated, unsafe, or from another task or model."""
-
-
-def _task_family(cls: type) -> str:
-    """The zoo task a class derives from (a user's subclass of CausalLM is a CausalLM)."""
-    for klass in cls.__mro__:
-        if klass.__module__.startswith("zoo.tasks.") and klass.__name__ != "BackboneTask":
-            return f"{klass.__module__}.{klass.__qualname__}"
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float):
-    """LR multiplier: linear warm-up to 1 over ``warmup_steps``, cosine decay to ``min_ratio`` at
-    ``total_steps``, constant ``min_ratio`` afterwards."""
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if step >= total_steps:
-            return min_ratio
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress))
-
-    return multiplier
+def _migrated(checkpoint: dict[str, Any], task: type) -> io.BytesIO | None:
+    """The checkpoint with hyper-parameters in today's layout (see `zoo.tasks.optim.migrate_hparams`),
+    or ``None`` when they already are."""
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or migrate_hparams(hparams, task) is hparams:
+        return None
+    checkpoint["hyper_parameters"] = migrate_hparams(hparams, task)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return buffer

@@ -12,8 +12,14 @@ from torchmetrics import Metric
 
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.generation import check_sampling, generate
+from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
 IGNORE_INDEX = -100
+
+OPTIMIZER = adamw(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
+"""`CausalLM`'s default ``optimizer``: AdamW, peak learning rate 6e-4, betas (0.9, 0.95), decay 0.1."""
+LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=100, min_lr_ratio=0.1)
+"""`CausalLM`'s default ``lr_scheduler``: 100 warm-up steps, cosine to 0.1 of the peak at max_steps."""
 
 
 class CausalLM(BackboneTask):
@@ -29,12 +35,12 @@ class CausalLM(BackboneTask):
 
     Args:
         backbone: Decoder network, e.g. `zoo.models.gpt2.GPT2`, or its spec.
-        learning_rate: Peak AdamW learning rate.
-        weight_decay: Weight decay on matrices.
-        betas: AdamW betas.
-        warmup_steps: Linear warm-up steps.
-        min_lr_ratio: Final learning rate as a fraction of the peak (cosine decay).
-        total_steps: Schedule length; ``None`` follows the trainer.
+        optimizer: Optimizer spec, see `BackboneTask`. Default
+            ``zoo.tasks.causal_lm.OPTIMIZER``: AdamW at 6e-4, betas (0.9, 0.95), decay 0.1.
+        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
+            ``zoo.tasks.causal_lm.LR_SCHEDULER``: 100 warm-up steps, cosine to 0.1 of the peak.
+        compile: See `BackboneTask`.
+        activation_checkpointing: See `BackboneTask`.
         max_new_tokens: Tokens generated per prompt by ``predict_step``.
         temperature: Sampling temperature for ``predict_step`` (0 means greedy).
         top_k: Keep only the k most likely tokens when sampling (``None``: all).
@@ -46,12 +52,10 @@ class CausalLM(BackboneTask):
         self,
         backbone: nn.Module,
         *,
-        learning_rate: float = 6e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        total_steps: int | None = None,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
         max_new_tokens: int = 200,
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -60,12 +64,10 @@ class CausalLM(BackboneTask):
     ) -> None:
         super().__init__(
             backbone,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            min_lr_ratio=min_lr_ratio,
-            total_steps=total_steps,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            compile=compile,
+            activation_checkpointing=activation_checkpointing,
         )
         check_sampling(
             type(self).__name__,

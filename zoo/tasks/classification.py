@@ -19,7 +19,8 @@ from torchmetrics.classification import (
 
 from zoo.errors import check_probability
 from zoo.nn import pool_first, pool_last, pool_mean
-from zoo.tasks.finetune import FinetuneTask
+from zoo.tasks.finetune import LR_SCHEDULER, OPTIMIZER, FinetuneTask
+from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable
 
 ProblemType = Literal["single_label", "multi_label", "regression"]
 Pooling = Literal["pooler", "first", "last", "mean"]
@@ -72,12 +73,12 @@ class SequenceClassification(FinetuneTask):
         pretrained: See `FinetuneTask`.
         layer_lr_decay: See `FinetuneTask`.
         freeze_embeddings: See `FinetuneTask`.
-        learning_rate: See `FinetuneTask`.
-        weight_decay: See `FinetuneTask`.
-        betas: See `FinetuneTask`.
-        warmup_steps: See `FinetuneTask`.
-        min_lr_ratio: See `FinetuneTask`.
-        total_steps: See `FinetuneTask`.
+        optimizer: Optimizer spec, see `BackboneTask`. Default
+            ``zoo.tasks.finetune.OPTIMIZER``: AdamW at 2e-5, betas (0.9, 0.999), decay 0.01.
+        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
+            ``zoo.tasks.finetune.LR_SCHEDULER``: no warm-up, cosine to 0.
+        compile: See `BackboneTask`.
+        activation_checkpointing: See `BackboneTask`.
 
     Raises:
         ValueError: ``num_labels`` not a positive integer (not 1 for regression), ``threshold`` or
@@ -98,24 +99,20 @@ class SequenceClassification(FinetuneTask):
         pretrained: str | None = None,
         layer_lr_decay: float = 1.0,
         freeze_embeddings: bool = False,
-        learning_rate: float = 2e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-        total_steps: int | None = None,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__(
             backbone,
             pretrained=pretrained,
             layer_lr_decay=layer_lr_decay,
             freeze_embeddings=freeze_embeddings,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            min_lr_ratio=min_lr_ratio,
-            total_steps=total_steps,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            compile=compile,
+            activation_checkpointing=activation_checkpointing,
         )
         check_probability(type(self).__name__, threshold=threshold)
         if problem_type == "regression" and num_labels != 1:

@@ -12,8 +12,14 @@ from torch import Tensor, nn
 from zoo.errors import check_positive, check_probability
 from zoo.models.pretrained import load_pretrained
 from zoo.tasks.base import BackboneTask
+from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")
+
+OPTIMIZER = adamw(lr=2e-5, betas=(0.9, 0.999), weight_decay=0.01)
+"""`FinetuneTask`'s default ``optimizer``: AdamW at 2e-5, betas (0.9, 0.999), decay 0.01."""
+LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=0, min_lr_ratio=0.0)
+"""`FinetuneTask`'s default ``lr_scheduler``: no warm-up, cosine to 0."""
 
 
 class FinetuneTask(BackboneTask):
@@ -30,17 +36,17 @@ class FinetuneTask(BackboneTask):
             backbone's init_args must describe the same architecture (a mismatch names each argument).
             Not loaded when resuming from a checkpoint or when loading one with ``load_from_checkpoint``.
         layer_lr_decay: Layer-wise learning-rate decay (Clark et al., 2020): layer ``i`` (0-based) of ``L``
-            trains at ``learning_rate * layer_lr_decay ** (L - 1 - i)``, the embeddings at
-            ``layer_lr_decay ** L`` times it; the top layer, the head and anything above the last layer
-            at ``learning_rate``. 1.0 disables it.
+            trains at the optimizer's learning rate times ``layer_lr_decay ** (L - 1 - i)``, the embeddings
+            at ``layer_lr_decay ** L`` times it; the top layer, the head and anything above the last layer
+            at the optimizer's rate (each group's ``lr_scale``). 1.0 disables it.
         freeze_embeddings: Keep the backbone's embedding module (tokens, positions, segments, its norm)
             fixed; saves their gradients and optimizer state (the token table is most of a small BERT).
-        learning_rate: Peak AdamW learning rate.
-        weight_decay: Weight decay on matrices.
-        betas: AdamW betas.
-        warmup_steps: Linear warm-up steps.
-        min_lr_ratio: Final learning rate as a fraction of the peak.
-        total_steps: Schedule length; ``None`` follows the trainer.
+        optimizer: Optimizer spec, see `BackboneTask`. Default
+            ``zoo.tasks.finetune.OPTIMIZER``: AdamW at 2e-5, betas (0.9, 0.999), decay 0.01.
+        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
+            ``zoo.tasks.finetune.LR_SCHEDULER``: no warm-up, cosine to 0.
+        compile: See `BackboneTask`.
+        activation_checkpointing: See `BackboneTask`.
 
     Raises:
         ValueError: ``layer_lr_decay`` outside (0, 1] (the message names it).
@@ -53,21 +59,17 @@ class FinetuneTask(BackboneTask):
         pretrained: str | None = None,
         layer_lr_decay: float = 1.0,
         freeze_embeddings: bool = False,
-        learning_rate: float = 2e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-        total_steps: int | None = None,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__(
             backbone,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            min_lr_ratio=min_lr_ratio,
-            total_steps=total_steps,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            compile=compile,
+            activation_checkpointing=activation_checkpointing,
         )
         check_probability(type(self).__name__, open_low=True, layer_lr_decay=layer_lr_decay)
         self.pretrained = pretrained
@@ -144,11 +146,8 @@ class FinetuneTask(BackboneTask):
             decay = p.dim() >= 2
             group = groups.setdefault(
                 (depth, decay),
-                {
-                    "params": [],
-                    "weight_decay": self.weight_decay if decay else 0.0,
-                    "lr": self.learning_rate * self.layer_lr_decay ** max(0, num_layers - depth),
-                },
+                {"params": [], "lr_scale": self.layer_lr_decay ** max(0, num_layers - depth)}
+                | ({} if decay else {"weight_decay": 0.0}),
             )
             group["params"].append(p)
         return [groups[k] for k in sorted(groups)]

@@ -12,8 +12,14 @@ from torchmetrics.text import Perplexity
 
 from zoo.errors import check_positive
 from zoo.tasks.base import BackboneTask
+from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
 IGNORE_INDEX = -100
+
+OPTIMIZER = adamw(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01)
+"""`MaskedLM`'s default ``optimizer``: AdamW at 1e-4, betas (0.9, 0.999), decay 0.01 (BERT's, batch 256)."""
+LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=10_000, min_lr_ratio=0.0)
+"""`MaskedLM`'s default ``lr_scheduler``: 10k warm-up steps (BERT: 10k of 1M), cosine to 0."""
 
 
 class PretrainingLosses(NamedTuple):
@@ -80,12 +86,12 @@ class MaskedLM(BackboneTask):
     Args:
         backbone: Encoder with MLM (and NSP) heads, e.g. `zoo.models.bert.Bert`, or its spec.
         nsp: Add the next-sentence loss; the data must then provide ``next_sentence_label``.
-        learning_rate: Peak AdamW learning rate (BERT: 1e-4 at batch 256).
-        weight_decay: Weight decay on matrices (BERT: 0.01).
-        betas: AdamW betas (BERT: 0.9, 0.999).
-        warmup_steps: Linear warm-up steps (BERT: 10k of 1M).
-        min_lr_ratio: Final learning rate as a fraction of the peak (cosine decay).
-        total_steps: Schedule length; ``None`` follows the trainer.
+        optimizer: Optimizer spec, see `BackboneTask`. Default
+            ``zoo.tasks.masked_lm.OPTIMIZER``: AdamW at 1e-4, betas (0.9, 0.999), decay 0.01 (BERT's).
+        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
+            ``zoo.tasks.masked_lm.LR_SCHEDULER``: 10k warm-up steps (BERT: 10k of 1M), cosine to 0.
+        compile: See `BackboneTask`.
+        activation_checkpointing: See `BackboneTask`.
         top_k: Fillers ``predict_step`` returns per mask, most likely first.
     """
 
@@ -94,23 +100,19 @@ class MaskedLM(BackboneTask):
         backbone: nn.Module | dict,
         *,
         nsp: bool = True,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 10_000,
-        min_lr_ratio: float = 0.0,
-        total_steps: int | None = None,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
         top_k: int = 5,
     ) -> None:
         check_positive("MaskedLM", top_k=top_k)
         super().__init__(
             backbone,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            min_lr_ratio=min_lr_ratio,
-            total_steps=total_steps,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            compile=compile,
+            activation_checkpointing=activation_checkpointing,
         )
         self.nsp = nsp
         self.top_k = top_k

@@ -10,10 +10,15 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from zoo.tasks.finetune import FinetuneTask
+from zoo.tasks.finetune import LR_SCHEDULER, FinetuneTask
 from zoo.tasks.metrics import SpanF1
+from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw
 
 IGNORE_INDEX = -100
+
+OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
+"""`TokenClassification`'s default ``optimizer``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01."""
+
 _IOB2 = re.compile(r"^(O|[BI]-.+)$")
 
 
@@ -39,12 +44,12 @@ class TokenClassification(FinetuneTask):
         pretrained: See `FinetuneTask`.
         layer_lr_decay: See `FinetuneTask`.
         freeze_embeddings: See `FinetuneTask`.
-        learning_rate: See `FinetuneTask`.
-        weight_decay: See `FinetuneTask`.
-        betas: See `FinetuneTask`.
-        warmup_steps: See `FinetuneTask`.
-        min_lr_ratio: See `FinetuneTask`.
-        total_steps: See `FinetuneTask`.
+        optimizer: Optimizer spec, see `BackboneTask`. Default
+            ``zoo.tasks.tagging.OPTIMIZER``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01.
+        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default:
+            no warm-up, cosine to 0 (``zoo.tasks.finetune.LR_SCHEDULER``).
+        compile: See `BackboneTask`.
+        activation_checkpointing: See `BackboneTask`.
 
     Raises:
         ValueError: ``num_labels`` not a positive integer or ``classifier_dropout`` outside [0, 1] (the
@@ -62,24 +67,20 @@ class TokenClassification(FinetuneTask):
         pretrained: str | None = None,
         layer_lr_decay: float = 1.0,
         freeze_embeddings: bool = False,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-        total_steps: int | None = None,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__(
             backbone,
             pretrained=pretrained,
             layer_lr_decay=layer_lr_decay,
             freeze_embeddings=freeze_embeddings,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            min_lr_ratio=min_lr_ratio,
-            total_steps=total_steps,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            compile=compile,
+            activation_checkpointing=activation_checkpointing,
         )
         self.num_labels = num_labels
         self.label_names = label_names

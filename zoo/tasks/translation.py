@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -12,19 +11,15 @@ from torchmetrics.text import SacreBLEUScore
 
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.beam_search import beam_search, greedy_search
+from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, inverse_sqrt_schedule
+from zoo.tasks.optim import inverse_sqrt as inverse_sqrt  # its home before zoo.tasks.optim
 
 IGNORE_INDEX = -100
 
-
-def inverse_sqrt(*, warmup_steps: int):
-    """LR multiplier of "Attention Is All You Need": linear warm-up to 1 at ``warmup_steps``, then
-    ``sqrt(warmup_steps / step)``."""
-
-    def multiplier(step: int) -> float:
-        step += 1
-        return step / warmup_steps if step < warmup_steps else (warmup_steps / step) ** 0.5
-
-    return multiplier
+OPTIMIZER = adamw(lr=5e-4, betas=(0.9, 0.98), weight_decay=0.0)
+"""`Translation`'s default ``optimizer``: AdamW at 5e-4, betas (0.9, 0.98) (the paper's), no decay."""
+LR_SCHEDULER = inverse_sqrt_schedule(warmup_steps=4000)
+"""`Translation`'s default ``lr_scheduler``: `zoo.tasks.optim.InverseSqrt` with 4000 warm-up steps."""
 
 
 def _metrics() -> nn.ModuleDict:
@@ -50,10 +45,13 @@ class Translation(BackboneTask):
     Args:
         backbone: Encoder-decoder network, e.g. `zoo.models.seq2seq.Transformer`, or its spec.
         label_smoothing: Share of the target probability spread over the vocabulary.
-        learning_rate: Peak AdamW learning rate, reached after ``warmup_steps``.
-        weight_decay: Decoupled weight decay on matrices.
-        betas: AdamW betas (the paper: 0.9, 0.98).
-        warmup_steps: Linear warm-up steps, then the rate decays as ``1/sqrt(step)``.
+        optimizer: Optimizer spec, see `BackboneTask`. Default ``zoo.tasks.translation.OPTIMIZER``:
+            AdamW at 5e-4 (the peak, reached after the warm-up), betas (0.9, 0.98), no decay.
+        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
+            ``zoo.tasks.translation.LR_SCHEDULER``: linear warm-up over 4000 steps, then decay as
+            ``1/sqrt(step)`` (`zoo.tasks.optim.InverseSqrt`).
+        compile: See `BackboneTask`.
+        activation_checkpointing: See `BackboneTask`.
         beam_size: Beam width of ``zoo test``, ``zoo predict`` and `translate` (1: greedy).
         val_beam_size: Beam width for validation BLEU (1: greedy, the cheapest; 0: no BLEU, loss only).
         length_penalty: Beams are ranked by ``log_prob / length ** length_penalty``.
@@ -70,10 +68,10 @@ class Translation(BackboneTask):
         backbone: nn.Module,
         *,
         label_smoothing: float = 0.1,
-        learning_rate: float = 5e-4,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.98),
-        warmup_steps: int = 4000,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
         beam_size: int = 5,
         val_beam_size: int = 1,
         length_penalty: float = 1.0,
@@ -85,10 +83,10 @@ class Translation(BackboneTask):
     ) -> None:
         super().__init__(
             backbone,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            compile=compile,
+            activation_checkpointing=activation_checkpointing,
         )
         self.label_smoothing = label_smoothing
         self.beam_size = beam_size
@@ -137,16 +135,6 @@ class Translation(BackboneTask):
         """Token ids of the translation of every source in the batch (the data module's ``decode`` turns
         them into text: see `zoo.tasks.callbacks.TextPredictionWriter`)."""
         return self.translate(batch["input_ids"], batch.get("attention_mask"))
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = super().configure_optimizers()["optimizer"]  # AdamW with decay / no-decay groups
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(warmup_steps=self.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _schedule_length(self) -> int:
-        # the base's cosine schedule, replaced above, asks for a length: the inverse square root has none,
-        # and measuring it would build the train loader early
-        return 1
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -134,7 +134,7 @@ def test_debug_shows_the_traceback_and_the_process_exits_non_zero(tmp_path):
 
 
 def test_a_checkpoint_saved_from_python_works_with_zoo_test(tmp_path, capsys):
-    """Hyper-parameters without LightningCLI's `_class_path` (a plain `Trainer.fit`) still rebuild the model."""
+    """Hyper-parameters without LightningCLI's `_class_path` (plain `Trainer.fit`) still rebuild the model."""
     import lightning as L
 
     from zoo.data import TextDataModule

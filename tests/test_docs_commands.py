@@ -243,9 +243,11 @@ def _small(root: Path, cache: Path) -> list[str]:
 
 
 def _zoo(argv: list[str]) -> subprocess.CompletedProcess:
+    """The installed `zoo` console script, as a user types it (else ``python -m zoo``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = Path(sys.executable).parent / "zoo"
     proc = subprocess.run(
-        [sys.executable, "-m", "zoo.cli", *argv],
+        ([str(script)] if script.is_file() else [sys.executable, "-m", "zoo"]) + argv,
         cwd=REPO,
         env=env,
         capture_output=True,

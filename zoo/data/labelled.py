@@ -23,7 +23,6 @@ from zoo.data.wordpiece import load_wordpiece
 from zoo.errors import check_non_negative, check_positive
 from zoo.models.hf_io import resolve_model_dir
 
-IGNORE_INDEX = -100
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>")
 
 

@@ -15,10 +15,10 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from zoo.data.batch import IGNORE_INDEX
 from zoo.data.wordpiece import CONTINUING_SUBWORD_PREFIX, special_token_ids
 from zoo.errors import check_positive
 
-IGNORE_INDEX = -100
 #: Of the chosen tokens, this share becomes [MASK] and half the rest a random token (BERT's 80/10/10).
 MASK_SHARE = 0.8
 RANDOM_SHARE = 0.1

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-IGNORE_INDEX = -100
+from zoo.data.batch import IGNORE_INDEX
 
 
 class ParallelExamples(Dataset):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from lightning.pytorch.utilities import rank_zero_warn
 from tokenizers import Tokenizer
 
+from zoo.data.batch import IGNORE_INDEX
 from zoo.data.conll import (
     TaggedSentence,
     format_conll,
@@ -18,7 +19,7 @@ from zoo.data.conll import (
     read_conllu,
     read_sentence_lines,
 )
-from zoo.data.labelled import IGNORE_INDEX, LabelledDataModule
+from zoo.data.labelled import LabelledDataModule
 
 
 class TaggingDataModule(LabelledDataModule):

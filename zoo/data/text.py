@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
+from zoo.data.batch import IGNORE_INDEX
 from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
 from zoo.data.resumable import ResumableSampler
 from zoo.data.tokenizers import (
@@ -33,7 +34,6 @@ from zoo.data.tokenizers import (
 from zoo.errors import check_non_negative, check_positive
 
 CACHE_VERSION = 1
-IGNORE_INDEX = -100
 
 
 class TokenBlocks(Dataset):

@@ -10,11 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from zoo.data.batch import IGNORE_INDEX
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.generation import check_sampling, generate
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
-
-IGNORE_INDEX = -100
 
 OPTIMIZER = adamw(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
 """`CausalLM`'s default ``optimizer``: AdamW, peak learning rate 6e-4, betas (0.9, 0.95), decay 0.1."""

@@ -10,11 +10,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
+from zoo.data.batch import IGNORE_INDEX
 from zoo.errors import check_positive
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
-
-IGNORE_INDEX = -100
 
 OPTIMIZER = adamw(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01)
 """`MaskedLM`'s default ``optimizer``: AdamW at 1e-4, betas (0.9, 0.999), decay 0.01 (BERT's, batch 256)."""

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-IGNORE_INDEX = -100
+from zoo.data.batch import IGNORE_INDEX
+
 MODES = ("strict", "conlleval")
 
 

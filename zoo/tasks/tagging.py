@@ -10,11 +10,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from zoo.data.batch import IGNORE_INDEX
 from zoo.tasks.finetune import LR_SCHEDULER, FinetuneTask
 from zoo.tasks.metrics import SpanF1
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw
-
-IGNORE_INDEX = -100
 
 OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
 """`TokenClassification`'s default ``optimizer``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01."""

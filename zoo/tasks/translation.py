@@ -9,12 +9,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import SacreBLEUScore
 
+from zoo.data.batch import IGNORE_INDEX
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.beam_search import beam_search, greedy_search
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, inverse_sqrt_schedule
 from zoo.tasks.optim import inverse_sqrt as inverse_sqrt  # its home before zoo.tasks.optim
-
-IGNORE_INDEX = -100
 
 OPTIMIZER = adamw(lr=5e-4, betas=(0.9, 0.98), weight_decay=0.0)
 """`Translation`'s default ``optimizer``: AdamW at 5e-4, betas (0.9, 0.98) (the paper's), no decay."""

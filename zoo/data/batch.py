@@ -1,0 +1,10 @@
+"""The batch vocabulary every data module produces and every task reads.
+
+A batch is a dict of tensors under these keys: ``input_ids``, ``attention_mask`` (1 at real tokens),
+``token_type_ids``, ``labels``, ``next_sentence_label`` (and ``decoder_input_ids`` for encoder-decoders).
+A label equal to `IGNORE_INDEX` is not scored: padding, context-only positions, a word's later
+subwords, tokens the tokenizer could not represent.
+"""
+
+IGNORE_INDEX = -100
+"""The label that no loss or metric scores (PyTorch's ``cross_entropy`` default ``ignore_index``)."""

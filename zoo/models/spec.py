@@ -27,11 +27,19 @@ def _is_plain(value: Any) -> bool:
     return False
 
 
+def _recorded(value: Any) -> Any:
+    """An argument as a spec records it: a module with a spec (a `Configurable` one) becomes that spec,
+    so it is rebuilt by `from_spec`; anything else is kept as it is."""
+    nested = spec_of(value) if isinstance(value, nn.Module) else None
+    return nested if nested is not None else value
+
+
 class Configurable:
     """Mixin that records the constructor arguments of the most-derived class.
 
     After ``__init__`` returns, ``module.spec`` holds ``{"class_path", "init_args"}`` when every
-    argument is a plain value (numbers, strings, lists, dicts), else ``None``.
+    argument is a plain value (numbers, strings, lists, dicts) or a module with a spec of its own (a
+    `Configurable` one, recorded as its nested spec), else ``None``.
     """
 
     spec: dict[str, Any] | None = None
@@ -50,7 +58,7 @@ class Configurable:
                 return  # a subclass's constructor records instead
             bound = signature.bind(self, *args, **kw)
             bound.apply_defaults()
-            init_args = {k: v for k, v in bound.arguments.items() if k != "self"}
+            init_args = {k: _recorded(v) for k, v in bound.arguments.items() if k != "self"}
             plain = all(_is_plain(v) for v in init_args.values())
             spec = {
                 "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -78,11 +86,23 @@ def import_class(class_path: str) -> type:
     return obj
 
 
+_SPEC_KEYS = {"class_path", "init_args"}
+
+
+def _is_spec(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("class_path"), str) and set(value) <= _SPEC_KEYS
+
+
 def from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Build a module from ``{"class_path": ..., "init_args": {...}}`` (the form YAML and checkpoints use)."""
+    """Build a module from ``{"class_path": ..., "init_args": {...}}`` (the form YAML and checkpoints use).
+
+    An argument that is itself such a spec (a module given by ``class_path``, e.g. Llama's ``positions``)
+    is built first, the same way, and passed as the module.
+    """
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise TypeError(f"expected a {{'class_path': ..., 'init_args': ...}} dict, got {spec!r}")
     cls = import_class(spec["class_path"])
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"class_path {spec['class_path']!r} is not a torch.nn.Module subclass")
-    return cls(**spec.get("init_args", {}))
+    init_args = spec.get("init_args") or {}
+    return cls(**{name: from_spec(v) if _is_spec(v) else v for name, v in init_args.items()})

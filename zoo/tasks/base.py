@@ -25,6 +25,7 @@ from zoo.checkpoint import (
     read_checkpoint,
     task_family,
 )
+from zoo.models.protocols import check_backbone
 from zoo.models.spec import from_spec, spec_of
 from zoo.nn import KVCache
 from zoo.strategies import declared_fsdp_units
@@ -90,6 +91,10 @@ class BackboneTask(L.LightningModule):
     """Keyword arguments of ``torch.compile`` when ``compile`` is on, e.g. ``{"mode": "max-autotune"}``;
     set on a subclass or an instance."""
 
+    backbone_protocol: ClassVar[type | None] = None
+    """The `zoo.models.protocols` protocol the backbone must satisfy (checked once, in ``__init__``, by
+    `zoo.models.protocols.check_backbone`); ``None``: any ``nn.Module``."""
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -121,6 +126,8 @@ class BackboneTask(L.LightningModule):
             raise TypeError(
                 f"backbone must be an nn.Module or a class_path spec, got {type(backbone).__name__}"
             )
+        if self.backbone_protocol is not None:
+            check_backbone(backbone, self.backbone_protocol, task=type(self).__name__)
         if spec is None:
             rank_zero_warn(
                 f"{type(backbone).__name__} does not record its constructor arguments (subclass "

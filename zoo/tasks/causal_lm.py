@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from zoo.data.batch import IGNORE_INDEX
+from zoo.models.protocols import CausalDecoder
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.generation import check_sampling, generate
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
@@ -46,6 +47,8 @@ class CausalLM(BackboneTask):
         top_p: Nucleus sampling threshold (``None``: off).
         stop_tokens: Token ids that end a generated sequence.
     """
+
+    backbone_protocol = CausalDecoder
 
     def __init__(
         self,

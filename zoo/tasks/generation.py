@@ -6,9 +6,13 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from zoo.errors import check_non_negative, check_positive, check_probability
+from zoo.models.protocols import IncrementalDecoder, missing_members
+
+_WARNED_NO_CACHE: set[type] = set()  # backbone classes already told they decode without a cache
 
 
 def check_sampling(
@@ -99,8 +103,9 @@ def generate(
 
     A row stops at its first stop token (which is not returned). A prompt longer than the backbone's
     ``max_seq_len`` is an error. When prompt plus new tokens fit the backbone's ``max_seq_len`` and it
-    offers ``init_kv_caches``, decoding is incremental (each step feeds one token); otherwise every step
-    re-reads the last ``max_seq_len`` tokens (a sliding window).
+    offers ``init_kv_caches`` (a `zoo.models.protocols.IncrementalDecoder`), decoding is incremental (each
+    step feeds one token); otherwise every step re-reads the last ``max_seq_len`` tokens (a sliding
+    window, O(T²) for T tokens; a backbone that is no ``IncrementalDecoder`` is warned of it once).
 
     The backbone is called as ``backbone(input_ids, attention_mask=...)``, plus ``position_ids`` when its
     ``forward`` accepts them (needed for correct positions under left padding) and ``kv_caches``.
@@ -122,7 +127,10 @@ def generate(
             )
     ids, mask = left_pad(prompts, pad_id=0, device=device)
     B, P = ids.shape
-    use_cache = hasattr(backbone, "init_kv_caches") and max_len is not None and P + max_new_tokens <= max_len
+    incremental = isinstance(backbone, IncrementalDecoder)
+    if not incremental:
+        _warn_no_cache(backbone)
+    use_cache = incremental and max_len is not None and P + max_new_tokens <= max_len
     stop = torch.as_tensor(list(stop_tokens), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out = ids.new_zeros(B, max_new_tokens)
@@ -178,6 +186,18 @@ def generate(
         if i + 1 < max_new_tokens:
             logits = advance(i, nxt)
     return _trim(out[:, :steps], stop_tokens)
+
+
+def _warn_no_cache(backbone: nn.Module) -> None:
+    """Say once per backbone class that it decodes without a KV cache, naming what it lacks."""
+    if type(backbone) in _WARNED_NO_CACHE:
+        return
+    _WARNED_NO_CACHE.add(type(backbone))
+    missing = ", ".join(missing_members(backbone, IncrementalDecoder))
+    rank_zero_warn(
+        f"{type(backbone).__name__} has no {missing} (zoo.models.protocols.IncrementalDecoder): generation "
+        "re-reads every token at each step, O(T²) in the generated length T instead of O(T) with a KV cache"
+    )
 
 
 def _trim(new: Tensor, stop_tokens: Sequence[int]) -> list[list[int]]:

@@ -12,6 +12,7 @@ from torchmetrics.text import Perplexity
 
 from zoo.data.batch import IGNORE_INDEX
 from zoo.errors import check_positive
+from zoo.models.protocols import MaskedLMEncoder
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
@@ -93,6 +94,8 @@ class MaskedLM(BackboneTask):
         activation_checkpointing: See `BackboneTask`.
         top_k: Fillers ``predict_step`` returns per mask, most likely first.
     """
+
+    backbone_protocol = MaskedLMEncoder
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import SacreBLEUScore
 
 from zoo.data.batch import IGNORE_INDEX
+from zoo.models.protocols import EncoderDecoder
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.beam_search import beam_search, greedy_search
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, inverse_sqrt_schedule
@@ -61,6 +62,8 @@ class Translation(BackboneTask):
         bos_id: Start-of-target id (fed first, never generated).
         eos_id: End-of-sentence id.
     """
+
+    backbone_protocol = EncoderDecoder
 
     def __init__(
         self,

@@ -141,6 +141,11 @@ def save_hf(model: Llama, directory: str | os.PathLike) -> Path:
     args = model.spec["init_args"] if model.spec else None
     if args is None:
         raise ValueError("this Llama was built with non-plain arguments; cannot write its config.json")
+    if args.get("positions") is not None:
+        raise ValueError(
+            "LlamaForCausalLM has rotary positions only; this Llama uses "
+            f"{args['positions'].get('class_path', args['positions'])}, so it cannot be exported"
+        )
     ours = model.state_dict()
     theirs = {t: ours[m] for m, t in _TOP_KEYS.items()}
     for i in range(args["num_layers"]):

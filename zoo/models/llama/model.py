@@ -31,6 +31,10 @@ class Llama(Configurable, DecoderLM):
         norm_eps: RMSNorm epsilon.
         tie_weights: Share the output projection with the token embedding.
         dropout: Dropout on attention probabilities and residual branches.
+        positions: The relative position encoding every attention layer shares, any module with the
+            `zoo.nn.Positions` interface (``apply(q, k, position_ids)``, ``bias(q_len, k_len)``), e.g.
+            `zoo.nn.ALiBiPositions` or a user's own (in YAML by ``class_path``); ``None``: rotary,
+            ``RotaryPositions(head_dim=embed_dim // num_heads, max_seq_len=max_seq_len, theta=rope_theta)``.
     """
 
     fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (DecoderBlock,)  # see zoo.strategies.FSDP
@@ -49,6 +53,7 @@ class Llama(Configurable, DecoderLM):
         norm_eps: float = 1e-5,
         tie_weights: bool = False,
         dropout: float = 0.0,
+        positions: nn.Module | None = None,
     ) -> None:
         check_positive("Llama", vocab_size=vocab_size, embed_dim=embed_dim, num_heads=num_heads)
         check_positive("Llama", num_layers=num_layers, hidden_dim=hidden_dim, max_seq_len=max_seq_len)
@@ -57,7 +62,8 @@ class Llama(Configurable, DecoderLM):
             raise ValueError(f"Llama: embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         hidden_dim = hidden_dim or 64 * math.ceil(8 * embed_dim / 3 / 64)  # Llama's 2/3 of 4·C, rounded up
         head_dim, kv_heads = embed_dim // num_heads, num_kv_heads or num_heads
-        rope = RotaryPositions(head_dim=head_dim, max_seq_len=max_seq_len, theta=rope_theta)
+        if positions is None:
+            positions = RotaryPositions(head_dim=head_dim, max_seq_len=max_seq_len, theta=rope_theta)
 
         def linear(n_in: int, n_out: int) -> nn.Linear:
             return nn.Linear(n_in, n_out, bias=False)
@@ -71,7 +77,7 @@ class Llama(Configurable, DecoderLM):
                 num_heads=num_heads,
                 num_kv_heads=kv_heads,
                 head_dim=head_dim,
-                positions=rope,  # one module shared by every layer: the cos/sin tables exist once
+                positions=positions,  # one module shared by every layer: e.g. rotary tables exist once
                 causal=True,
                 dropout=dropout,
             )

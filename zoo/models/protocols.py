@@ -1,0 +1,174 @@
+"""The backbone contract: what each task calls on the network it is given.
+
+A task never asks a backbone for its class, only for members. These `typing.Protocol`s name those
+members in one vocabulary, one protocol per way of being used; any ``nn.Module`` that has them plugs in,
+zoo's own families included. A task declares its protocol in the class attribute ``backbone_protocol``
+and `check_backbone` verifies it once, when the task is built, so a backbone that cannot serve fails with
+one message naming every missing member instead of an ``AttributeError`` in the middle of a run.
+
+Method names are today's (``init_kv_caches`` for decoders, ``init_caches`` for encoder-decoders).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+__all__ = [
+    "CausalDecoder",
+    "Encoder",
+    "EncoderDecoder",
+    "IncrementalDecoder",
+    "MaskedLMEncoder",
+    "check_backbone",
+    "missing_members",
+    "protocol_members",
+]
+
+
+@runtime_checkable
+class CausalDecoder(Protocol):
+    """A network mapping token ids to next-token logits: all `zoo.tasks.CausalLM` needs.
+
+    ``forward(input_ids (B, T), attention_mask=(B, T) | None) -> logits (B, T, V)``. Optional, read when
+    present: ``max_seq_len`` and ``vocab_size`` (checked against the data in ``setup``), a ``position_ids``
+    argument (passed by `zoo.tasks.generation.generate` under left padding) and ``flops_per_token``.
+
+    Implemented by: `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama` (any `zoo.nn.DecoderLM`), and any
+    plain module with such a ``forward`` (e.g. a GRU language model).
+    """
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor: ...
+
+
+@runtime_checkable
+class IncrementalDecoder(CausalDecoder, Protocol):
+    """A `CausalDecoder` that decodes one token at a time from a KV cache and exposes its hidden states.
+
+    `zoo.tasks.generation.generate` decodes incrementally with it (otherwise it re-reads a sliding window
+    every step); fine-tuning tasks read ``hidden_states`` (B, T, C) from it.
+
+    Implemented by: `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama` (any `zoo.nn.DecoderLM`).
+    """
+
+    max_seq_len: int
+    vocab_size: int
+
+    def hidden_states(self, input_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor: ...
+
+    def init_kv_caches(self, batch_size: int, max_seq_len: int | None = None) -> Any: ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """A bidirectional encoder: ``encode(input_ids, *, attention_mask, token_type_ids) -> (B, T, C)``.
+
+    ``embed_dim`` is C, ``layers`` the sequence of blocks (layer-wise learning-rate decay counts them),
+    ``embeddings`` the input embedding module (``freeze_embeddings`` freezes it).
+
+    Implemented by: `zoo.models.bert.Bert`.
+    """
+
+    embed_dim: int
+    layers: Any
+    embeddings: Any
+
+    def encode(
+        self, input_ids: Tensor, *, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor: ...
+
+
+@runtime_checkable
+class MaskedLMEncoder(Encoder, Protocol):
+    """An `Encoder` with BERT's pretraining heads: what `zoo.tasks.MaskedLM` needs.
+
+    ``mlm_logits(hidden (N, C)) -> (N, V)``, ``pool(hidden (B, T, C)) -> (B, C)`` and
+    ``nsp_logits(pooled (B, C)) -> (B, 2)``.
+
+    Implemented by: `zoo.models.bert.Bert`.
+    """
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor: ...
+
+    def nsp_logits(self, pooled: Tensor) -> Tensor: ...
+
+    def pool(self, hidden: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class EncoderDecoder(Protocol):
+    """A sequence-to-sequence network: what `zoo.tasks.Translation` and its beam search need.
+
+    ``forward(src_ids (B, S), tgt_ids (B, T), *, src_mask) -> (B, T, V)`` teacher-forced;
+    ``encode(src_ids, src_mask) -> memory (B, S, C)``;
+    ``decode(tgt_ids, memory, src_mask, *, caches) -> (B, T, V)``;
+    ``init_caches(batch_size, *, target_len, source_len)`` for incremental decoding; ``max_seq_len`` caps
+    the length of a translation.
+
+    Implemented by: `zoo.models.seq2seq.Transformer`.
+    """
+
+    max_seq_len: int
+
+    def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, src_mask: Tensor | None = None) -> Tensor: ...
+
+    def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor: ...
+
+    def decode(
+        self, tgt_ids: Tensor, memory: Tensor, src_mask: Tensor | None = None, *, caches: Any = None
+    ) -> Tensor: ...
+
+    def init_caches(self, batch_size: int, *, target_len: int, source_len: int) -> Any: ...
+
+
+def protocol_members(protocol: type) -> dict[str, str]:
+    """Every member ``protocol`` requires, own and inherited, in declaration order, each with how it
+    reads in a message: ``"mlm_logits(hidden)"`` for a method, ``"embed_dim"`` for an attribute."""
+    members: dict[str, str] = {}
+    for cls in reversed(protocol.__mro__):
+        if not getattr(cls, "_is_protocol", False) or cls.__module__ == "typing":
+            continue
+        for name in cls.__dict__.get("__annotations__", {}):
+            members.setdefault(name, name)
+        for name, value in cls.__dict__.items():
+            if callable(value) and not name.startswith("_"):
+                params = list(inspect.signature(value).parameters.values())[1:]  # without self
+                listed = ", ".join(p.name for p in params if p.default is inspect.Parameter.empty)
+                members.setdefault(name, f"{name}({listed})")
+    return members
+
+
+def missing_members(backbone: Any, protocol: type) -> list[str]:
+    """The members of ``protocol`` that ``backbone`` lacks, as `protocol_members` shows them; a method
+    set to ``None`` is missing (as ``isinstance`` sees it)."""
+    return [
+        shown
+        for name, shown in protocol_members(protocol).items()
+        if not hasattr(backbone, name) or (shown.endswith(")") and getattr(backbone, name) is None)
+    ]
+
+
+def check_backbone(backbone: Any, protocol: type, *, task: str) -> None:
+    """Raise `TypeError` unless ``backbone`` has every member of ``protocol``.
+
+    Args:
+        backbone: The network a task was given.
+        protocol: One of this module's protocols (or a user's own ``runtime_checkable`` one).
+        task: The task's name, for the message.
+
+    Raises:
+        TypeError: Naming the task, the protocol, every member it needs and the ones the backbone lacks,
+            e.g. ``MaskedLM needs a backbone with encode(input_ids), ... (zoo.models.protocols.
+            MaskedLMEncoder); GRULM lacks embed_dim, encode(input_ids), ...``.
+    """
+    if isinstance(backbone, protocol):
+        return
+    members = protocol_members(protocol)
+    missing = missing_members(backbone, protocol)
+    lacks = "has none of them" if len(missing) == len(members) else f"lacks {', '.join(missing)}"
+    raise TypeError(
+        f"{task} needs a backbone with {', '.join(members.values())} "
+        f"({protocol.__module__}.{protocol.__qualname__}); {type(backbone).__name__} {lacks}"
+    )

@@ -54,6 +54,8 @@ def test_zoo_fit_trains_llama_with_a_users_position_encoding_and_reloads_it(tmp_
     assert hparams["backbone"]["init_args"]["positions"] == {"class_path": "my_positions.NoPositions"}
     model = CausalLM.load_from_checkpoint(last, weights_only=True)
     assert isinstance(model.backbone, Llama)
+    # the reloaded task records the same spec, so saving it again keeps the user's module
+    assert model.hparams["backbone"] == hparams["backbone"]
     shared = _positions(model.backbone)[0]
     assert isinstance(shared, my_positions.NoPositions)
     assert all(p is shared for p in _positions(model.backbone))  # one module for every layer, as injected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import io
@@ -277,19 +278,22 @@ class BackboneTask(L.LightningModule):
         """Lightning's loader with ``weights_only=True`` by default (a checkpoint cannot run code) and
         errors that name the file: missing, truncated, unsafe, or written by another task."""
         path = Path(checkpoint_path)
-        source = None
+        source, given = None, contextlib.nullcontext()
         if isinstance(checkpoint_path, str | os.PathLike):
             # missing, not a zip archive (truncated, text) or unsafe: named here; old layouts migrated
-            source = _migrated(read_checkpoint(path, mmap=True), cls)
+            checkpoint = read_checkpoint(path, mmap=True)
+            source = _migrated(checkpoint, cls)
+            given = _as_given(checkpoint.get("hyper_parameters"), cls)
         try:
-            return super().load_from_checkpoint(
-                checkpoint_path if source is None else source,
-                map_location=map_location,
-                hparams_file=hparams_file,
-                strict=strict,
-                weights_only=weights_only,
-                **kwargs,
-            )
+            with given:  # a CLI checkpoint's config, so the rebuilt task records the same specs
+                return super().load_from_checkpoint(
+                    checkpoint_path if source is None else source,
+                    map_location=map_location,
+                    hparams_file=hparams_file,
+                    strict=strict,
+                    weights_only=weights_only,
+                    **kwargs,
+                )
         except CheckpointError as err:
             raise CheckpointError(f"{checkpoint_path}: {err}") from err
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, zipfile.BadZipFile) as err:
@@ -400,6 +404,18 @@ def _base_only_arguments(cls: type) -> list[str]:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
         return []
     return [name for name in inspect.signature(BackboneTask.__init__).parameters if name not in own]
+
+
+def _as_given(hparams: Any, task: type) -> contextlib.AbstractContextManager:
+    """For hyper-parameters LightningCLI wrote (they name its ``_instantiator``), the context in which
+    the CLI built the task: its nested ``{"class_path", "init_args"}`` configs reach `_cli_config`, so a
+    backbone whose parts are plain modules keeps its spec when the checkpoint is loaded again."""
+    if not isinstance(hparams, dict) or "_instantiator" not in hparams or _given_hyperparameters is None:
+        return contextlib.nullcontext()
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters_context
+
+    given = {k: v for k, v in migrate_hparams(hparams, task).items() if k != "_instantiator"}
+    return _given_hyperparameters_context(hparams=given, instantiator=hparams["_instantiator"])
 
 
 def _migrated(checkpoint: dict[str, Any], task: type) -> io.BytesIO | None:

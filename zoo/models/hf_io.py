@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,25 @@ def read_state_dict(model_dir: Path) -> dict[str, Tensor]:
         except Exception as err:
             raise ValueError(f"{pt}: not a loadable weights-only PyTorch state dict ({err})") from err
     raise FileNotFoundError(f"{model_dir} has none of {', '.join(WEIGHT_FILES)}")
+
+
+def load_decoder(
+    cls: type,
+    name_or_path: str | os.PathLike,
+    *,
+    config_from_hf: Callable[[dict[str, Any], Path], dict[str, Any]],
+    state_dict_from_hf: Callable[[dict[str, Tensor], int, bool, Path], dict[str, Tensor]],
+) -> Any:
+    """A decoder family's ``from_hf``: ``cls`` built from the directory's ``config.json`` (translated by the
+    family's ``config_from_hf``), loaded strictly with the weights its ``state_dict_from_hf`` renames."""
+    model_dir = resolve_model_dir(name_or_path)
+    kwargs = config_from_hf(read_config(model_dir), model_dir)
+    model = cls(**kwargs)
+    state = state_dict_from_hf(
+        read_state_dict(model_dir), kwargs["num_layers"], kwargs["tie_weights"], model_dir
+    )
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def config_value(config: dict[str, Any], key: str, source: Path) -> Any:

@@ -17,9 +17,7 @@ from zoo.models.hf_io import (
     LabelHead,
     config_value,
     label_config,
-    read_config,
-    read_state_dict,
-    resolve_model_dir,
+    load_decoder,
     write_model_dir,
 )
 
@@ -107,14 +105,9 @@ def state_dict_from_hf(hf: dict[str, Tensor], num_layers: int, tie_weights: bool
 
 
 def load_hf(cls: type[GPT2], name_or_path: str | os.PathLike) -> GPT2:
-    model_dir = resolve_model_dir(name_or_path)
-    kwargs = config_from_hf(read_config(model_dir), model_dir)
-    model = cls(**kwargs)
-    state = state_dict_from_hf(
-        read_state_dict(model_dir), kwargs["num_layers"], kwargs["tie_weights"], model_dir
+    return load_decoder(
+        cls, name_or_path, config_from_hf=config_from_hf, state_dict_from_hf=state_dict_from_hf
     )
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 INPUT_NAMES = ("input_ids", "attention_mask")

@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from zoo.models.hf_io import config_value, read_config, read_state_dict, resolve_model_dir, write_model_dir
+from zoo.models.hf_io import (
+    config_value,
+    load_decoder,
+    write_model_dir,
+)
 
 if TYPE_CHECKING:
     from zoo.models.llama.model import Llama
@@ -100,14 +104,9 @@ def state_dict_from_hf(hf: dict[str, Tensor], num_layers: int, tie_weights: bool
 
 
 def load_hf(cls: type[Llama], name_or_path: str | os.PathLike) -> Llama:
-    model_dir = resolve_model_dir(name_or_path)
-    kwargs = config_from_hf(read_config(model_dir), model_dir)
-    model = cls(**kwargs)
-    state = state_dict_from_hf(
-        read_state_dict(model_dir), kwargs["num_layers"], kwargs["tie_weights"], model_dir
+    return load_decoder(
+        cls, name_or_path, config_from_hf=config_from_hf, state_dict_from_hf=state_dict_from_hf
     )
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 def config_to_hf(model: Llama, args: dict[str, Any]) -> dict[str, Any]:

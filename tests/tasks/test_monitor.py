@@ -166,3 +166,16 @@ def test_bad_arguments_name_themselves():
         ProgressMonitor(every_n_steps=0)
     with pytest.raises(ValueError, match="peak_flops must be > 0"):
         ProgressMonitor(peak_flops=-1.0)
+
+
+def test_measuring_the_peak_leaves_the_global_rng_alone():
+    """Dropout draws from the global RNG: the monitor's timed matmul must not shift it, or a recipe with
+    dropout would train differently with the monitor than without it."""
+    from zoo.tasks.monitor import measure_matmul_flops
+
+    measure_matmul_flops.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    measure_matmul_flops("cpu", size=64, seconds=0.01)
+    assert torch.equal(torch.rand(3), expected)

@@ -174,6 +174,9 @@ class DecoderLM(nn.Module):
         lm_head: C -> vocab_size, without bias.
         max_seq_len: Context length.
         tie_weights: Share ``lm_head``'s weight with the token embedding.
+        absolute_positions: Absolute position encoding added to the token embeddings, called on position
+            ids like an ``nn.Embedding`` (`zoo.nn.LearnedPositions`, `zoo.nn.SinusoidalPositions`);
+            ``None`` (the default): none, positions live only inside attention.
     """
 
     def __init__(
@@ -184,9 +187,11 @@ class DecoderLM(nn.Module):
         lm_head: nn.Linear,
         max_seq_len: int,
         tie_weights: bool,
+        absolute_positions: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.tokens, self.decoder, self.lm_head = tokens, decoder, lm_head
+        self.absolute_positions = absolute_positions
         self.vocab_size, self.max_seq_len, self.num_layers = (
             tokens.num_embeddings,
             max_seq_len,
@@ -243,6 +248,11 @@ class DecoderLM(nn.Module):
         if position_ids is None and end > self.max_seq_len:
             raise ValueError(f"sequence length {end} exceeds max_seq_len={self.max_seq_len}")
         x = self.tokens(input_ids)  # (B, T, C)
+        if self.absolute_positions is not None:
+            if position_ids is None:
+                past = end - input_ids.shape[1]
+                position_ids = torch.arange(past, end, device=input_ids.device)  # (T,)
+            x = x + self.absolute_positions(position_ids)  # (B, T, C) or (T, C), broadcast over B
         return self.decoder(x, padding_mask=attention_mask, position_ids=position_ids, cache=kv_caches)
 
     def init_kv_caches(

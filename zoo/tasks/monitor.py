@@ -92,9 +92,11 @@ def measure_matmul_flops(
     device: str = "cpu", dtype: torch.dtype = torch.float32, *, size: int = 1024, seconds: float = 0.3
 ) -> float:
     """FLOP/s of repeated ``size x size`` matrix products on ``device`` for about ``seconds`` (after one
-    untimed product), with the current ``torch.get_num_threads()``. Cached per process."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    untimed product), with the current ``torch.get_num_threads()``. Cached per process. The operands come
+    from a private generator: the global RNG (dropout) draws exactly what it would without the monitor."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     a @ b
     sync()

@@ -35,6 +35,10 @@ class Llama(Configurable, DecoderLM):
             `zoo.nn.Positions` interface (``apply(q, k, position_ids)``, ``bias(q_len, k_len)``), e.g.
             `zoo.nn.ALiBiPositions` or a user's own (in YAML by ``class_path``); ``None``: rotary,
             ``RotaryPositions(head_dim=embed_dim // num_heads, max_seq_len=max_seq_len, theta=rope_theta)``.
+            ``zoo.nn.Positions`` (the base class) encodes nothing in attention.
+        absolute_positions: An absolute position encoding added to the token embeddings (see
+            `zoo.nn.DecoderLM`), e.g. `zoo.nn.LearnedPositions` or `zoo.nn.SinusoidalPositions`, usually
+            with ``positions`` set to ``zoo.nn.Positions``; ``None`` (the default): none, as in Llama.
     """
 
     fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (DecoderBlock,)  # see zoo.strategies.FSDP
@@ -54,6 +58,7 @@ class Llama(Configurable, DecoderLM):
         tie_weights: bool = False,
         dropout: float = 0.0,
         positions: nn.Module | None = None,
+        absolute_positions: nn.Module | None = None,
     ) -> None:
         check_positive("Llama", vocab_size=vocab_size, embed_dim=embed_dim, num_heads=num_heads)
         check_positive("Llama", num_layers=num_layers, hidden_dim=hidden_dim, max_seq_len=max_seq_len)
@@ -99,6 +104,7 @@ class Llama(Configurable, DecoderLM):
             lm_head=linear(embed_dim, vocab_size),
             max_seq_len=max_seq_len,
             tie_weights=tie_weights,
+            absolute_positions=absolute_positions,
         )
 
     @classmethod

@@ -284,7 +284,7 @@ def test_mean_pooled_bert_classifier_exports_the_backbone_and_says_why(tmp_path,
     batch = _padded(out, [SAMPLE, SENTENCES[1][0]])
     zoo_task = SequenceClassification.load_from_checkpoint(ckpt).eval()
     with torch.no_grad():
-        ours = zoo_task.backbone.encode(batch["input_ids"], attention_mask=batch["attention_mask"])
+        ours = zoo_task.backbone.hidden_states(batch["input_ids"], attention_mask=batch["attention_mask"])
         _close(model(**batch).last_hidden_state, ours, batch["attention_mask"])
 
 

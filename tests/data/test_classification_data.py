@@ -89,7 +89,7 @@ def test_multi_label_jsonl_and_regression_csv(minilm_dir, tmp_path):
     )
     multi.setup("fit")
     assert multi.label_names == ["good", "weather"]
-    batch = pad_batch(multi._datasets["fit"].items, pad_id=0)
+    batch = pad_batch(multi._datasets["fit"].items, pad_token_id=0)
     assert batch["labels"].tolist() == [[1.0, 1.0], [0.0, 1.0]]
     csv = 'text,score\n"great, really great",4.5\nbad,1\n'
     reg = _module(

@@ -37,7 +37,7 @@ def test_multi30k_pairs_become_batches(tmp_path):
     dm = _data(train, val, tmp_path, max_seq_len=128, max_tokens=1024)
     dm.prepare_data()
     dm.setup("fit")
-    assert (dm.pad_id, dm.bos_id, dm.eos_id) == (0, 1, 2) and dm.vocab_size == 600
+    assert (dm.pad_token_id, dm.bos_token_id, dm.eos_token_id) == (0, 1, 2) and dm.vocab_size == 600
     german = "Ein Mädchen in einem Straßencafé isst ein großes Eis."
     assert dm.decode(dm.encode(german)) == german  # byte-level BPE round-trips any text
     assert dm.stats["train"]["kept"] == 1800 and dm.stats["val"]["kept"] == 200
@@ -47,10 +47,18 @@ def test_multi30k_pairs_become_batches(tmp_path):
     for i in range(B):
         n = int(batch["attention_mask"][i].sum())
         src = batch["input_ids"][i, :n].tolist()
-        assert src[-1] == dm.eos_id and dm.eos_id not in src[:-1] and (batch["input_ids"][i, n:] == 0).all()
+        assert (
+            src[-1] == dm.eos_token_id
+            and dm.eos_token_id not in src[:-1]
+            and (batch["input_ids"][i, n:] == 0).all()
+        )
         labels = batch["labels"][i][batch["labels"][i] != -100].tolist()
         decoder_input = batch["decoder_input_ids"][i, : len(labels)].tolist()
-        assert decoder_input[0] == dm.bos_id and decoder_input[1:] == labels[:-1] and labels[-1] == dm.eos_id
+        assert (
+            decoder_input[0] == dm.bos_token_id
+            and decoder_input[1:] == labels[:-1]
+            and labels[-1] == dm.eos_token_id
+        )
         reference = Path(val[1]).read_text(encoding="utf-8").split("\n")[int(batch["index"][i])]
         assert batch["references"][i] == reference and dm.decode(labels) == reference
     state = dm.state_dict()  # the tokenizer travels with checkpoints
@@ -180,7 +188,7 @@ def test_long_evaluation_and_predict_sources_are_truncated_and_counted(tmp_path)
 def test_collator_pads_both_sides():
     import torch
 
-    collate = TranslationCollator(pad_id=0, bos_id=1, eos_id=2)
+    collate = TranslationCollator(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     batch = collate(
         [
             {"index": 0, "source": torch.tensor([5, 6, 7]), "target": torch.tensor([8])},

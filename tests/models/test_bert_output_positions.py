@@ -15,7 +15,7 @@ def test_output_positions_equal_the_gathered_full_output():
     mask[1, 9:] = 0
     positions = torch.tensor([[0, 3, 7], [0, 1, 8], [0, 0, 0]])
     with torch.no_grad():
-        full = model.encode(ids, attention_mask=mask)  # (B, T, C)
-        some = model.encode(ids, attention_mask=mask, output_positions=positions)  # (B, 3, C)
+        full = model.hidden_states(ids, attention_mask=mask)  # (B, T, C)
+        some = model.hidden_states(ids, attention_mask=mask, output_positions=positions)  # (B, 3, C)
     expected = full.gather(1, positions.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
     torch.testing.assert_close(some, expected, atol=1e-5, rtol=1e-5)

@@ -67,7 +67,7 @@ def test_from_hf_matches_transformers_on_padded_pairs(tmp_path, hf_pretraining):
     # the MLM head on gathered positions equals the full logits at those positions
     ids, mask, token_type_ids = _padded_batch()
     with torch.no_grad():
-        hidden = ours.encode(ids, attention_mask=mask, token_type_ids=token_type_ids)
+        hidden = ours.hidden_states(ids, attention_mask=mask, token_type_ids=token_type_ids)
         gathered = ours.mlm_logits(hidden[mask.bool()])  # (N, V)
         full = ours(ids, attention_mask=mask, token_type_ids=token_type_ids).mlm_logits
     torch.testing.assert_close(gathered, full[mask.bool()], atol=0, rtol=0)
@@ -104,7 +104,7 @@ def test_bert_model_checkpoint_loads_and_reports_missing_heads(tmp_path):
     ids, mask, token_type_ids = _padded_batch()
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=token_type_ids)
-        hidden = ours.encode(ids, attention_mask=mask, token_type_ids=token_type_ids)
+        hidden = ours.hidden_states(ids, attention_mask=mask, token_type_ids=token_type_ids)
         pooled = ours.pool(hidden)
     real = mask.bool()
     torch.testing.assert_close(hidden[real], expected.last_hidden_state[real], atol=1e-5, rtol=1e-5)
@@ -123,7 +123,7 @@ def test_heads_can_be_dropped_or_absent(tmp_path, hf_pretraining):
     ids, mask, _ = _padded_batch()
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = bare.encode(ids, attention_mask=mask)
+        got = bare.hidden_states(ids, attention_mask=mask)
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
@@ -209,7 +209,7 @@ def test_pretrained_minilm_matches_transformers_on_sst2():
         ours = Bert.from_hf(model_dir).eval()
     with torch.no_grad():
         expected = hf(**batch).last_hidden_state
-        got = ours.encode(
+        got = ours.hidden_states(
             batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
         )
     real = batch["attention_mask"].bool()

@@ -89,19 +89,19 @@ def test_cached_decoding_equals_full_decoding(tmp_path):
     # the logits themselves: a prompt then one token at a time through the caches equals one full pass
     ids, _, left = _batch()
     positions = positions_from_mask(left)
-    caches = ours.init_kv_caches(3, 11)
+    caches = ours.init_cache(3, 11)
     assert caches[0].k.shape == (3, 2, 11, 12)  # only the 2 key/value heads are cached
     with torch.no_grad():
         full_logits = ours(ids, attention_mask=left, position_ids=positions)
         steps = [
-            ours(ids[:, :6], attention_mask=left[:, :6], position_ids=positions[:, :6], kv_caches=caches)
+            ours(ids[:, :6], attention_mask=left[:, :6], position_ids=positions[:, :6], cache=caches)
         ]
         for t in range(6, 11):
             step = ours(
                 ids[:, t : t + 1],
                 attention_mask=left[:, : t + 1],
                 position_ids=positions[:, t : t + 1],
-                kv_caches=caches,
+                cache=caches,
             )
             steps.append(step)
     real = left.bool()

@@ -81,7 +81,8 @@ def test_masked_lm_names_every_member_a_plain_backbone_lacks(my_lm):
         MaskedLM(my_lm.GRULM(40, embed_dim=8))
     message = str(err.value)
     assert message.startswith(
-        "MaskedLM needs a backbone with embed_dim, layers, embeddings, encode(input_ids)"
+        "MaskedLM needs a backbone with embed_dim, hidden_states(input_ids), type_vocab_size, layers, "
+        "embeddings"
     )
     assert "mlm_logits(hidden), nsp_logits(pooled), pool(hidden)" in message
     assert "(zoo.models.protocols.MaskedLMEncoder); GRULM has none of them" in message
@@ -99,8 +100,7 @@ def test_translation_names_the_members_a_decoder_only_backbone_lacks():
     with pytest.raises(TypeError) as err:
         Translation(GPT2(**TINY, num_layers=1))
     assert str(err.value).endswith(
-        "(zoo.models.protocols.EncoderDecoder); GPT2 lacks encode(src_ids), "
-        "decode(tgt_ids, memory), init_caches(batch_size, target_len, source_len)"
+        "(zoo.models.protocols.EncoderDecoder); GPT2 lacks encode(src_ids), decode(tgt_ids, memory)"
     )
 
 
@@ -111,7 +111,7 @@ def test_translation_names_the_members_a_decoder_only_backbone_lacks():
         (
             "zoo.tasks.Translation",
             "EncoderDecoder); GRULM lacks max_seq_len, encode(src_ids), decode(tgt_ids, memory), "
-            "init_caches(batch_size, target_len, source_len)",
+            "init_cache(batch_size, target_len, source_len)",
         ),
     ],
 )
@@ -148,9 +148,7 @@ def test_generation_without_a_kv_cache_warns_once_naming_the_missing_members(my_
         generate(backbone, [[1, 2]], max_new_tokens=2, temperature=0.0)
     said = [str(w.message) for w in caught if "IncrementalDecoder" in str(w.message)]
     assert len(said) == 1, said
-    assert said[0].startswith(
-        "GRULM has no max_seq_len, vocab_size, hidden_states(input_ids), init_kv_caches("
-    )
+    assert said[0].startswith("GRULM has no max_seq_len, vocab_size, hidden_states(input_ids), init_cache(")
     assert "O(T²)" in said[0]
     assert len(first[0]) == 4
 
@@ -177,8 +175,8 @@ class _Probe(nn.Module):
     def hidden_states(self, input_ids: Tensor, **kwargs) -> Tensor:
         return self.inner.hidden_states(input_ids, **kwargs)
 
-    def init_kv_caches(self, batch_size: int, max_seq_len: int | None = None):
-        return self.inner.init_kv_caches(batch_size, max_seq_len)
+    def init_cache(self, batch_size: int, max_seq_len: int | None = None):
+        return self.inner.init_cache(batch_size, max_seq_len)
 
 
 def test_an_incremental_decoder_feeds_one_token_per_step():

@@ -40,11 +40,13 @@ def test_cached_decoding_equals_full_decoding(norm, positions):
     model = _model(norm, positions)
     src, mask = _padded_batch()
     tgt = torch.randint(3, 40, (3, 7), generator=torch.Generator().manual_seed(2))
-    full = model(src, tgt, src_mask=mask)  # (B, T, V)
-    memory = model.encode(src, mask)
-    caches = model.init_caches(3, target_len=7, source_len=9)
-    first = model.decode(tgt[:, :3], memory, mask, caches=caches)  # a prefix, then one token at a time
-    steps = [model.decode(tgt[:, t : t + 1], memory, mask, caches=caches) for t in range(3, 7)]
+    full = model(src, tgt, attention_mask=mask)  # (B, T, V)
+    memory = model.encode(src, attention_mask=mask)
+    caches = model.init_cache(3, target_len=7, source_len=9)
+    first = model.decode(
+        tgt[:, :3], memory, memory_mask=mask, cache=caches
+    )  # a prefix, then one token at a time
+    steps = [model.decode(tgt[:, t : t + 1], memory, memory_mask=mask, cache=caches) for t in range(3, 7)]
     torch.testing.assert_close(torch.cat([first, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
     assert caches.seq_len == 7
 
@@ -54,39 +56,39 @@ def test_source_padding_is_ignored(norm, positions):
     model = _model(norm, positions)
     src, mask = _padded_batch()
     tgt = torch.randint(3, 40, (3, 5), generator=torch.Generator().manual_seed(3))
-    batched = model(src, tgt, src_mask=mask)
+    batched = model(src, tgt, attention_mask=mask)
     for i in range(3):
         n = int(mask[i].sum())
         alone = model(src[i : i + 1, :n], tgt[i : i + 1])  # no padding, no mask
         torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=1e-5)
     garbage = src.masked_fill(mask == 0, 7)  # what sits under the padding does not matter either
-    torch.testing.assert_close(model(garbage, tgt, src_mask=mask), batched)
+    torch.testing.assert_close(model(garbage, tgt, attention_mask=mask), batched)
 
 
 def test_reorder_moves_cached_rows():
     model = _model()
     src, mask = _padded_batch()
     tgt = torch.randint(3, 40, (3, 4), generator=torch.Generator().manual_seed(4))
-    memory = model.encode(src, mask)
-    caches = model.init_caches(3, target_len=4, source_len=9)
-    model.decode(tgt[:, :3], memory, mask, caches=caches)
+    memory = model.encode(src, attention_mask=mask)
+    caches = model.init_cache(3, target_len=4, source_len=9)
+    model.decode(tgt[:, :3], memory, memory_mask=mask, cache=caches)
     order = torch.tensor([2, 0, 0])
     caches.reorder(order)
-    moved = model.decode(tgt[order, 3:], memory[order], mask[order], caches=caches)
-    torch.testing.assert_close(moved[:, -1], model(src[order], tgt[order], src_mask=mask[order])[:, -1])
-    caches = model.init_caches(3, target_len=4, source_len=9)
-    model.decode(tgt[:, :3], memory, mask, caches=caches)
+    moved = model.decode(tgt[order, 3:], memory[order], memory_mask=mask[order], cache=caches)
+    torch.testing.assert_close(moved[:, -1], model(src[order], tgt[order], attention_mask=mask[order])[:, -1])
+    caches = model.init_cache(3, target_len=4, source_len=9)
+    model.decode(tgt[:, :3], memory, memory_mask=mask, cache=caches)
     rows = torch.tensor([0, 0, 1, 1, 2, 2])  # one row per source becomes two (beam search's expansion)
     caches.reorder(rows)
-    grown = model.decode(tgt[rows, 3:], memory[rows], mask[rows], caches=caches)
-    torch.testing.assert_close(grown[:, -1], model(src[rows], tgt[rows], src_mask=mask[rows])[:, -1])
+    grown = model.decode(tgt[rows, 3:], memory[rows], memory_mask=mask[rows], cache=caches)
+    torch.testing.assert_close(grown[:, -1], model(src[rows], tgt[rows], attention_mask=mask[rows])[:, -1])
 
 
 def test_embeddings_shared_and_tied_as_asked():
     shared = _model()
     assert shared.src_embed.tokens is shared.tgt_embed.tokens
     assert shared.lm_head.weight is shared.tgt_embed.tokens.weight
-    separate = _model(share_embeddings=False, tie_output=False)
+    separate = _model(share_embeddings=False, tie_weights=False)
     assert separate.src_embed.tokens is not separate.tgt_embed.tokens
     assert separate.lm_head.weight is not separate.tgt_embed.tokens.weight
     assert separate.num_parameters() == shared.num_parameters() + 2 * 40 * 32
@@ -108,10 +110,10 @@ def test_sources_and_targets_longer_than_the_positions_are_refused():
     with pytest.raises(ValueError, match="sequence length 17 exceeds the model's max_seq_len=16"):
         model.encode(torch.ones(1, 17, dtype=torch.long))
     memory = model.encode(torch.ones(1, 4, dtype=torch.long))
-    caches = model.init_caches(1, target_len=20, source_len=4)
-    model.decode(torch.ones(1, 16, dtype=torch.long), memory, caches=caches)
+    caches = model.init_cache(1, target_len=20, source_len=4)
+    model.decode(torch.ones(1, 16, dtype=torch.long), memory, cache=caches)
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len=16"):
-        model.decode(torch.ones(1, 1, dtype=torch.long), memory, caches=caches)
+        model.decode(torch.ones(1, 1, dtype=torch.long), memory, cache=caches)
 
 
 def test_sinusoidal_positions_follow_the_paper():

@@ -121,7 +121,7 @@ def test_cross_attention_reads_memory_and_caches_it_once():
     memory_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     cache = KVCache(batch_size=2, num_heads=NH, head_dim=HS, max_seq_len=5)
     with torch.no_grad():
-        expected = plain(x, memory, memory_padding_mask=memory_mask)
+        expected = plain(x, memory, memory_mask=memory_mask)
         torch.testing.assert_close(ours(x, memory=memory, padding_mask=memory_mask), expected)
         first = ours(x[:, :1], memory=memory, padding_mask=memory_mask, kv_cache=cache)
         second = ours(x[:, 1:2], memory=torch.zeros_like(memory), padding_mask=memory_mask, kv_cache=cache)

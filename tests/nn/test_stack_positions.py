@@ -37,9 +37,9 @@ def test_cached_decoding_adds_the_positions_after_the_cached_ones():
     ids = torch.randint(0, 11, (2, 9))
     with torch.no_grad():
         full = model(ids)
-        caches = model.init_kv_caches(2)
-        steps = [model(ids[:, :5], kv_caches=caches)]
-        steps += [model(ids[:, t : t + 1], kv_caches=caches) for t in range(5, 9)]
+        caches = model.init_cache(2)
+        steps = [model(ids[:, :5], cache=caches)]
+        steps += [model(ids[:, t : t + 1], cache=caches) for t in range(5, 9)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     # explicit position ids (left padding) are what gets embedded
     shifted = torch.arange(2, 11).expand(2, -1)

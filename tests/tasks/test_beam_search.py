@@ -11,7 +11,7 @@ from zoo.models.seq2seq import Transformer
 from zoo.tasks.beam_search import beam_search, greedy_search, normalized_score, step_log_probs
 
 PAD, BOS, EOS = 0, 1, 2
-SPECIAL = dict(bos_id=BOS, eos_id=EOS, banned_ids=(PAD, BOS))
+SPECIAL = dict(bos_token_id=BOS, eos_token_id=EOS, banned_ids=(PAD, BOS))
 
 
 def _model(vocab_size: int, *, sharpen: float = 1.0) -> Transformer:
@@ -44,7 +44,7 @@ def _sequence_log_prob(model, src, tokens: list[int], max_len: int) -> float:
     tgt = torch.tensor([[BOS, *tokens]])
     logits = model(src, tgt)[0]  # (T, V)
     force = torch.arange(1, len(tokens) + 2) >= max_len
-    logp = step_log_probs(logits, eos_id=EOS, banned_ids=(PAD, BOS), force_eos=force)
+    logp = step_log_probs(logits, eos_token_id=EOS, banned_ids=(PAD, BOS), force_eos=force)
     return float(logp[torch.arange(len(tokens) + 1), torch.tensor([*tokens, EOS])].sum())
 
 

@@ -187,7 +187,7 @@ def test_inverse_sqrt_schedule_on_the_decay_groups():
 
 def test_data_and_model_must_agree(toy_data, tmp_path):
     with pytest.raises(ValueError, match="special tokens"):
-        _trainer(tmp_path, max_steps=1).fit(_task(toy_data.vocab_size, eos_id=5), datamodule=toy_data)
+        _trainer(tmp_path, max_steps=1).fit(_task(toy_data.vocab_size, eos_token_id=5), datamodule=toy_data)
     short = Translation(
         Transformer(vocab_size=toy_data.vocab_size, max_seq_len=16, embed_dim=32, num_heads=2)
     )

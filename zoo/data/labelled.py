@@ -122,16 +122,16 @@ class LengthBucketSampler(ResumableSampler):
 
 
 def pad_batch(
-    items: list[dict[str, Any]], *, pad_id: int, sequence_keys: dict[str, int] | None = None
+    items: list[dict[str, Any]], *, pad_token_id: int, sequence_keys: dict[str, int] | None = None
 ) -> dict[str, Tensor]:
-    """Collate encoded examples: right-pad ``input_ids`` (with ``pad_id``) and ``token_type_ids`` (0) to
+    """Collate encoded examples: right-pad ``input_ids`` (with ``pad_token_id``) and ``token_type_ids`` (0) to
     the longest one, add ``attention_mask``; pad each key of ``sequence_keys`` (per-token lists, e.g.
     tagging ``labels``) with its fill value; stack the other keys (``labels`` of a classifier, ``index``)."""
     sequence_keys = sequence_keys or {}
     width = max(len(item["input_ids"]) for item in items)
     shape = (len(items), width)
     batch = {
-        "input_ids": torch.full(shape, pad_id, dtype=torch.long),
+        "input_ids": torch.full(shape, pad_token_id, dtype=torch.long),
         "attention_mask": torch.zeros(shape, dtype=torch.long),
         "token_type_ids": torch.zeros(shape, dtype=torch.long),
         **{key: torch.full(shape, fill, dtype=torch.long) for key, fill in sequence_keys.items()},
@@ -241,7 +241,7 @@ class LabelledDataModule(TokenizedDataModule):
         return load_pretrained_tokenizer(self.tokenizer_spec)
 
     @property
-    def pad_id(self) -> int:
+    def pad_token_id(self) -> int:
         return pad_token_id(self.tokenizer)
 
     def setup(self, stage: str | None = None) -> None:
@@ -299,7 +299,9 @@ class LabelledDataModule(TokenizedDataModule):
     """Per-token keys of the encoded examples and their padding values (set by subclasses)."""
 
     def _loader(self, dataset: Examples, batch_size: int, sampler: Any = None) -> DataLoader:
-        collate = functools.partial(pad_batch, pad_id=self.pad_id, sequence_keys=self.sequence_keys)
+        collate = functools.partial(
+            pad_batch, pad_token_id=self.pad_token_id, sequence_keys=self.sequence_keys
+        )
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -59,24 +59,26 @@ class TranslationCollator:
     ``</s>`` (``-100`` at padding); ``index`` (B,) and, for evaluation sets, ``references`` (raw text).
 
     Args:
-        pad_id: Padding id.
-        bos_id: Start-of-target id.
-        eos_id: End-of-sentence id.
+        pad_token_id: Padding id.
+        bos_token_id: Start-of-target id.
+        eos_token_id: End-of-sentence id.
     """
 
-    def __init__(self, *, pad_id: int, bos_id: int, eos_id: int) -> None:
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+    def __init__(self, *, pad_token_id: int, bos_token_id: int, eos_token_id: int) -> None:
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        eos, bos = torch.tensor([self.eos_id]), torch.tensor([self.bos_id])
+        eos, bos = torch.tensor([self.eos_token_id]), torch.tensor([self.bos_token_id])
         source = [torch.cat([e["source"], eos]) for e in examples]
         batch: dict[str, Any] = {
-            "input_ids": _pad(source, self.pad_id),
+            "input_ids": _pad(source, self.pad_token_id),
             "attention_mask": _pad([torch.ones_like(s) for s in source], 0),
             "index": torch.tensor([e["index"] for e in examples]),
         }
         if "target" in examples[0]:
-            batch["decoder_input_ids"] = _pad([torch.cat([bos, e["target"]]) for e in examples], self.pad_id)
+            batch["decoder_input_ids"] = _pad(
+                [torch.cat([bos, e["target"]]) for e in examples], self.pad_token_id
+            )
             batch["labels"] = _pad([torch.cat([e["target"], eos]) for e in examples], IGNORE_INDEX)
         if "reference" in examples[0]:
             batch["references"] = [e["reference"] for e in examples]

@@ -187,15 +187,15 @@ class ParallelTextDataModule(TokenizedDataModule):
 
     # -- tokenizer ---------------------------------------------------------------------------------
     @property
-    def pad_id(self) -> int:
+    def pad_token_id(self) -> int:
         return self._special(PAD)
 
     @property
-    def bos_id(self) -> int:
+    def bos_token_id(self) -> int:
         return self._special(BOS)
 
     @property
-    def eos_id(self) -> int:
+    def eos_token_id(self) -> int:
         return self._special(EOS)
 
     def encode(self, text: str) -> list[int]:
@@ -261,7 +261,9 @@ class ParallelTextDataModule(TokenizedDataModule):
 
     @property
     def collator(self) -> TranslationCollator:
-        return TranslationCollator(pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id)
+        return TranslationCollator(
+            pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id
+        )
 
     # -- internals ---------------------------------------------------------------------------------
     def _files(self, specs: list[str]) -> list[Path]:

@@ -539,7 +539,7 @@ class BertPretrainingDataModule(TokenizedDataModule):
         for n, line in enumerate(self.predict_lines):
             fill = [int(i == ids["mask"]) for i in line.input_ids]
             items.append({"input_ids": line.input_ids, "fill_positions": fill, "index": n})
-        collate = functools.partial(pad_batch, pad_id=ids["pad"], sequence_keys={"fill_positions": 0})
+        collate = functools.partial(pad_batch, pad_token_id=ids["pad"], sequence_keys={"fill_positions": 0})
         return DataLoader(
             Examples(items),
             batch_size=self.eval_batch_size,

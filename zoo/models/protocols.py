@@ -6,7 +6,10 @@ zoo's own families included. A task declares its protocol in the class attribute
 and `check_backbone` verifies it once, when the task is built, so a backbone that cannot serve fails with
 one message naming every missing member instead of an ``AttributeError`` in the middle of a run.
 
-Method names are today's (``init_kv_caches`` for decoders, ``init_caches`` for encoder-decoders).
+One vocabulary for every family: ``hidden_states`` is a network's last-layer states (B, T, C),
+``attention_mask`` its input's padding mask (1 at real tokens) and ``memory_mask`` the source's inside a
+decoder, ``init_cache`` makes the key/value cache that ``cache=`` passes back (with ``reorder`` for beam
+search), ``tie_weights`` shares the output layer with the token table and ``pad_token_id`` names padding.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ __all__ = [
     "CausalDecoder",
     "Encoder",
     "EncoderDecoder",
+    "HiddenStates",
     "IncrementalDecoder",
     "MaskedLMEncoder",
     "check_backbone",
@@ -58,24 +62,43 @@ class IncrementalDecoder(CausalDecoder, Protocol):
 
     def hidden_states(self, input_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor: ...
 
-    def init_kv_caches(self, batch_size: int, max_seq_len: int | None = None) -> Any: ...
+    def init_cache(self, batch_size: int, max_seq_len: int | None = None) -> Any: ...
 
 
 @runtime_checkable
-class Encoder(Protocol):
-    """A bidirectional encoder: ``encode(input_ids, *, attention_mask, token_type_ids) -> (B, T, C)``.
+class HiddenStates(Protocol):
+    """A network that gives one vector per input token: what the fine-tuning tasks need
+    (`zoo.tasks.SequenceClassification`, `zoo.tasks.TokenClassification`).
 
-    ``embed_dim`` is C, ``layers`` the sequence of blocks (layer-wise learning-rate decay counts them),
-    ``embeddings`` the input embedding module (``freeze_embeddings`` freezes it).
+    ``hidden_states(input_ids (B, T), *, attention_mask) -> (B, T, C)`` and ``embed_dim`` (C). An `Encoder`
+    is also given the batch's ``token_type_ids``. Layer-wise learning-rate decay also needs ``layers`` (the
+    blocks, in order) and ``freeze_embeddings`` needs ``embeddings`` (the input embedding modules); they
+    are checked when those options are set.
+
+    Implemented by: `zoo.models.bert.Bert`, `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama`.
+    """
+
+    embed_dim: int
+
+    def hidden_states(self, input_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor: ...
+
+
+@runtime_checkable
+class Encoder(HiddenStates, Protocol):
+    """A bidirectional encoder with segment (token type) ids:
+    ``hidden_states(input_ids, *, attention_mask, token_type_ids) -> (B, T, C)``.
+
+    ``type_vocab_size`` is the number of segment ids, ``layers`` the sequence of blocks and
+    ``embeddings`` the input embedding module.
 
     Implemented by: `zoo.models.bert.Bert`.
     """
 
-    embed_dim: int
+    type_vocab_size: int
     layers: Any
     embeddings: Any
 
-    def encode(
+    def hidden_states(
         self, input_ids: Tensor, *, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
     ) -> Tensor: ...
 
@@ -101,26 +124,28 @@ class MaskedLMEncoder(Encoder, Protocol):
 class EncoderDecoder(Protocol):
     """A sequence-to-sequence network: what `zoo.tasks.Translation` and its beam search need.
 
-    ``forward(src_ids (B, S), tgt_ids (B, T), *, src_mask) -> (B, T, V)`` teacher-forced;
-    ``encode(src_ids, src_mask) -> memory (B, S, C)``;
-    ``decode(tgt_ids, memory, src_mask, *, caches) -> (B, T, V)``;
-    ``init_caches(batch_size, *, target_len, source_len)`` for incremental decoding; ``max_seq_len`` caps
-    the length of a translation.
+    ``forward(src_ids (B, S), tgt_ids (B, T), *, attention_mask) -> (B, T, V)`` teacher-forced;
+    ``encode(src_ids, *, attention_mask) -> memory (B, S, C)``;
+    ``decode(tgt_ids, memory, *, memory_mask, cache) -> (B, T, V)``;
+    ``init_cache(batch_size, *, target_len, source_len)`` for incremental decoding (its ``reorder(index)``
+    serves beam search); ``max_seq_len`` caps the length of a translation.
 
     Implemented by: `zoo.models.seq2seq.Transformer`.
     """
 
     max_seq_len: int
 
-    def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, src_mask: Tensor | None = None) -> Tensor: ...
-
-    def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor: ...
-
-    def decode(
-        self, tgt_ids: Tensor, memory: Tensor, src_mask: Tensor | None = None, *, caches: Any = None
+    def forward(
+        self, src_ids: Tensor, tgt_ids: Tensor, *, attention_mask: Tensor | None = None
     ) -> Tensor: ...
 
-    def init_caches(self, batch_size: int, *, target_len: int, source_len: int) -> Any: ...
+    def encode(self, src_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor: ...
+
+    def decode(
+        self, tgt_ids: Tensor, memory: Tensor, *, memory_mask: Tensor | None = None, cache: Any = None
+    ) -> Tensor: ...
+
+    def init_cache(self, batch_size: int, *, target_len: int, source_len: int) -> Any: ...
 
 
 def protocol_members(protocol: type) -> dict[str, str]:

@@ -214,7 +214,7 @@ class CrossAttention(_Attention):
         x: Tensor,
         memory: Tensor,
         *,
-        memory_padding_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
     ) -> Tensor:
         """Attend ``x`` (B, T, C) to ``memory`` (B, S, Cm); returns (B, T, C).
@@ -222,7 +222,7 @@ class CrossAttention(_Attention):
         Args:
             x: Query sequence.
             memory: Encoder output.
-            memory_padding_mask: (B, S) with 1 at real source tokens.
+            memory_mask: (B, S) with 1 at real source tokens.
             kv_cache: Filled with the memory's keys/values on first use, then only read.
         """
         q = self._split(self.q_proj(x))  # (B, nh, T, hs)
@@ -234,9 +234,9 @@ class CrossAttention(_Attention):
             if kv_cache is not None:
                 k, v = kv_cache.update(k, v)
         mask = None
-        if memory_padding_mask is not None:
+        if memory_mask is not None:
             mask = build_attention_mask(
-                key_padding_mask=memory_padding_mask,
+                key_padding_mask=memory_mask,
                 num_queries=q.shape[2],
                 num_keys=k.shape[2],
                 causal=False,

@@ -60,7 +60,7 @@ class PreNormBlock(_Block):
         causal: bool = False,
         kv_cache: KVCache | None = None,
         memory: Tensor | None = None,
-        memory_padding_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
         cross_kv_cache: KVCache | None = None,
     ) -> Tensor:
         """(B, T, C) -> (B, T, C); see `SelfAttention.forward` for the mask arguments."""
@@ -72,7 +72,7 @@ class PreNormBlock(_Block):
             h = self.cross_attn(
                 self.cross_attn_norm(x),
                 memory,
-                memory_padding_mask=memory_padding_mask,
+                memory_mask=memory_mask,
                 kv_cache=cross_kv_cache,
             )
             x = x + self.dropout(h)
@@ -100,7 +100,7 @@ class PostNormBlock(_Block):
         causal: bool = False,
         kv_cache: KVCache | None = None,
         memory: Tensor | None = None,
-        memory_padding_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
         cross_kv_cache: KVCache | None = None,
         query_index: Tensor | None = None,
     ) -> Tensor:
@@ -113,6 +113,6 @@ class PostNormBlock(_Block):
             x = x.gather(1, query_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N, C)
         x = self.self_attn_norm(x + self.dropout(h))
         if self.cross_attn is not None:
-            h = self.cross_attn(x, memory, memory_padding_mask=memory_padding_mask, kv_cache=cross_kv_cache)
+            h = self.cross_attn(x, memory, memory_mask=memory_mask, kv_cache=cross_kv_cache)
             x = self.cross_attn_norm(x + self.dropout(h))
         return self.mlp_norm(x + self.mlp(x))

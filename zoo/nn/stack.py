@@ -166,7 +166,7 @@ class DecoderLM(nn.Module):
 
     A family subclasses it and only builds the parts (see `zoo.models.llama.Llama`); this class gives it
     the surface `zoo.tasks.CausalLM` and `zoo.tasks.generation` use: ``forward``, ``hidden_states``,
-    ``init_kv_caches``, ``flops_per_token``, ``reset_parameters``, ``max_seq_len``, ``vocab_size``.
+    ``init_cache``, ``flops_per_token``, ``reset_parameters``, ``max_seq_len``, ``vocab_size``.
 
     Args:
         tokens: Token embedding, vocab_size -> C.
@@ -218,12 +218,12 @@ class DecoderLM(nn.Module):
         *,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        kv_caches: DecoderCache | None = None,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
         """Next-token logits (B, T, vocab_size); arguments as `hidden_states`."""
         return self.lm_head(
             self.hidden_states(
-                input_ids, attention_mask=attention_mask, position_ids=position_ids, kv_caches=kv_caches
+                input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache
             )
         )
 
@@ -233,18 +233,18 @@ class DecoderLM(nn.Module):
         *,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        kv_caches: DecoderCache | None = None,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
         """Final normalised hidden states (B, T, C) for ``input_ids`` (B, T).
 
         Args:
             input_ids: Token ids.
-            attention_mask: (B, Tk) with 1 at real tokens; with ``kv_caches`` it covers cached plus new ones.
+            attention_mask: (B, Tk) with 1 at real tokens; with ``cache`` it covers cached plus new ones.
             position_ids: (B, T) positions (left padding needs them); defaults to consecutive positions
                 after the cached ones.
-            kv_caches: From `init_kv_caches`, for incremental decoding.
+            cache: From `init_cache`, for incremental decoding.
         """
-        end = (kv_caches.seq_len if kv_caches is not None else 0) + input_ids.shape[1]
+        end = (cache.seq_len if cache is not None else 0) + input_ids.shape[1]
         if position_ids is None and end > self.max_seq_len:
             raise ValueError(f"sequence length {end} exceeds max_seq_len={self.max_seq_len}")
         x = self.tokens(input_ids)  # (B, T, C)
@@ -253,9 +253,9 @@ class DecoderLM(nn.Module):
                 past = end - input_ids.shape[1]
                 position_ids = torch.arange(past, end, device=input_ids.device)  # (T,)
             x = x + self.absolute_positions(position_ids)  # (B, T, C) or (T, C), broadcast over B
-        return self.decoder(x, padding_mask=attention_mask, position_ids=position_ids, cache=kv_caches)
+        return self.decoder(x, padding_mask=attention_mask, position_ids=position_ids, cache=cache)
 
-    def init_kv_caches(
+    def init_cache(
         self,
         batch_size: int,
         max_seq_len: int | None = None,

@@ -46,14 +46,16 @@ def max_lengths(src_ids: Tensor, src_mask: Tensor | None, *, a: float, b: int, l
     return (lengths.double() * a + b).floor().long().clamp(1, limit)
 
 
-def step_log_probs(logits: Tensor, *, eos_id: int, banned_ids: Sequence[int], force_eos: Tensor) -> Tensor:
+def step_log_probs(
+    logits: Tensor, *, eos_token_id: int, banned_ids: Sequence[int], force_eos: Tensor
+) -> Tensor:
     """Next-token log-probabilities (N, V) in float32 from logits (N, V): banned ids get ``-inf``, and rows
     where ``force_eos`` (N,) is set may only end."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     if banned_ids:
         logp[:, list(banned_ids)] = -math.inf
     only_eos = torch.full_like(logp[0], -math.inf)
-    only_eos[eos_id] = 0.0
+    only_eos[eos_token_id] = 0.0
     return torch.where(force_eos[:, None], torch.where(only_eos == 0.0, logp, only_eos), logp)
 
 
@@ -63,8 +65,8 @@ def greedy_search(
     src_ids: Tensor,
     src_mask: Tensor | None = None,
     *,
-    bos_id: int,
-    eos_id: int,
+    bos_token_id: int,
+    eos_token_id: int,
     banned_ids: Sequence[int] = (),
     max_len_a: float = 0.0,
     max_len_b: int = 200,
@@ -72,26 +74,28 @@ def greedy_search(
     """The most likely next token at every step, for a batch of sources (B, S); stops when every row
     has ended."""
     B, S = src_ids.shape
-    memory = model.encode(src_ids, src_mask)  # (B, S, C)
+    memory = model.encode(src_ids, attention_mask=src_mask)  # (B, S, C)
     limits = max_lengths(src_ids, src_mask, a=max_len_a, b=max_len_b, limit=model.max_seq_len)
-    caches = model.init_caches(B, target_len=int(limits.max()), source_len=S)
-    step = torch.full((B, 1), bos_id, dtype=torch.long, device=src_ids.device)
+    caches = model.init_cache(B, target_len=int(limits.max()), source_len=S)
+    step = torch.full((B, 1), bos_token_id, dtype=torch.long, device=src_ids.device)
     log_prob = torch.zeros(B, dtype=torch.float32, device=src_ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=src_ids.device)
     out = []
     for t in range(int(limits.max())):
-        logits = model.decode(step, memory, src_mask, caches=caches)[:, -1]  # (B, V)
-        logp = step_log_probs(logits, eos_id=eos_id, banned_ids=banned_ids, force_eos=t + 1 >= limits)
+        logits = model.decode(step, memory, memory_mask=src_mask, cache=caches)[:, -1]  # (B, V)
+        logp = step_log_probs(
+            logits, eos_token_id=eos_token_id, banned_ids=banned_ids, force_eos=t + 1 >= limits
+        )
         best, nxt = logp.max(dim=-1)  # (B,), (B,)
         log_prob += best.masked_fill(done, 0.0)
-        nxt = nxt.masked_fill(done, eos_id)
+        nxt = nxt.masked_fill(done, eos_token_id)
         out.append(nxt)
-        done |= nxt == eos_id
+        done |= nxt == eos_token_id
         if bool(done.all()):
             break
         step = nxt[:, None]
     rows = torch.stack(out, dim=1).tolist()  # (B, T)
-    return [Hypothesis(row[: row.index(eos_id)], lp) for row, lp in zip(rows, log_prob.tolist())]
+    return [Hypothesis(row[: row.index(eos_token_id)], lp) for row, lp in zip(rows, log_prob.tolist())]
 
 
 @torch.inference_mode()
@@ -100,8 +104,8 @@ def beam_search(
     src_ids: Tensor,
     src_mask: Tensor | None = None,
     *,
-    bos_id: int,
-    eos_id: int,
+    bos_token_id: int,
+    eos_token_id: int,
     beam_size: int = 5,
     length_penalty: float = 1.0,
     banned_ids: Sequence[int] = (),
@@ -122,10 +126,12 @@ def beam_search(
     if K < 1:
         raise ValueError(f"beam_size must be at least 1, got {K}")
     limits = max_lengths(src_ids, src_mask, a=max_len_a, b=max_len_b, limit=model.max_seq_len)
-    memory = model.encode(src_ids, src_mask)  # (B, S, C)
-    caches = model.init_caches(B, target_len=int(limits.max()), source_len=S)
-    bos = torch.full((B, 1), bos_id, dtype=torch.long, device=device)
-    first = model.decode(bos, memory, src_mask, caches=caches)[:, -1]  # (B, V); memory keys/values cached
+    memory = model.encode(src_ids, attention_mask=src_mask)  # (B, S, C)
+    caches = model.init_cache(B, target_len=int(limits.max()), source_len=S)
+    bos = torch.full((B, 1), bos_token_id, dtype=torch.long, device=device)
+    first = model.decode(bos, memory, memory_mask=src_mask, cache=caches)[
+        :, -1
+    ]  # (B, V); memory keys/values cached
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,): the sentence of each beam row
     caches.reorder(rows)  # K copies of each sentence's caches
     memory, mask = memory[rows], src_mask[rows] if src_mask is not None else None  # (B*K, S, C), (B*K, S)
@@ -134,15 +140,21 @@ def beam_search(
     tokens = bos[rows]  # (B*K, 1)
     search = _Finished(B, K, length_penalty, limits.tolist())
     for t in range(int(limits.max())):
-        logits = first[rows] if t == 0 else model.decode(tokens[:, -1:], memory, mask, caches=caches)[:, -1]
-        logp = step_log_probs(logits, eos_id=eos_id, banned_ids=banned_ids, force_eos=t + 1 >= limits[rows])
+        logits = (
+            first[rows]
+            if t == 0
+            else model.decode(tokens[:, -1:], memory, memory_mask=mask, cache=caches)[:, -1]
+        )
+        logp = step_log_probs(
+            logits, eos_token_id=eos_token_id, banned_ids=banned_ids, force_eos=t + 1 >= limits[rows]
+        )
         V = logp.shape[-1]
         candidates = (scores.view(B * K, 1) + logp).view(B, K * V)
         top, index = candidates.topk(2 * K, dim=1)  # (B, 2K) each, best first
         beam, token = index // V, index % V
-        search.add(t, top, beam, token, tokens, eos_id)
+        search.add(t, top, beam, token, tokens, eos_token_id)
         # the first K candidates that do not end live on (a beam has one end candidate, so K remain)
-        order = (token == eos_id).long() * 2 * K + torch.arange(2 * K, device=device)  # (B, 2K)
+        order = (token == eos_token_id).long() * 2 * K + torch.arange(2 * K, device=device)  # (B, 2K)
         keep = order.argsort(dim=1)[:, :K]  # (B, K)
         scores = top.gather(1, keep).masked_fill(search.done_mask(scores.device)[:, None], -math.inf)
         search.update_done(t, scores)
@@ -169,9 +181,11 @@ class _Finished:
     def done_mask(self, device: torch.device) -> Tensor:
         return torch.tensor(self.done, dtype=torch.bool, device=device)
 
-    def add(self, t: int, top: Tensor, beam: Tensor, token: Tensor, tokens: Tensor, eos_id: int) -> None:
+    def add(
+        self, t: int, top: Tensor, beam: Tensor, token: Tensor, tokens: Tensor, eos_token_id: int
+    ) -> None:
         """Finish the candidates that end among each sentence's first K."""
-        ends = (token[:, : self.K] == eos_id) & (top[:, : self.K] > -math.inf)  # (B, K)
+        ends = (token[:, : self.K] == eos_token_id) & (top[:, : self.K] > -math.inf)  # (B, K)
         for b, j in ends.nonzero().tolist():
             if self.done[b]:
                 continue

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from zoo.errors import check_positive, check_probability
 from zoo.models.pretrained import load_pretrained
+from zoo.models.protocols import Encoder, HiddenStates
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
@@ -25,9 +26,9 @@ LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=0, min_lr_ratio=0.0)
 class FinetuneTask(BackboneTask):
     """Base class for tasks that put a head on a (usually pretrained) backbone.
 
-    The backbone provides ``encode(input_ids, *, attention_mask, token_type_ids) -> (B, T, C)`` (BERT) or
-    ``hidden_states(input_ids, *, attention_mask) -> (B, T, C)`` (GPT-2), a ``embed_dim`` attribute, and
-    names its parts ``embeddings`` and ``layers.<i>`` (for freezing and layer-wise learning rates).
+    The backbone is a `zoo.models.protocols.HiddenStates`: ``hidden_states(input_ids, *, attention_mask)
+    -> (B, T, C)`` and ``embed_dim``; an `zoo.models.protocols.Encoder` (BERT) also gets the batch's
+    ``token_type_ids``. Freezing needs its ``embeddings``, layer-wise learning rates its ``layers``.
 
     Args:
         backbone: The network or its spec; see `BackboneTask`.
@@ -51,6 +52,8 @@ class FinetuneTask(BackboneTask):
     Raises:
         ValueError: ``layer_lr_decay`` outside (0, 1] (the message names it).
     """
+
+    backbone_protocol = HiddenStates
 
     def __init__(
         self,
@@ -129,9 +132,10 @@ class FinetuneTask(BackboneTask):
         mask = batch.get("attention_mask")
         if mask is not None and bool(mask.all()):
             mask = None  # no padding in this batch: attention runs unmasked, on a faster kernel
-        encode = getattr(self.backbone, "encode", None)
-        if encode is not None:
-            return encode(batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids"))
+        if isinstance(self.backbone, Encoder):  # segment ids: BERT's sentence A/B
+            return self.backbone.hidden_states(
+                batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids")
+            )
         return self.backbone.hidden_states(batch["input_ids"], attention_mask=mask)
 
     def parameter_groups(self) -> list[dict[str, Any]]:

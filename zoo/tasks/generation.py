@@ -69,12 +69,14 @@ def pick_next(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_token_id: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """Left-pad prompts into ids (B, P) and attention mask (B, P) (1 at real tokens)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, each with at least one token")
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long, device=device)
@@ -103,12 +105,12 @@ def generate(
 
     A row stops at its first stop token (which is not returned). A prompt longer than the backbone's
     ``max_seq_len`` is an error. When prompt plus new tokens fit the backbone's ``max_seq_len`` and it
-    offers ``init_kv_caches`` (a `zoo.models.protocols.IncrementalDecoder`), decoding is incremental (each
+    offers ``init_cache`` (a `zoo.models.protocols.IncrementalDecoder`), decoding is incremental (each
     step feeds one token); otherwise every step re-reads the last ``max_seq_len`` tokens (a sliding
     window, O(T²) for T tokens; a backbone that is no ``IncrementalDecoder`` is warned of it once).
 
     The backbone is called as ``backbone(input_ids, attention_mask=...)``, plus ``position_ids`` when its
-    ``forward`` accepts them (needed for correct positions under left padding) and ``kv_caches``.
+    ``forward`` accepts them (needed for correct positions under left padding) and ``cache``.
 
     Raises:
         ValueError: A prompt is empty or longer than the context, or a sampling argument is out of range
@@ -125,7 +127,7 @@ def generate(
                 f"prompt {i} has {len(prompt)} tokens, more than the model's context of max_seq_len="
                 f"{max_len}; shorten it (generation may run past the context, the prompt may not)"
             )
-    ids, mask = left_pad(prompts, pad_id=0, device=device)
+    ids, mask = left_pad(prompts, pad_token_id=0, device=device)
     B, P = ids.shape
     incremental = isinstance(backbone, IncrementalDecoder)
     if not incremental:
@@ -136,7 +138,7 @@ def generate(
     out = ids.new_zeros(B, max_new_tokens)
     sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     if use_cache:
-        caches = backbone.init_kv_caches(B, P + max_new_tokens)
+        caches = backbone.init_cache(B, P + max_new_tokens)
         # Every tensor a step needs is built here, once: a step is then only the forward pass.
         padded = bool((mask == 0).any())
         full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1) if padded else None
@@ -148,7 +150,7 @@ def generate(
             ids,
             attention_mask=full_mask[:, :P] if padded else None,
             position_ids=positions_from_mask(mask),
-            kv_caches=caches,
+            cache=caches,
         )
 
         def advance(i: int, nxt: Tensor) -> Tensor:  # feed only the new token; the cache holds the rest
@@ -156,7 +158,7 @@ def generate(
                 nxt[:, None],
                 attention_mask=full_mask[:, : P + i + 1] if padded else None,
                 position_ids=step_positions[:, i : i + 1],
-                kv_caches=caches,
+                cache=caches,
             )
     else:
         takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters

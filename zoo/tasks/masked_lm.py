@@ -70,7 +70,7 @@ class MaskedLM(BackboneTask):
     are ``-100`` except at the masked positions) and, with ``nsp``, ``next_sentence_label`` (B,), 0 when
     segment B follows A and 1 when it is random (see `zoo.data.BertPretrainingDataModule`).
 
-    The backbone provides ``encode(input_ids, *, attention_mask, token_type_ids) -> (B, T, C)``,
+    The backbone provides ``hidden_states(input_ids, *, attention_mask, token_type_ids) -> (B, T, C)``,
     ``mlm_logits((N, C)) -> (N, V)`` and, for NSP, ``pool((B, T, C)) -> (B, C)`` and
     ``nsp_logits((B, C)) -> (B, 2)``, as `zoo.models.bert.Bert` does. The MLM head runs on the
     masked positions only (about 15% of the tokens), which saves most of its ``C x V`` projection.
@@ -194,7 +194,7 @@ class MaskedLM(BackboneTask):
         order = torch.argsort((~is_target).to(torch.int8), dim=1, stable=True)[:, :width]  # (B, M)
         filled = torch.arange(width, device=is_target.device) < counts[:, None]  # (B, M)
         positions = torch.cat([order.new_zeros(len(order), 1), order * filled], dim=1)  # (B, 1 + M)
-        hidden = self.backbone.encode(
+        hidden = self.backbone.hidden_states(
             batch["input_ids"],
             attention_mask=_padding_mask(batch.get("attention_mask")),
             token_type_ids=batch.get("token_type_ids"),

@@ -34,6 +34,8 @@ _OLD_OPTIMIZER = {
     "weight_decay": ("weight_decay", 0.1),
 }
 _OLD_SCHEDULE = {"warmup_steps": 100, "min_lr_ratio": 0.1, "total_steps": None}
+_RENAMED = {"pad_id": "pad_token_id", "bos_id": "bos_token_id", "eos_id": "eos_token_id"}  # Translation
+_RENAMED_BACKBONE = {"tie_output": "tie_weights"}  # seq2seq Transformer
 
 
 def adamw(*, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.01) -> dict:
@@ -188,10 +190,14 @@ def schedule_length(trainer: Any) -> int:
 
 
 def migrate_hparams(hparams: dict[str, Any], task: type | str | None) -> dict[str, Any]:
-    """Hyper-parameters of a checkpoint written before ``optimizer``/``lr_scheduler`` existed (with
-    ``learning_rate``, ``betas``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``, ``total_steps`` at
-    the top level) in today's layout: AdamW, and the task's default schedule class with the old values.
-    Hyper-parameters in today's layout come back unchanged."""
+    """Hyper-parameters of an older checkpoint in today's layout; today's come back unchanged (the same
+    object).
+
+    Older layouts: ``learning_rate``, ``betas``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``,
+    ``total_steps`` at the top level (before ``optimizer``/``lr_scheduler`` existed) become AdamW and the
+    task's default schedule class with the old values; ``pad_id``/``bos_id``/``eos_id`` become
+    ``pad_token_id``/``bos_token_id``/``eos_token_id`` and the backbone's ``tie_output`` ``tie_weights``."""
+    hparams = _renamed(hparams)
     old = set(_OLD_OPTIMIZER) | set(_OLD_SCHEDULE)
     if not old & set(hparams) or "optimizer" in hparams:
         return hparams
@@ -205,6 +211,21 @@ def migrate_hparams(hparams: dict[str, Any], task: type | str | None) -> dict[st
         old_args = {k: hparams.get(k, d) for k, d in _OLD_SCHEDULE.items() if k in accepted}
         schedule = {"class_path": schedule["class_path"], "init_args": {**schedule["init_args"], **old_args}}
     new["lr_scheduler"] = schedule
+    return new
+
+
+def _renamed(hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` with the arguments renamed since it was written (``hparams`` itself when none was)."""
+    backbone = hparams.get("backbone")
+    init_args = backbone.get("init_args") if isinstance(backbone, dict) else None
+    stale = set(_RENAMED) & set(hparams)
+    stale_backbone = set(_RENAMED_BACKBONE) & set(init_args or {})
+    if not stale and not stale_backbone:
+        return hparams
+    new = {_RENAMED.get(k, k): v for k, v in hparams.items()}
+    if stale_backbone:
+        renamed = {_RENAMED_BACKBONE.get(k, k): v for k, v in init_args.items()}
+        new["backbone"] = {**backbone, "init_args": renamed}
     return new
 
 

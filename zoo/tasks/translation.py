@@ -58,9 +58,9 @@ class Translation(BackboneTask):
         max_len_a: Outputs are at most ``max_len_a * source_length + max_len_b`` tokens (``</s>``
             included), and never longer than the backbone's positions.
         max_len_b: See ``max_len_a``.
-        pad_id: Padding id of the data's tokenizer (never generated).
-        bos_id: Start-of-target id (fed first, never generated).
-        eos_id: End-of-sentence id.
+        pad_token_id: Padding id of the data's tokenizer (never generated).
+        bos_token_id: Start-of-target id (fed first, never generated).
+        eos_token_id: End-of-sentence id.
     """
 
     backbone_protocol = EncoderDecoder
@@ -79,9 +79,9 @@ class Translation(BackboneTask):
         length_penalty: float = 1.0,
         max_len_a: float = 1.2,
         max_len_b: int = 10,
-        pad_id: int = 0,
-        bos_id: int = 1,
-        eos_id: int = 2,
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
     ) -> None:
         super().__init__(
             backbone,
@@ -95,7 +95,7 @@ class Translation(BackboneTask):
         self.val_beam_size = val_beam_size
         self.length_penalty = length_penalty
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
         self.val_metrics = _metrics()
         self.test_metrics = _metrics()
 
@@ -103,7 +103,7 @@ class Translation(BackboneTask):
         self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Tensor | None = None
     ) -> Tensor:
         """Teacher-forced logits (B, T, V)."""
-        return self.backbone(input_ids, decoder_input_ids, src_mask=attention_mask)
+        return self.backbone(input_ids, decoder_input_ids, attention_mask=attention_mask)
 
     def loss(self, logits: Tensor, labels: Tensor, label_smoothing: float | None = None) -> Tensor:
         """Mean (label-smoothed) cross-entropy over the target tokens whose label is not ``-100``."""
@@ -141,7 +141,11 @@ class Translation(BackboneTask):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         data = self.trainer.datamodule
-        ours = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
+        ours = {
+            "pad_token_id": self.pad_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+        }
         theirs = {name: getattr(data, name, value) for name, value in ours.items()}
         if theirs != ours:
             raise ValueError(
@@ -156,9 +160,9 @@ class Translation(BackboneTask):
         decoded with ``beam_size`` (default: the task's; 1 is greedy)."""
         beam_size = self.beam_size if beam_size is None else beam_size
         args = dict(
-            bos_id=self.bos_id,
-            eos_id=self.eos_id,
-            banned_ids=(self.pad_id, self.bos_id),
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            banned_ids=(self.pad_token_id, self.bos_token_id),
             max_len_a=self.max_len_a,
             max_len_b=self.max_len_b,
         )

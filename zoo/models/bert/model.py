@@ -81,7 +81,7 @@ class MaskedLMHead(nn.Module):
 class Bert(Configurable, nn.Module):
     """BERT encoder (Devlin et al., 2019) with optional pretraining heads.
 
-    The methods are the pieces a task needs: `encode` for hidden states, `pool` for the
+    The methods are the pieces a task needs: `hidden_states`, `pool` for the
     [CLS] summary, `mlm_logits` (on any gathered positions, so an MLM task can skip the
     unmasked ones) and `nsp_logits`. `forward` chains them over every position.
 
@@ -125,6 +125,7 @@ class Bert(Configurable, nn.Module):
         self.num_layers = num_layers
         self.embed_dim = embed_dim
         self.pad_token_id = pad_token_id
+        self.type_vocab_size = type_vocab_size
         self.embeddings = TokenEmbedding(
             vocab_size=vocab_size,
             embed_dim=embed_dim,
@@ -204,7 +205,7 @@ class Bert(Configurable, nn.Module):
     ) -> BertPretrainingOutput:
         """MLM logits at every position and NSP logits, for inference and parity checks.
 
-        Training an MLM should call `encode` and run `mlm_logits` on the masked positions only.
+        Training an MLM should call `hidden_states` and run `mlm_logits` on the masked positions only.
 
         Args:
             input_ids: (B, T) token ids.
@@ -214,10 +215,10 @@ class Bert(Configurable, nn.Module):
         Returns:
             ``(mlm_logits (B, T, V), nsp_logits (B, 2))``.
         """
-        hidden = self.encode(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        hidden = self.hidden_states(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return BertPretrainingOutput(self.mlm_logits(hidden), self.nsp_logits(self.pool(hidden)))
 
-    def encode(
+    def hidden_states(
         self,
         input_ids: Tensor,
         *,

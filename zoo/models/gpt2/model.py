@@ -130,20 +130,20 @@ class GPT2(Configurable, nn.Module):
         *,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        kv_caches: list[KVCache] | None = None,
+        cache: list[KVCache] | None = None,
     ) -> Tensor:
         """Next-token logits (B, T, vocab_size) for ``input_ids`` (B, T).
 
         Args:
             input_ids: Token ids.
-            attention_mask: (B, Tk) with 1 at real tokens and 0 at padding; with ``kv_caches`` it covers
+            attention_mask: (B, Tk) with 1 at real tokens and 0 at padding; with ``cache`` it covers
                 cached plus new positions.
             position_ids: (B, T) positions; defaults to consecutive positions after the cached ones.
-            kv_caches: One `KVCache` per layer (see `init_kv_caches`) for incremental decoding.
+            cache: One `KVCache` per layer (see `init_cache`) for incremental decoding.
         """
         return self.lm_head(
             self.hidden_states(
-                input_ids, attention_mask=attention_mask, position_ids=position_ids, kv_caches=kv_caches
+                input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache
             )
         )
 
@@ -153,10 +153,10 @@ class GPT2(Configurable, nn.Module):
         *,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        kv_caches: list[KVCache] | None = None,
+        cache: list[KVCache] | None = None,
     ) -> Tensor:
         """Final normalised hidden states (B, T, C); same arguments as `forward`."""
-        past = kv_caches[0].seq_len if kv_caches else 0
+        past = cache[0].seq_len if cache else 0
         T = input_ids.shape[1]
         if position_ids is None:
             if past + T > self.max_seq_len:
@@ -164,11 +164,10 @@ class GPT2(Configurable, nn.Module):
             position_ids = torch.arange(past, past + T, device=input_ids.device)
         x = self.embeddings(input_ids, position_ids=position_ids)  # (B, T, C)
         for i, layer in enumerate(self.layers):
-            cache = kv_caches[i] if kv_caches else None
-            x = layer(x, padding_mask=attention_mask, causal=True, kv_cache=cache)
+            x = layer(x, padding_mask=attention_mask, causal=True, kv_cache=cache[i] if cache else None)
         return self.norm(x)
 
-    def init_kv_caches(
+    def init_cache(
         self,
         batch_size: int,
         max_seq_len: int | None = None,

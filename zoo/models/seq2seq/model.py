@@ -39,7 +39,7 @@ for CPUs."""
 
 @dataclass
 class DecoderCaches:
-    """Key/value caches of every decoder layer for incremental decoding (see `Transformer.init_caches`).
+    """Key/value caches of every decoder layer for incremental decoding (see `Transformer.init_cache`).
 
     Attributes:
         self_attn: One cache per layer for the target's own keys/values; grows by one step per call.
@@ -109,7 +109,7 @@ class Transformer(Configurable, nn.Module):
             warm-up) or ``"post"`` (the paper's: a norm after each residual addition).
         positions: ``"sinusoidal"`` (the paper's, fixed) or ``"learned"``.
         share_embeddings: One token table for source and target (needs a joint vocabulary).
-        tie_output: Use the target token table as the output projection.
+        tie_weights: Use the target token table as the output projection.
         bias: Biases in linear layers and LayerNorms.
         layer_norm_eps: LayerNorm epsilon.
     """
@@ -132,7 +132,7 @@ class Transformer(Configurable, nn.Module):
         norm: Literal["pre", "post"] = "pre",
         positions: Literal["sinusoidal", "learned"] = "sinusoidal",
         share_embeddings: bool = True,
-        tie_output: bool = True,
+        tie_weights: bool = True,
         bias: bool = True,
         layer_norm_eps: float = 1e-5,
     ) -> None:
@@ -170,7 +170,7 @@ class Transformer(Configurable, nn.Module):
             nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias) if final_norm else nn.Identity()
         )
         self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
-        if tie_output:
+        if tie_weights:
             self.lm_head.weight = tgt_tokens.weight
         self.reset_parameters()
 
@@ -206,54 +206,55 @@ class Transformer(Configurable, nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
 
-    def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, src_mask: Tensor | None = None) -> Tensor:
+    def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
         """Teacher-forced logits (B, T, vocab_size): position ``t`` predicts target token ``t + 1``.
 
         Args:
             src_ids: (B, S) source ids.
             tgt_ids: (B, T) decoder input (BOS then the target, right-padded: the causal mask keeps
                 padding out of every real position's view).
-            src_mask: (B, S) with 1 at real source tokens and 0 at padding; ``None`` when unpadded.
+            attention_mask: (B, S) with 1 at real source tokens and 0 at padding; ``None`` when unpadded.
         """
-        return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask)
+        memory = self.encode(src_ids, attention_mask=attention_mask)
+        return self.decode(tgt_ids, memory, memory_mask=attention_mask)
 
-    def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
-        """Encoder output ("memory") (B, S, C) for ``src_ids`` (B, S); ``src_mask`` as in `forward`."""
+    def encode(self, src_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
+        """Encoder output ("memory") (B, S, C) for ``src_ids`` (B, S); ``attention_mask`` as in `forward`."""
         x = self.src_embed(src_ids)  # (B, S, C)
         for layer in self.encoder_layers:
-            x = layer(x, padding_mask=src_mask)
+            x = layer(x, padding_mask=attention_mask)
         return self.encoder_norm(x)
 
     def decode(
         self,
         tgt_ids: Tensor,
         memory: Tensor,
-        src_mask: Tensor | None = None,
         *,
-        caches: DecoderCaches | None = None,
+        memory_mask: Tensor | None = None,
+        cache: DecoderCaches | None = None,
     ) -> Tensor:
         """Logits (B, T, vocab_size) for target ids (B, T) given the memory (B, S, C).
 
         Args:
-            tgt_ids: Decoder input; with ``caches``, only the positions after those already cached.
+            tgt_ids: Decoder input; with ``cache``, only the positions after those already cached.
             memory: Encoder output.
-            src_mask: (B, S) source padding mask (1 at real tokens).
-            caches: From `init_caches`: keys/values of earlier positions and of the memory, which are
+            memory_mask: (B, S) source padding mask (1 at real tokens).
+            cache: From `init_cache`: keys/values of earlier positions and of the memory, which are
                 computed on the first call only.
         """
-        x = self.tgt_embed(tgt_ids, start=caches.seq_len if caches else 0)  # (B, T, C)
+        x = self.tgt_embed(tgt_ids, start=cache.seq_len if cache else 0)  # (B, T, C)
         for i, layer in enumerate(self.decoder_layers):
             x = layer(
                 x,
                 causal=True,
-                kv_cache=caches.self_attn[i] if caches else None,
+                kv_cache=cache.self_attn[i] if cache else None,
                 memory=memory,
-                memory_padding_mask=src_mask,
-                cross_kv_cache=caches.cross_attn[i] if caches else None,
+                memory_mask=memory_mask,
+                cross_kv_cache=cache.cross_attn[i] if cache else None,
             )
         return self.lm_head(self.decoder_norm(x))
 
-    def init_caches(
+    def init_cache(
         self,
         batch_size: int,
         *,

@@ -90,7 +90,7 @@ def test_cached_decoding_equals_full_decoding(tmp_path):
     ids, _, left = _batch()
     positions = positions_from_mask(left)
     caches = ours.init_cache(3, 11)
-    assert caches[0].k.shape == (3, 2, 11, 12)  # only the 2 key/value heads are cached
+    assert caches.self_attn[0].k.shape == (3, 2, 11, 12)  # only the 2 key/value heads are cached
     with torch.no_grad():
         full_logits = ours(ids, attention_mask=left, position_ids=positions)
         steps = [

@@ -9,14 +9,12 @@ from torch import nn
 from zoo.nn import (
     ALiBiPositions,
     Attention,
-    CrossAttention,
-    DecoderBlock,
     DecoderStack,
     GatedMLP,
     KVCache,
+    PreNormBlock,
     RMSNorm,
     RotaryPositions,
-    SelfAttention,
 )
 
 C, NH, HS = 32, 4, 8
@@ -37,21 +35,50 @@ def _attention(num_kv_heads: int, positions=None, causal: bool = True, bias: boo
     ).eval()
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_full_kv_heads_is_plain_multi_head_attention(causal):
-    ours = _attention(NH, causal=causal, bias=True)
-    plain = SelfAttention(embed_dim=C, num_heads=NH).eval()
+def _fused(ours: Attention, causal: bool) -> Attention:
+    """``ours`` (separate q/k/v projections) with one fused qkv_proj holding the same weights."""
+    qkv = nn.Linear(C, 3 * C, bias=ours.q_proj.bias is not None)
     with torch.no_grad():
-        plain.qkv_proj.weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
-        plain.qkv_proj.bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
-        plain.out_proj.load_state_dict(ours.out_proj.state_dict())
+        qkv.weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        if qkv.bias is not None:
+            qkv.bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+    return Attention(qkv_proj=qkv, out_proj=ours.out_proj, num_heads=NH, head_dim=HS, causal=causal).eval()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_qkv_equals_separate_projections(causal):
+    ours = _attention(NH, causal=causal, bias=True)
+    fused = _fused(ours, causal)
+    assert list(dict(fused.named_children())) == ["out_proj", "qkv_proj"]  # old checkpoints' order
     x = torch.randn(2, 7, C)
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), plain(x, causal=causal))
-        got, expected = ours(x, padding_mask=mask), plain(x, padding_mask=mask, causal=causal)
+        torch.testing.assert_close(ours(x), fused(x))
+        got, expected = ours(x, padding_mask=mask), fused(x, padding_mask=mask)
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_query_index_computes_only_the_chosen_rows(fused):
+    attn = _attention(NH, causal=False, bias=True)
+    attn = _fused(attn, causal=False) if fused else attn
+    x, mask = torch.randn(2, 7, C), torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    index = torch.tensor([[0, 3, 6], [0, 1, 4]])
+    with torch.no_grad():
+        full = attn(x, padding_mask=mask)
+        some = attn(x, padding_mask=mask, query_index=index)  # (B, 3, C)
+    torch.testing.assert_close(some, full.gather(1, index.unsqueeze(-1).expand(-1, -1, C)))
+    with pytest.raises(ValueError, match="query_index is for bidirectional attention"):
+        _attention(NH, causal=True)(x, query_index=index)
+
+
+def test_a_projection_set_that_is_not_one_of_the_three_is_refused():
+    linear = nn.Linear(C, C)
+    with pytest.raises(
+        ValueError, match="qkv_proj, or q_proj with k_proj and v_proj, or q_proj with kv_proj"
+    ):
+        Attention(q_proj=linear, out_proj=linear, num_heads=NH, head_dim=HS)
 
 
 def test_grouped_heads_equal_multi_head_with_repeated_key_value_heads():
@@ -101,28 +128,35 @@ def test_padded_rows_equal_unpadded_rows(positions):
 
 def test_cross_attention_reads_memory_and_caches_it_once():
     torch.manual_seed(3)
-    plain = CrossAttention(embed_dim=C, num_heads=NH, memory_dim=16).eval()
-    k_w, v_w = plain.kv_proj.weight.split(C)
-    k_b, v_b = plain.kv_proj.bias.split(C)
     ours = Attention(
-        q_proj=plain.q_proj,
+        q_proj=nn.Linear(C, C),
         k_proj=nn.Linear(16, C),
         v_proj=nn.Linear(16, C),
-        out_proj=plain.out_proj,
+        out_proj=nn.Linear(C, C),
         num_heads=NH,
         head_dim=HS,
         positions=RotaryPositions(head_dim=HS, max_seq_len=16),  # never applied across sequences
         causal=True,  # nor is the causal mask
     ).eval()
+    kv = nn.Linear(16, 2 * C)  # the same keys/values from one fused projection
     with torch.no_grad():
-        ours.k_proj.weight.copy_(k_w), ours.k_proj.bias.copy_(k_b)
-        ours.v_proj.weight.copy_(v_w), ours.v_proj.bias.copy_(v_b)
+        kv.weight.copy_(torch.cat([ours.k_proj.weight, ours.v_proj.weight]))
+        kv.bias.copy_(torch.cat([ours.k_proj.bias, ours.v_proj.bias]))
+    fused = Attention(
+        q_proj=ours.q_proj, kv_proj=kv, out_proj=ours.out_proj, num_heads=NH, head_dim=HS
+    ).eval()
     x, memory = torch.randn(2, 3, C), torch.randn(2, 5, 16)
     memory_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     cache = KVCache(batch_size=2, num_heads=NH, head_dim=HS, max_seq_len=5)
     with torch.no_grad():
-        expected = plain(x, memory, memory_mask=memory_mask)
+        projected = (ours.q_proj(x), ours.k_proj(memory), ours.v_proj(memory))
+        split = [t.reshape(2, -1, NH, HS).transpose(1, 2) for t in projected]  # (B, nh, T or S, hs)
+        scores = split[0] @ split[1].transpose(-1, -2) / HS**0.5  # (B, nh, 3, 5)
+        scores = scores.masked_fill(~memory_mask[:, None, None].bool(), float("-inf"))
+        direct = (scores.softmax(-1) @ split[2]).transpose(1, 2).reshape(2, 3, C)
+        expected = ours.out_proj(direct)
         torch.testing.assert_close(ours(x, memory=memory, padding_mask=memory_mask), expected)
+        torch.testing.assert_close(fused(x, memory=memory, padding_mask=memory_mask), expected)
         first = ours(x[:, :1], memory=memory, padding_mask=memory_mask, kv_cache=cache)
         second = ours(x[:, 1:2], memory=torch.zeros_like(memory), padding_mask=memory_mask, kv_cache=cache)
     assert cache.seq_len == 5  # filled once from the memory, then only read
@@ -167,8 +201,8 @@ def _stack() -> DecoderStack:
     torch.manual_seed(5)
     rope = RotaryPositions(head_dim=HS, max_seq_len=16)
 
-    def block() -> DecoderBlock:
-        return DecoderBlock(
+    def block() -> PreNormBlock:
+        return PreNormBlock(
             self_attn=_attention(2, positions=rope),
             mlp=GatedMLP(embed_dim=C, hidden_dim=48, activation=nn.SiLU()),
             self_attn_norm=RMSNorm(C),
@@ -182,7 +216,7 @@ def test_decoder_stack_cache_decodes_like_the_full_pass_and_reorders_for_beams()
     stack = _stack()
     x = torch.randn(2, 7, C)
     cache = stack.init_cache(2, 7)
-    assert len(cache) == 2 and cache[0].k.shape == (2, 2, 7, HS)
+    assert len(cache) == 2 and cache.self_attn[0].k.shape == (2, 2, 7, HS)
     with torch.no_grad():
         full = stack(x)
         steps = [stack(x[:, :5], cache=cache)] + [stack(x[:, t : t + 1], cache=cache) for t in (5, 6)]

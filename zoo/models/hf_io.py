@@ -1,6 +1,9 @@
 """Reading and writing Hugging Face-style model directories (``config.json`` + weights).
 
-Family-agnostic file handling only; the key names of each family live in its ``convert.py``.
+Family-agnostic file handling only; the key names of each family live in its ``convert.py``, which
+registers its ``load``/``save`` pair here (`register_converter`). A family's ``from_hf``/``to_hf`` come from
+`HFConvertible` and look the pair up, so ``model.py`` never imports ``convert.py``: conversion depends on
+the model, never the other way round.
 """
 
 from __future__ import annotations
@@ -18,6 +21,37 @@ import torch
 from torch import Tensor
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+_CONVERTERS: dict[type, tuple[Callable[..., Any], Callable[..., Path]]] = {}
+
+
+def register_converter(cls: type, *, load: Callable[..., Any], save: Callable[..., Path]) -> None:
+    """Make ``cls.from_hf`` call ``load(cls, name_or_path, **kwargs)`` and ``model.to_hf`` call
+    ``save(model, directory, **kwargs)`` (a family's ``convert.py`` does this when imported)."""
+    _CONVERTERS[cls] = (load, save)
+
+
+def _converter(cls: type) -> tuple[Callable[..., Any], Callable[..., Path]]:
+    for klass in cls.__mro__:  # a subclass of a family converts as the family does
+        if klass in _CONVERTERS:
+            return _CONVERTERS[klass]
+    raise TypeError(f"no Hugging Face conversion is registered for {cls.__name__}")
+
+
+class HFConvertible:
+    """``from_hf``/``to_hf`` for a model class whose ``convert.py`` called `register_converter`."""
+
+    @classmethod
+    def from_hf(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """Load a Hugging Face model directory (``config.json`` plus ``model.safetensors`` or
+        ``pytorch_model.bin``), a ``python:<package>`` bundle, or a Hub name (online, with
+        ``huggingface_hub``); the family's ``convert.load_hf`` documents its keyword arguments."""
+        return _converter(cls)[0](cls, name_or_path, **kwargs)
+
+    def to_hf(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write this model as a Hugging Face directory (safetensors, atomic) that ``transformers`` loads;
+        the family's ``convert.save_hf`` documents its keyword arguments."""
+        return _converter(type(self))[1](self, directory, **kwargs)
 
 
 PACKAGE_PREFIX = "python:"

@@ -1,24 +1,22 @@
 """Family-agnostic Transformer building blocks (no Lightning here)."""
 
-from zoo.nn.attention import CrossAttention, KVCache, SelfAttention, build_attention_mask
+from zoo.nn.attention import Attention, KVCache, build_attention_mask
 from zoo.nn.block import PostNormBlock, PreNormBlock
 from zoo.nn.embeddings import SinusoidalPositions, TokenEmbedding
-from zoo.nn.gqa import Attention
 from zoo.nn.heads import last_token_index, pool_first, pool_last, pool_mean
 from zoo.nn.mlp import MLP, GatedMLP
 from zoo.nn.norms import RMSNorm
 from zoo.nn.positions import ALiBiPositions, LearnedPositions, Positions, RotaryPositions
-from zoo.nn.stack import DecoderBlock, DecoderCache, DecoderLM, DecoderStack
+from zoo.nn.stack import DecoderCache, DecoderLM, DecoderStack, EncoderStack
 
 __all__ = [
     "MLP",
     "ALiBiPositions",
     "Attention",
-    "CrossAttention",
-    "DecoderBlock",
     "DecoderCache",
     "DecoderLM",
     "DecoderStack",
+    "EncoderStack",
     "GatedMLP",
     "KVCache",
     "LearnedPositions",
@@ -27,7 +25,6 @@ __all__ = [
     "PreNormBlock",
     "RMSNorm",
     "RotaryPositions",
-    "SelfAttention",
     "SinusoidalPositions",
     "TokenEmbedding",
     "build_attention_mask",

@@ -1,8 +1,13 @@
-"""Multi-head attention on ``torch.nn.functional.scaled_dot_product_attention``.
+"""Attention assembled from injected parts, on ``torch.nn.functional.scaled_dot_product_attention``.
 
-Two classes share one core: `SelfAttention` projects queries, keys and values with one fused
-linear layer (one matmul instead of three), `CrossAttention` projects queries from the decoder
-stream and keys/values from an encoder memory. Both accept a `KVCache` for incremental decoding.
+`Attention` does self-attention (keys and values from the input) and cross-attention (from a ``memory``)
+in one class. Its projections are whatever modules the caller passes, so an adapter (LoRA) or a
+quantised layer arrives by injection: separate ``q_proj``/``k_proj``/``v_proj`` (Llama, BERT in
+transformers), or fused ``qkv_proj`` (one matmul for self-attention: GPT-2, zoo's BERT) and ``kv_proj``
+(cross-attention's memory side). A relative position encoding (`zoo.nn.positions`) is applied to queries
+and keys. Grouped-query attention (Ainslie et al. 2023) shares each key/value head among
+``num_heads // num_kv_heads`` query heads; ``num_kv_heads == num_heads`` is plain multi-head attention and
+``num_kv_heads == 1`` multi-query attention. A `KVCache` holds keys/values for incremental decoding.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from zoo.errors import check_positive, check_probability
 
 
 class KVCache(nn.Module):
@@ -58,9 +65,18 @@ class KVCache(nn.Module):
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def reorder(self, index: Tensor) -> None:
-        """Keep the batch rows ``index`` (N,), in that order (beam search: each beam's parent row)."""
-        self.k = self.k.index_select(0, index)  # (N, nh, T, hs)
-        self.v = self.v.index_select(0, index)  # (N, nh, T, hs)
+        """Make row ``i`` continue row ``index[i]``: (N,) row ids, which may repeat rows and change the
+        batch size (beam search: one row per source, then one per beam, each beam its parent's row)."""
+        n = self.seq_len
+        if len(index) == self.k.shape[0]:  # in place, only the filled positions
+            self.k[:, :, :n] = self.k[:, :, :n].index_select(0, index)  # (B, nh, n, hs)
+            self.v[:, :, :n] = self.v[:, :, :n].index_select(0, index)
+        else:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)  # (N, nh, T, hs)
+
+    def cached(self) -> tuple[Tensor, Tensor]:
+        """The keys and values stored so far, (B, nh, seq_len, hs) each."""
+        return self.k[:, :, : self.seq_len], self.v[:, :, : self.seq_len]
 
 
 def build_attention_mask(
@@ -99,147 +115,181 @@ def build_attention_mask(
     return mask
 
 
-class _Attention(nn.Module):
-    """Shared head split, SDPA call and output projection."""
-
-    def __init__(self, *, embed_dim: int, num_heads: int, dropout: float, bias: bool) -> None:
-        super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
-        self.dropout = dropout
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-
-    def _split(self, x: Tensor) -> Tensor:
-        B, T, _ = x.shape
-        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, Tq, hs)
-        B, _, T, _ = y.shape
-        y = y.transpose(1, 2).reshape(B, T, self.embed_dim)  # (B, Tq, C)
-        return self.out_proj(y)
+# SDPA shares key/value heads itself from torch 2.5 on; before that the heads are repeated.
+_SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
 
 
-class SelfAttention(_Attention):
-    """Multi-head self-attention with a fused QKV projection.
+class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads and injected projections.
+
+    Give either ``qkv_proj`` (self-attention, fused), or ``q_proj`` with ``k_proj`` and ``v_proj`` or
+    with a fused ``kv_proj``.
 
     Args:
-        embed_dim: Model width C.
-        num_heads: Number of heads; must divide ``embed_dim``.
+        out_proj: nh·hs -> C.
+        num_heads: Query heads nh.
+        head_dim: Size of one head hs.
+        q_proj: C -> nh·hs (queries).
+        k_proj: Cm -> nkv·hs (keys; Cm = C for self-attention, the memory width for cross-attention).
+        v_proj: Cm -> nkv·hs (values).
+        qkv_proj: C -> (nh + 2·nkv)·hs: queries, keys and values in one matmul (self-attention only).
+        kv_proj: Cm -> 2·nkv·hs: keys and values in one matmul.
+        num_kv_heads: Key/value heads nkv, dividing ``num_heads``; ``None`` means ``num_heads``.
+        positions: Relative position encoding (`zoo.nn.RotaryPositions`, `zoo.nn.ALiBiPositions`);
+            ``None`` for none (absolute positions are added to the embeddings instead). Not applied to
+            cross-attention.
+        causal: Query ``i`` sees keys up to its own position only (self-attention in a decoder).
         dropout: Attention-probability dropout (training only).
-        bias: Whether the projections have biases.
-    """
 
-    def __init__(self, *, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
-        super().__init__(embed_dim=embed_dim, num_heads=num_heads, dropout=dropout, bias=bias)
-        self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
-
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        padding_mask: Tensor | None = None,
-        causal: bool = False,
-        kv_cache: KVCache | None = None,
-        query_index: Tensor | None = None,
-    ) -> Tensor:
-        """Attend ``x`` (B, T, C) to itself; returns (B, T, C), or (B, N, C) with ``query_index``.
-
-        Args:
-            x: Input sequence.
-            padding_mask: (B, Tk) with 1 at real tokens; with a cache, Tk covers cached plus new tokens.
-            causal: Apply the causal mask.
-            kv_cache: Cache to append this call's keys/values to and attend over.
-            query_index: (B, N) positions whose outputs are wanted: only their queries are computed,
-                keys and values still cover every position (a last layer read at a few positions).
-        """
-        C = self.embed_dim
-        if query_index is None:
-            q, k, v = self.qkv_proj(x).split(C, dim=2)
-        else:
-            if kv_cache is not None or causal:
-                raise ValueError("query_index is for bidirectional attention without a KV cache")
-            w, b = self.qkv_proj.weight, self.qkv_proj.bias
-            rows = x.gather(1, query_index.unsqueeze(-1).expand(-1, -1, C))  # (B, N, C)
-            q = F.linear(rows, w[:C], None if b is None else b[:C])  # (B, N, C)
-            k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)  # (B, T, C) each
-        q, k, v = self._split(q), self._split(k), self._split(v)  # (B, nh, T, hs)
-        if kv_cache is not None:
-            k, v = kv_cache.update(k, v)  # (B, nh, Tk, hs)
-        Tq, Tk = q.shape[2], k.shape[2]
-        if padding_mask is None and (not causal or Tq == Tk):
-            return self._attend(q, k, v, None, is_causal=causal)  # fast path: no explicit mask
-        if padding_mask is None and Tq == 1:
-            return self._attend(q, k, v, None, is_causal=False)  # one new token sees the whole cache
-        mask = build_attention_mask(
-            key_padding_mask=padding_mask, num_queries=Tq, num_keys=Tk, causal=causal, device=x.device
-        )
-        return self._attend(q, k, v, mask, is_causal=False)
-
-
-class CrossAttention(_Attention):
-    """Multi-head attention from a query stream onto a memory (encoder output).
-
-    The memory's keys and values depend only on the source, so with a ``kv_cache`` they are computed
-    on the first call and reused for every later decoding step.
-
-    Args:
-        embed_dim: Width of the query stream C.
-        num_heads: Number of heads; must divide ``embed_dim``.
-        memory_dim: Width of the memory (defaults to ``embed_dim``).
-        dropout: Attention-probability dropout (training only).
-        bias: Whether the projections have biases.
+    Raises:
+        ValueError: Sizes that are not positive or do not divide, or a projection set other than the
+            three above.
     """
 
     def __init__(
         self,
         *,
-        embed_dim: int,
+        out_proj: nn.Module,
         num_heads: int,
-        memory_dim: int | None = None,
+        head_dim: int,
+        q_proj: nn.Module | None = None,
+        k_proj: nn.Module | None = None,
+        v_proj: nn.Module | None = None,
+        qkv_proj: nn.Module | None = None,
+        kv_proj: nn.Module | None = None,
+        num_kv_heads: int | None = None,
+        positions: nn.Module | None = None,
+        causal: bool = False,
         dropout: float = 0.0,
-        bias: bool = True,
     ) -> None:
-        super().__init__(embed_dim=embed_dim, num_heads=num_heads, dropout=dropout, bias=bias)
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.kv_proj = nn.Linear(memory_dim or embed_dim, 2 * embed_dim, bias=bias)
+        super().__init__()
+        num_kv_heads = num_kv_heads or num_heads
+        check_positive("Attention", num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
+        check_probability("Attention", dropout=dropout)
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}")
+        fused = (q_proj is None, qkv_proj is not None, kv_proj is not None)
+        if fused not in {(True, True, False), (False, False, True), (False, False, False)} or (
+            (k_proj is None) != (v_proj is None)
+            or (k_proj is None) != (qkv_proj is not None or kv_proj is not None)
+        ):
+            raise ValueError(
+                "Attention takes qkv_proj, or q_proj with k_proj and v_proj, or q_proj with kv_proj"
+            )
+        if qkv_proj is not None or kv_proj is not None:
+            # fused: out_proj first, the parameter order of checkpoints from before the stacks
+            self.out_proj, self.qkv_proj, self.q_proj, self.kv_proj = out_proj, qkv_proj, q_proj, kv_proj
+            self.k_proj = self.v_proj = None
+        else:
+            self.q_proj, self.k_proj, self.v_proj, self.out_proj = q_proj, k_proj, v_proj, out_proj
+            self.qkv_proj = self.kv_proj = None
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.positions = positions
+        self.causal = causal
+        self.dropout = dropout
+
+    def _split(self, x: Tensor, heads: int) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, heads, self.head_dim).transpose(1, 2)  # (B, heads, T, hs)
+
+    def _project(
+        self, x: Tensor, source: Tensor, query_index: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries of ``x`` (only the rows ``query_index``, when given) and keys/values of ``source``."""
+        kv = self.num_kv_heads * self.head_dim
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split([self.num_heads * self.head_dim, kv, kv], dim=2)
+            q = q if query_index is None else _rows(q, query_index)  # (B, N, nh·hs)
+        else:
+            q = self.q_proj(x if query_index is None else _rows(x, query_index))
+            if self.kv_proj is not None:
+                k, v = self.kv_proj(source).split(kv, dim=2)
+            else:
+                k, v = self.k_proj(source), self.v_proj(source)
+        heads = self.num_kv_heads
+        return self._split(q, self.num_heads), self._split(k, heads), self._split(v, heads)
 
     def forward(
         self,
         x: Tensor,
-        memory: Tensor,
         *,
-        memory_mask: Tensor | None = None,
+        memory: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        query_index: Tensor | None = None,
     ) -> Tensor:
-        """Attend ``x`` (B, T, C) to ``memory`` (B, S, Cm); returns (B, T, C).
+        """Attend ``x`` (B, T, C) to itself, or to ``memory`` (B, S, Cm); returns (B, T, C), or (B, N, C)
+        with ``query_index``.
 
         Args:
             x: Query sequence.
-            memory: Encoder output.
-            memory_mask: (B, S) with 1 at real source tokens.
-            kv_cache: Filled with the memory's keys/values on first use, then only read.
+            memory: Keys/values source for cross-attention; ``None`` for self-attention.
+            padding_mask: (B, Tk) with 1 at real keys; with a self-attention cache Tk covers cached plus
+                new tokens.
+            position_ids: (B, T) or (T,) positions of ``x`` for the position encoding; defaults to the
+                positions after the cached ones.
+            kv_cache: Self-attention: this call's keys/values are appended and all cached ones attended.
+                Cross-attention: filled from ``memory`` on first use, then only read.
+            query_index: (B, N) positions whose outputs are wanted (bidirectional attention without a
+                cache or relative positions): only their queries are attended; keys and values still cover
+                every position (a last layer read at a few positions).
         """
-        q = self._split(self.q_proj(x))  # (B, nh, T, hs)
-        if kv_cache is not None and kv_cache.seq_len > 0:
-            k, v = kv_cache.k[:, :, : kv_cache.seq_len], kv_cache.v[:, :, : kv_cache.seq_len]
-        else:
-            k, v = self.kv_proj(memory).split(self.embed_dim, dim=2)
-            k, v = self._split(k), self._split(v)  # (B, nh, S, hs)
-            if kv_cache is not None:
-                k, v = kv_cache.update(k, v)
-        mask = None
-        if memory_mask is not None:
-            mask = build_attention_mask(
-                key_padding_mask=memory_mask,
-                num_queries=q.shape[2],
-                num_keys=k.shape[2],
-                causal=False,
-                device=x.device,
+        cross = memory is not None
+        if query_index is not None and (kv_cache is not None or self.causal or self.positions is not None):
+            raise ValueError(
+                "query_index is for bidirectional attention without a cache or relative positions"
             )
-        return self._attend(q, k, v, mask, is_causal=False)
+        if cross and kv_cache is not None and kv_cache.seq_len > 0:  # the memory's keys/values, cached once
+            q = self._split(self.q_proj(x), self.num_heads)  # (B, nh, T, hs)
+            k, v = kv_cache.cached()  # (B, nkv, S, hs)
+        else:
+            q, k, v = self._project(x, memory if cross else x, query_index)  # (B, nh, T, hs), (B, nkv, S, hs)
+            if self.positions is not None and not cross:
+                if position_ids is None:
+                    past = kv_cache.seq_len if kv_cache is not None else 0
+                    position_ids = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
+                q, k = self.positions.apply(q, k, position_ids)
+            if kv_cache is not None:
+                k, v = kv_cache.update(k, v)  # (B, nkv, Tk, hs)
+        return self.out_proj(self._attend(q, k, v, padding_mask, cross=cross))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, padding_mask: Tensor | None, cross: bool) -> Tensor:
+        B, _, Tq, _ = q.shape
+        Tk = k.shape[2]
+        causal = self.causal and not cross
+        bias = self.positions.bias(Tq, Tk) if self.positions is not None and not cross else None
+        mask, is_causal = None, False
+        if padding_mask is not None or bias is not None or (causal and Tq != Tk and Tq > 1):
+            mask = build_attention_mask(
+                key_padding_mask=padding_mask, num_queries=Tq, num_keys=Tk, causal=causal, device=q.device
+            )  # (B or 1, 1, Tq, Tk) bool, or None
+            if bias is not None:
+                bias = bias.to(q.dtype)  # (nh, Tq, Tk)
+                mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))  # (B, nh, Tq, Tk)
+        else:
+            is_causal = causal and Tq > 1  # fast path: no explicit mask; one new token sees the whole cache
+        extra = {}
+        if self.num_kv_heads != self.num_heads:
+            if _SDPA_GQA:
+                extra["enable_gqa"] = True
+            else:
+                groups = self.num_heads // self.num_kv_heads
+                k = k.repeat_interleave(groups, dim=1)  # (B, nh, Tk, hs)
+                v = v.repeat_interleave(groups, dim=1)  # (B, nh, Tk, hs)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            **extra,
+        )  # (B, nh, Tq, hs)
+        y = y.transpose(1, 2).reshape(B, Tq, self.num_heads * self.head_dim)  # (B, Tq, nh·hs)
+        return y
+
+
+def _rows(x: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` (B, N) of ``x`` (B, T, C): (B, N, C)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

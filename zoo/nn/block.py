@@ -1,29 +1,30 @@
 """Transformer blocks. The caller chooses the norm placement by choosing the class.
 
-``PreNormBlock`` (GPT-2, modern decoders): ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
+``PreNormBlock`` (GPT-2, Llama, modern decoders): ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
 ``PostNormBlock`` (BERT, the original Transformer): ``norm(x + attn(x))``, then ``norm(x + mlp(x))``.
 
 Both take an optional cross-attention sub-layer (with its own norm) between self-attention and the MLP,
-which turns an encoder block into a decoder block for sequence-to-sequence models.
+which turns an encoder block into a decoder block for sequence-to-sequence models. The attention modules
+carry their own causality and position encoding (`zoo.nn.Attention`); the MLP is any (B, T, C) -> (B, T, C)
+module (`zoo.nn.MLP`, `zoo.nn.GatedMLP`).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from zoo.nn.attention import CrossAttention, KVCache, SelfAttention
-from zoo.nn.mlp import MLP
+from zoo.nn.attention import Attention, KVCache
 
 
 class _Block(nn.Module):
     def __init__(
         self,
         *,
-        self_attn: SelfAttention,
-        mlp: MLP,
+        self_attn: Attention,
+        mlp: nn.Module,
         self_attn_norm: nn.Module,
         mlp_norm: nn.Module,
-        cross_attn: CrossAttention | None = None,
+        cross_attn: Attention | None = None,
         cross_attn_norm: nn.Module | None = None,
         dropout: float = 0.0,
     ) -> None:
@@ -57,23 +58,21 @@ class PreNormBlock(_Block):
         x: Tensor,
         *,
         padding_mask: Tensor | None = None,
-        causal: bool = False,
+        position_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         cross_kv_cache: KVCache | None = None,
     ) -> Tensor:
-        """(B, T, C) -> (B, T, C); see `SelfAttention.forward` for the mask arguments."""
+        """(B, T, C) -> (B, T, C); see `zoo.nn.Attention.forward` for the arguments (``memory_mask`` and
+        ``cross_kv_cache`` are cross-attention's ``padding_mask`` and ``kv_cache``)."""
         h = self.self_attn(
-            self.self_attn_norm(x), padding_mask=padding_mask, causal=causal, kv_cache=kv_cache
+            self.self_attn_norm(x), padding_mask=padding_mask, position_ids=position_ids, kv_cache=kv_cache
         )
         x = x + self.dropout(h)
         if self.cross_attn is not None:
             h = self.cross_attn(
-                self.cross_attn_norm(x),
-                memory,
-                memory_mask=memory_mask,
-                kv_cache=cross_kv_cache,
+                self.cross_attn_norm(x), memory=memory, padding_mask=memory_mask, kv_cache=cross_kv_cache
             )
             x = x + self.dropout(h)
         return x + self.mlp(self.mlp_norm(x))
@@ -97,22 +96,26 @@ class PostNormBlock(_Block):
         x: Tensor,
         *,
         padding_mask: Tensor | None = None,
-        causal: bool = False,
+        position_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         cross_kv_cache: KVCache | None = None,
         query_index: Tensor | None = None,
     ) -> Tensor:
-        """(B, T, C) -> (B, T, C); see `SelfAttention.forward` for the mask arguments. With
-        ``query_index`` (B, N) only those positions are computed and returned: (B, N, C)."""
+        """(B, T, C) -> (B, T, C), as `PreNormBlock`. With ``query_index`` (B, N) only those positions are
+        computed and returned: (B, N, C)."""
         h = self.self_attn(
-            x, padding_mask=padding_mask, causal=causal, kv_cache=kv_cache, query_index=query_index
+            x,
+            padding_mask=padding_mask,
+            position_ids=position_ids,
+            kv_cache=kv_cache,
+            query_index=query_index,
         )
         if query_index is not None:
             x = x.gather(1, query_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N, C)
         x = self.self_attn_norm(x + self.dropout(h))
         if self.cross_attn is not None:
-            h = self.cross_attn(x, memory, memory_mask=memory_mask, kv_cache=cross_kv_cache)
+            h = self.cross_attn(x, memory=memory, padding_mask=memory_mask, kv_cache=cross_kv_cache)
             x = self.cross_attn_norm(x + self.dropout(h))
         return self.mlp_norm(x + self.mlp(x))

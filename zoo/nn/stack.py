@@ -1,116 +1,85 @@
-"""The decoder skeleton: a stack of pre-norm blocks that owns the layer loop, the final norm and the caches.
+"""The skeletons: stacks of blocks that own the layer loop, the final norm and the caches.
 
-A family builds its blocks (which attention, which MLP, which norm) and hands them to `DecoderStack`;
-the stack runs them, and `DecoderStack.init_cache` makes one `DecoderCache` holding a `KVCache` per layer.
-`DecoderLM` adds the token embedding and output layer around a stack: a decoder-only family subclasses it.
+A family builds its blocks (which attention, which MLP, which norm: `zoo.nn.PreNormBlock`,
+`zoo.nn.PostNormBlock`) and hands them to a stack. `EncoderStack` runs bidirectional blocks;
+`DecoderStack` runs causal ones, with cross-attention to an encoder's memory when its blocks have it, and
+`DecoderStack.init_cache` makes one `DecoderCache` holding a `KVCache` per layer (two with
+cross-attention). `DecoderLM` adds the token embedding and output layer around a decoder stack: a
+decoder-only family subclasses it. An encoder-decoder is an `EncoderStack` and a `DecoderStack` (see
+`zoo.models.seq2seq.Transformer`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
 from zoo.nn.attention import KVCache
-from zoo.nn.gqa import Attention
 from zoo.nn.norms import RMSNorm
-
-
-class DecoderBlock(nn.Module):
-    """Pre-norm decoder block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
-
-    Args:
-        self_attn: Self-attention (its ``causal`` flag and position encoding travel with it).
-        mlp: Feed-forward sub-layer, (B, T, C) -> (B, T, C) (`zoo.nn.MLP`, `zoo.nn.GatedMLP`).
-        self_attn_norm: Norm before attention.
-        mlp_norm: Norm before the MLP.
-        dropout: Residual dropout on the attention output (the MLP has its own).
-    """
-
-    def __init__(
-        self,
-        *,
-        self_attn: Attention,
-        mlp: nn.Module,
-        self_attn_norm: nn.Module,
-        mlp_norm: nn.Module,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.self_attn = self_attn
-        self.self_attn_norm = self_attn_norm
-        self.mlp = mlp
-        self.mlp_norm = mlp_norm
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        padding_mask: Tensor | None = None,
-        position_ids: Tensor | None = None,
-        kv_cache: KVCache | None = None,
-    ) -> Tensor:
-        """(B, T, C) -> (B, T, C); see `Attention.forward` for the other arguments."""
-        h = self.self_attn(
-            self.self_attn_norm(x), padding_mask=padding_mask, position_ids=position_ids, kv_cache=kv_cache
-        )
-        x = x + self.dropout(h)
-        return x + self.mlp(self.mlp_norm(x))
 
 
 class DecoderCache:
     """The key/value caches of every layer of a `DecoderStack`, advanced and reordered together.
 
     Args:
-        caches: One `KVCache` per layer.
+        self_attn: One `KVCache` per layer for the sequence's own keys/values; grows with each call.
+        cross_attn: One `KVCache` per layer for the memory's keys/values (encoder-decoders): filled by the
+            first call, then only read; ``None`` for a decoder-only stack.
     """
 
-    def __init__(self, caches: Iterable[KVCache]) -> None:
-        self.layers = list(caches)
+    def __init__(self, self_attn: Iterable[KVCache], cross_attn: Iterable[KVCache] | None = None) -> None:
+        self.self_attn = list(self_attn)
+        self.cross_attn = list(cross_attn) if cross_attn is not None else None
 
     def __len__(self) -> int:
-        return len(self.layers)
-
-    def __getitem__(self, i: int) -> KVCache:
-        return self.layers[i]
-
-    def __iter__(self) -> Iterator[KVCache]:
-        return iter(self.layers)
+        return len(self.self_attn)
 
     @property
     def seq_len(self) -> int:
         """Positions cached so far (the same in every layer)."""
-        return self.layers[0].seq_len
+        return self.self_attn[0].seq_len
 
     def reset(self) -> None:
-        for cache in self.layers:
+        for cache in (*self.self_attn, *(self.cross_attn or ())):
             cache.reset()
 
     def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (N,) in every layer (beam search)."""
-        for cache in self.layers:
+        """Make row ``i`` continue row ``index[i]`` in every layer: (N,) row ids, which may repeat rows and
+        change the batch size (beam search: one row per prompt, then one per beam, each its parent's)."""
+        for cache in (*self.self_attn, *(self.cross_attn or ())):
             cache.reorder(index)
 
 
-class DecoderStack(nn.Module):
-    """Causal decoder blocks followed by a final norm: embeddings in, normalised hidden states out.
+def _kv_cache(attn: nn.Module, batch_size: int, length: int, **kwargs) -> KVCache:
+    """An empty cache for ``length`` positions of attention module ``attn`` (only nkv heads are stored)."""
+    return KVCache(
+        batch_size=batch_size,
+        num_heads=attn.num_kv_heads,
+        head_dim=attn.head_dim,
+        max_seq_len=length,
+        **kwargs,
+    )
 
-    The stack owns what every decoder family repeats: the layer loop, the default position ids after the
-    cached ones, and the caches. Llama passes `DecoderBlock`s of rotary grouped-query `Attention`, a SwiGLU
-    `zoo.nn.GatedMLP` and `zoo.nn.RMSNorm`s. GPT-2 would pass `DecoderBlock`s of ``Attention`` with
-    biased ``nn.Linear`` projections, ``num_kv_heads=num_heads``, no position encoding (its learned
-    positions are added to the embeddings), an ``nn.GELU(approximate="tanh")`` `zoo.nn.MLP` and
-    ``nn.LayerNorm``s, and an ``nn.LayerNorm`` as ``norm``.
+
+class DecoderStack(nn.Module):
+    """Causal blocks followed by a final norm: embeddings in, normalised hidden states out.
+
+    The stack owns what every decoder repeats: the layer loop, the default position ids after the cached
+    ones, the encoder memory handed to each block's cross-attention, and the caches. Llama passes
+    `zoo.nn.PreNormBlock`s of rotary grouped-query `zoo.nn.Attention`, a SwiGLU `zoo.nn.GatedMLP` and
+    `zoo.nn.RMSNorm`s; GPT-2 pre-norm blocks of fused-QKV attention and a GELU `zoo.nn.MLP`; the
+    seq2seq Transformer blocks with cross-attention.
 
     Args:
         layers: The blocks, in order; each is called as ``block(x, padding_mask=, position_ids=,
-            kv_cache=)`` and its ``self_attn`` has ``num_kv_heads`` and ``head_dim`` (for the caches).
-        norm: Final norm.
+            kv_cache=)`` (plus ``memory=, memory_mask=, cross_kv_cache=`` when given a memory) and has a
+            ``self_attn`` (and ``cross_attn``) with ``num_kv_heads`` and ``head_dim`` (for the caches).
+        norm: Final norm (``None``: none, e.g. post-norm blocks end normalised).
     """
 
-    def __init__(self, *, layers: Iterable[nn.Module], norm: nn.Module) -> None:
+    def __init__(self, *, layers: Iterable[nn.Module], norm: nn.Module | None = None) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.norm = norm
@@ -122,6 +91,8 @@ class DecoderStack(nn.Module):
         padding_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         cache: DecoderCache | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
     ) -> Tensor:
         """Embedded tokens (B, T, C) -> final normalised hidden states (B, T, C).
 
@@ -130,42 +101,79 @@ class DecoderStack(nn.Module):
             padding_mask: (B, Tk) with 1 at real tokens; with a cache Tk covers cached plus new tokens.
             position_ids: (B, T) or (T,); defaults to the positions after the cached ones.
             cache: From `init_cache`, for incremental decoding.
+            memory: Encoder output (B, S, Cm) for the blocks' cross-attention.
+            memory_mask: (B, S) with 1 at real memory positions.
         """
         if position_ids is None:
             past = cache.seq_len if cache is not None else 0
             position_ids = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
         for i, layer in enumerate(self.layers):
-            kv_cache = cache[i] if cache is not None else None
-            x = layer(x, padding_mask=padding_mask, position_ids=position_ids, kv_cache=kv_cache)
-        return self.norm(x)
+            kv_cache = cache.self_attn[i] if cache is not None else None
+            cross = {}
+            if memory is not None:  # only blocks with cross-attention are given a memory
+                cross_kv = cache.cross_attn[i] if cache is not None and cache.cross_attn else None
+                cross = {"memory": memory, "memory_mask": memory_mask, "cross_kv_cache": cross_kv}
+            x = layer(x, padding_mask=padding_mask, position_ids=position_ids, kv_cache=kv_cache, **cross)
+        return x if self.norm is None else self.norm(x)
 
     def init_cache(
         self,
         batch_size: int,
         max_len: int,
         *,
+        memory_len: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> DecoderCache:
-        """Empty caches for ``batch_size`` sequences of up to ``max_len`` tokens (prompt plus new)."""
+        """Empty caches for ``batch_size`` sequences of up to ``max_len`` tokens (prompt plus new), and with
+        ``memory_len`` for a memory of that many positions (blocks with cross-attention)."""
+        kw = {"dtype": dtype, "device": device}
+        own = [_kv_cache(layer.self_attn, batch_size, max_len, **kw) for layer in self.layers]
+        if memory_len is None:
+            return DecoderCache(own)
         return DecoderCache(
-            KVCache(
-                batch_size=batch_size,
-                num_heads=layer.self_attn.num_kv_heads,  # grouped heads: only nkv are stored
-                head_dim=layer.self_attn.head_dim,
-                max_seq_len=max_len,
-                dtype=dtype,
-                device=device,
-            )
-            for layer in self.layers
+            own, [_kv_cache(layer.cross_attn, batch_size, memory_len, **kw) for layer in self.layers]
         )
+
+
+class EncoderStack(nn.Module):
+    """Bidirectional blocks, optionally followed by a final norm: embeddings in, hidden states out.
+
+    Args:
+        layers: The blocks, in order; each is called as ``block(x, padding_mask=)``; the last one also with
+            ``query_index=`` when outputs are wanted at a few positions only (`zoo.nn.PostNormBlock`).
+        norm: Final norm (pre-norm blocks leave the residual stream unnormalised); ``None``: none.
+    """
+
+    def __init__(self, *, layers: Iterable[nn.Module], norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+
+    def forward(
+        self, x: Tensor, *, padding_mask: Tensor | None = None, output_positions: Tensor | None = None
+    ) -> Tensor:
+        """Embedded tokens (B, T, C) -> last-layer hidden states (B, T, C).
+
+        Args:
+            x: Embedded input.
+            padding_mask: (B, T) with 1 at real tokens and 0 at padding.
+            output_positions: (B, N): the last layer computes only these rows and (B, N, C) is returned.
+        """
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i == last and output_positions is not None:
+                x = layer(x, padding_mask=padding_mask, query_index=output_positions)
+            else:
+                x = layer(x, padding_mask=padding_mask)
+        return x if self.norm is None else self.norm(x)
 
 
 class DecoderLM(nn.Module):
     """Token embedding, a `DecoderStack`, an output layer: the body every decoder-only family shares.
 
     A family subclasses it and only builds the parts (see `zoo.models.llama.Llama`); this class gives it
-    the surface `zoo.tasks.CausalLM` and `zoo.tasks.generation` use: ``forward``, ``hidden_states``,
+    the surface `zoo.tasks.CausalLM`, the fine-tuning tasks and decoding use: ``forward``, ``hidden_states``,
     ``init_cache``, ``flops_per_token``, ``reset_parameters``, ``max_seq_len``, ``vocab_size``.
 
     Args:
@@ -177,6 +185,7 @@ class DecoderLM(nn.Module):
         absolute_positions: Absolute position encoding added to the token embeddings, called on position
             ids like an ``nn.Embedding`` (`zoo.nn.LearnedPositions`, `zoo.nn.SinusoidalPositions`);
             ``None`` (the default): none, positions live only inside attention.
+        embed_dropout: Dropout on the embeddings (GPT-2's ``embd_pdrop``).
     """
 
     def __init__(
@@ -188,29 +197,40 @@ class DecoderLM(nn.Module):
         max_seq_len: int,
         tie_weights: bool,
         absolute_positions: nn.Module | None = None,
+        embed_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.tokens, self.decoder, self.lm_head = tokens, decoder, lm_head
-        self.absolute_positions = absolute_positions
-        self.vocab_size, self.max_seq_len, self.num_layers = (
-            tokens.num_embeddings,
-            max_seq_len,
-            len(decoder.layers),
-        )
+        self.tokens, self.absolute_positions = tokens, absolute_positions
+        self.embed_dropout = nn.Dropout(embed_dropout)  # p=0 draws no random numbers
+        self.decoder, self.lm_head = decoder, lm_head
+        self.vocab_size, self.max_seq_len = tokens.num_embeddings, max_seq_len
+        self.embed_dim, self.num_layers = tokens.embedding_dim, len(decoder.layers)
         if tie_weights:
             self.lm_head.weight = self.tokens.weight
         self.reset_parameters()
 
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The blocks, in order (layer-wise learning rates count them)."""
+        return self.decoder.layers
+
+    @property
+    def embeddings(self) -> nn.ModuleList:
+        """The input embeddings: the token table and the absolute positions, if any (what
+        ``freeze_embeddings`` freezes)."""
+        return nn.ModuleList(m for m in (self.tokens, self.absolute_positions) if m is not None)
+
     def reset_parameters(self) -> None:
         """N(0, 0.02) matrices and embeddings (transformers' ``initializer_range``), zero biases, unit
-        norms."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, RMSNorm | nn.LayerNorm):
-                module.reset_parameters()
+        norms; drawn in the order tokens, blocks, output layer, absolute positions."""
+        for part in (self.tokens, self.decoder, self.lm_head, self.absolute_positions):
+            for module in part.modules() if part is not None else ():
+                if isinstance(module, nn.Linear | nn.Embedding):
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+                if isinstance(module, RMSNorm | nn.LayerNorm):
+                    module.reset_parameters()
 
     def forward(
         self,
@@ -253,6 +273,7 @@ class DecoderLM(nn.Module):
                 past = end - input_ids.shape[1]
                 position_ids = torch.arange(past, end, device=input_ids.device)  # (T,)
             x = x + self.absolute_positions(position_ids)  # (B, T, C) or (T, C), broadcast over B
+        x = self.embed_dropout(x)
         return self.decoder(x, padding_mask=attention_mask, position_ids=position_ids, cache=cache)
 
     def init_cache(
@@ -277,3 +298,10 @@ class DecoderLM(nn.Module):
         attn = self.decoder.layers[0].self_attn
         N = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         return 6 * N + 12 * self.num_layers * attn.num_heads * attn.head_dim * (seq_len or self.max_seq_len)
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        """Parameter count (tied weights counted once); optionally without the embedding tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(p.numel() for p in self.embeddings.parameters())
+        return n

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.spec import Configurable
-from zoo.nn import MLP, PostNormBlock, SelfAttention, TokenEmbedding
+from zoo.nn import MLP, TokenEmbedding
+from zoo.nn._legacy import PostNormBlock, SelfAttention
 
 BERT_SIZES: dict[str, dict[str, int]] = {
     "bert-tiny": dict(embed_dim=128, num_heads=2, num_layers=2),  # 4.4M

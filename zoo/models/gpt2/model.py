@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.spec import Configurable
-from zoo.nn import MLP, KVCache, PreNormBlock, SelfAttention, TokenEmbedding
+from zoo.nn import MLP, KVCache, TokenEmbedding
+from zoo.nn._legacy import PreNormBlock, SelfAttention
 
 GPT2_SIZES: dict[str, dict[str, int]] = {
     "gpt2": dict(embed_dim=768, num_heads=12, num_layers=12),  # 124M

@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
-from zoo.models.hf_io import (
-    config_value,
-    load_decoder,
-    write_model_dir,
-)
-
-if TYPE_CHECKING:
-    from zoo.models.llama.model import Llama
+from zoo.models.hf_io import config_value, load_decoder, register_converter, write_model_dir
+from zoo.models.llama.model import Llama
 
 # ours -> theirs, per layer (both use nn.Linear's (out, in) layout)
 _LAYER_KEYS = {
@@ -153,3 +147,6 @@ def save_hf(model: Llama, directory: str | os.PathLike) -> Path:
     if not args["tie_weights"]:
         theirs["lm_head.weight"] = ours["lm_head.weight"]
     return write_model_dir(directory, config_to_hf(model, args), theirs)
+
+
+register_converter(Llama, load=load_hf, save=save_hf)

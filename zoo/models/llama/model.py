@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import ClassVar
 
 from torch import nn
 
 from zoo.errors import check_positive, check_probability
+from zoo.models.hf_io import HFConvertible
 from zoo.models.spec import Configurable
-from zoo.nn import Attention, DecoderBlock, DecoderLM, DecoderStack, GatedMLP, RMSNorm, RotaryPositions
+from zoo.nn import Attention, DecoderLM, DecoderStack, GatedMLP, PreNormBlock, RMSNorm, RotaryPositions
 
 
-class Llama(Configurable, DecoderLM):
+class Llama(Configurable, HFConvertible, DecoderLM):
     """Llama-style language model (Touvron et al. 2023): ids in, next-token logits out.
 
-    Everything but the choice of parts comes from `zoo.nn.DecoderLM` (forward, caches, initialisation).
+    Everything but the choice of parts comes from `zoo.nn.DecoderLM` (forward, caches, initialisation);
+    ``from_hf``/``to_hf`` convert ``LlamaForCausalLM`` directories (`zoo.models.llama.convert`).
 
     Args:
         vocab_size: Number of token ids.
@@ -41,7 +41,7 @@ class Llama(Configurable, DecoderLM):
             with ``positions`` set to ``zoo.nn.Positions``; ``None`` (the default): none, as in Llama.
     """
 
-    fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (DecoderBlock,)  # see zoo.strategies.FSDP
+    fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PreNormBlock,)  # see zoo.strategies.FSDP
 
     def __init__(
         self,
@@ -73,7 +73,7 @@ class Llama(Configurable, DecoderLM):
         def linear(n_in: int, n_out: int) -> nn.Linear:
             return nn.Linear(n_in, n_out, bias=False)
 
-        def block() -> DecoderBlock:
+        def block() -> PreNormBlock:
             attn = Attention(
                 q_proj=linear(embed_dim, num_heads * head_dim),
                 k_proj=linear(embed_dim, kv_heads * head_dim),
@@ -86,7 +86,7 @@ class Llama(Configurable, DecoderLM):
                 causal=True,
                 dropout=dropout,
             )
-            return DecoderBlock(
+            return PreNormBlock(
                 self_attn=attn,
                 mlp=GatedMLP(
                     embed_dim=embed_dim, hidden_dim=hidden_dim, activation=nn.SiLU(), dropout=dropout
@@ -106,16 +106,3 @@ class Llama(Configurable, DecoderLM):
             tie_weights=tie_weights,
             absolute_positions=absolute_positions,
         )
-
-    @classmethod
-    def from_hf(cls, name_or_path: str | os.PathLike) -> Llama:
-        """Load a Hugging Face ``LlamaForCausalLM`` directory (``config.json`` plus safetensors or .bin)."""
-        from zoo.models.llama.convert import load_hf
-
-        return load_hf(cls, name_or_path)
-
-    def to_hf(self, directory: str | os.PathLike) -> Path:
-        """Write this model as a Hugging Face ``LlamaForCausalLM`` directory (safetensors, atomic)."""
-        from zoo.models.llama.convert import save_hf
-
-        return save_hf(self, directory)

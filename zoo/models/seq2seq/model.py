@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.spec import Configurable
-from zoo.nn import MLP, CrossAttention, KVCache, PostNormBlock, PreNormBlock, SelfAttention
+from zoo.nn import MLP, KVCache
+from zoo.nn._legacy import CrossAttention, PostNormBlock, PreNormBlock, SelfAttention
 from zoo.nn.embeddings import SinusoidalPositions
 
 TRANSFORMER_SIZES: dict[str, dict[str, int]] = {

@@ -19,18 +19,21 @@ from zoo.cli import ZooCLI
 from zoo.models.bert import Bert
 from zoo.models.gpt2 import GPT2
 from zoo.models.seq2seq import Transformer
-from zoo.nn import MLP, SelfAttention
+from zoo.nn import MLP, Attention
 from zoo.strategies import FSDP
 from zoo.tasks import BackboneTask, CausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 USER_PROJECT = REPO / "tests" / "fixtures" / "user_project"
 
-BLOCKS = {f"backbone.layers.{i}" for i in range(2)}
-SEQ2SEQ_BLOCKS = {f"backbone.{stack}_layers.{i}" for stack in ("encoder", "decoder") for i in range(2)}
+BLOCKS = {f"backbone.decoder.layers.{i}" for i in range(2)}
+SEQ2SEQ_BLOCKS = {f"backbone.{stack}.layers.{i}" for stack in ("encoder", "decoder") for i in range(2)}
 BACKBONES = {
     "gpt2": (lambda: GPT2(vocab_size=32, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=2), BLOCKS),
-    "bert": (lambda: Bert(vocab_size=32, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=2), BLOCKS),
+    "bert": (
+        lambda: Bert(vocab_size=32, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=2),
+        {f"backbone.encoder.layers.{i}" for i in range(2)},
+    ),
     **{
         f"seq2seq-{norm}": (
             lambda norm=norm: Transformer.from_name(
@@ -88,12 +91,12 @@ def test_the_backbone_declaration_wraps_exactly_its_blocks(no_wrapping, family, 
 def test_explicit_policies_win_over_the_declaration(no_wrapping):
     task = BackboneTask(BACKBONES["gpt2"][0]())
     strategy = FSDP(
-        auto_wrap_policy={MLP}, activation_checkpointing_policy={SelfAttention}, activation_checkpointing=True
+        auto_wrap_policy={MLP}, activation_checkpointing_policy={Attention}, activation_checkpointing=True
     )
     _set_up(strategy, task)
-    mlps = {f"backbone.layers.{i}.mlp" for i in range(2)}
+    mlps = {f"backbone.decoder.layers.{i}.mlp" for i in range(2)}
     assert _wrapped(strategy, task) == mlps
-    assert _checkpointed(strategy, task) == {f"backbone.layers.{i}.self_attn" for i in range(2)}
+    assert _checkpointed(strategy, task) == {f"backbone.decoder.layers.{i}.self_attn" for i in range(2)}
 
 
 def test_the_policy_is_derived_again_at_every_setup(no_wrapping):
@@ -168,12 +171,12 @@ def test_the_class_path_form_takes_fsdp_arguments(tmp_path):
 
 def test_explicit_policies_parse_from_yaml_as_lists_of_classes(tmp_path, no_wrapping):
     config = _strategy_config(
-        tmp_path, "auto_wrap_policy: [zoo.nn.MLP]", "activation_checkpointing_policy: [zoo.nn.SelfAttention]"
+        tmp_path, "auto_wrap_policy: [zoo.nn.MLP]", "activation_checkpointing_policy: [zoo.nn.Attention]"
     )
     task = BackboneTask(BACKBONES["gpt2"][0]())
     strategy = _set_up(_trainer_strategy(tmp_path, "--config", str(config)), task)
-    assert _wrapped(strategy, task) == {f"backbone.layers.{i}.mlp" for i in range(2)}
-    assert _checkpointed(strategy, task) == {f"backbone.layers.{i}.self_attn" for i in range(2)}
+    assert _wrapped(strategy, task) == {f"backbone.decoder.layers.{i}.mlp" for i in range(2)}
+    assert _checkpointed(strategy, task) == {f"backbone.decoder.layers.{i}.self_attn" for i in range(2)}
 
 
 _TWO_RANKS = """
@@ -246,6 +249,6 @@ def test_two_cpu_ranks_train_with_one_fsdp_unit_per_block(tmp_path):
         assert report["world_size"] == 2 and len(report["losses"]) == 6
         assert report["losses"][-1] < report["losses"][0] - 0.1, report["losses"]
         root = "_fsdp_wrapped_module"
-        blocks = [f"{root}.backbone.layers.{i}" for i in range(2)]
+        blocks = [f"{root}.backbone.decoder.layers.{i}" for i in range(2)]
         assert report["units"] == ["", *blocks]  # the root, then one unit per block and nothing else
         assert report["checkpointed"] == [f"{b}.{root}" for b in blocks]

@@ -95,7 +95,7 @@ def test_untied_output_head_round_trips_both_ways(tmp_path):
         hf.lm_head.weight.normal_(0.0, 0.05)
     hf.save_pretrained(tmp_path / "hf")
     ours = GPT2.from_hf(tmp_path / "hf").eval()
-    assert ours.lm_head.weight is not ours.embeddings.tokens.weight
+    assert ours.lm_head.weight is not ours.tokens.weight
     ids, mask = _padded_batch()
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(input_ids=ids).logits, atol=1e-5, rtol=1e-5)

@@ -33,7 +33,7 @@ def test_openai_sizes_have_the_published_parameter_counts(name, total, without_e
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = GPT2.from_name(name)
     assert (model.vocab_size, model.max_seq_len) == (50257, 1024)
-    assert model.lm_head.weight is model.embeddings.tokens.weight
+    assert model.lm_head.weight is model.tokens.weight
     assert _shape(model) == shape
     assert model.layers[0].mlp.in_proj.out_features == 4 * shape[0]
     assert model.num_parameters() == sum(p.numel() for p in model.parameters()) == total

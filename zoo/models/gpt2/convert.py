@@ -9,20 +9,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
+from zoo.models.gpt2.model import GPT2
 from zoo.models.hf_io import (
     LabelHead,
     config_value,
     label_config,
     load_decoder,
+    register_converter,
     write_model_dir,
 )
-
-if TYPE_CHECKING:
-    from zoo.models.gpt2.model import GPT2
 
 # ours -> theirs, per layer; (name, is_conv1d)
 _LAYER_KEYS = {
@@ -40,10 +39,10 @@ _LAYER_KEYS = {
     "mlp.out_proj.bias": ("mlp.c_proj.bias", False),
 }
 _TOP_KEYS = {
-    "embeddings.tokens.weight": "wte.weight",
-    "embeddings.positions.weight": "wpe.weight",
-    "norm.weight": "ln_f.weight",
-    "norm.bias": "ln_f.bias",
+    "tokens.weight": "wte.weight",
+    "absolute_positions.weight": "wpe.weight",
+    "decoder.norm.weight": "ln_f.weight",
+    "decoder.norm.bias": "ln_f.bias",
 }
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old checkpoints
 
@@ -88,14 +87,14 @@ def state_dict_from_hf(hf: dict[str, Tensor], num_layers: int, tie_weights: bool
     for i in range(num_layers):
         for mine, (theirs, conv1d) in _LAYER_KEYS.items():
             w = take(f"{prefix}h.{i}.{theirs}")
-            ours[f"layers.{i}.{mine}"] = w.t() if conv1d else w
+            ours[f"decoder.layers.{i}.{mine}"] = w.t() if conv1d else w
     if "lm_head.weight" in hf:
         used.add("lm_head.weight")
         ours["lm_head.weight"] = hf["lm_head.weight"]
     elif not tie_weights:
         raise KeyError(f"{source}: untied checkpoint without 'lm_head.weight'")
     else:
-        ours["lm_head.weight"] = ours["embeddings.tokens.weight"]
+        ours["lm_head.weight"] = ours["tokens.weight"]
     unexpected = sorted(set(hf) - used)
     if unexpected:
         raise KeyError(
@@ -172,7 +171,7 @@ def _backbone_to_hf(model: GPT2, num_layers: int) -> dict[str, Tensor]:
     theirs = {t: ours[m] for m, t in _TOP_KEYS.items()}
     for i in range(num_layers):
         for mine, (t, conv1d) in _LAYER_KEYS.items():
-            w = ours[f"layers.{i}.{mine}"]
+            w = ours[f"decoder.layers.{i}.{mine}"]
             theirs[f"h.{i}.{t}"] = w.t() if conv1d else w
     return theirs
 
@@ -227,3 +226,6 @@ def save_hf(
     else:
         raise ValueError(f"head must be 'lm', 'none' or a LabelHead, got {head!r}")
     return write_model_dir(directory, config, theirs, files=files)
+
+
+register_converter(GPT2, load=load_hf, save=save_hf)

@@ -5,7 +5,7 @@
     python bench/generate.py --size char     # the shakespeare-char recipe's shape (0.8M)
 
 One prompt of ``--prompt`` random tokens (batch 1) is continued by ``--new`` tokens, greedily, with a KV
-cache on both sides: zoo's `zoo.tasks.generation.generate` (``temperature=0``) and transformers'
+cache on both sides: zoo's `zoo.tasks.decoding.generate` (``temperature=0``) and transformers'
 ``GPT2LMHeadModel.generate(do_sample=False, use_cache=True)``. The transformers model is loaded from the
 directory zoo's ``GPT2.to_hf`` writes, so the weights are the same; the script checks that both sides
 produce the same tokens and exits non-zero when they do not. After a warm-up the two sides alternate for
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from zoo.models.gpt2 import GPT2
-from zoo.tasks.generation import generate
+from zoo.tasks.decoding import generate
 
 SIZES = {
     "char": dict(vocab_size=66, embed_dim=128, num_layers=4, num_heads=4, hidden_dim=512),

@@ -134,6 +134,8 @@ def check_fits(checkpoint: dict[str, Any], model: Any, datamodule: Any, path: st
             raise ValueError(f"{path}: {err}") from err
     ours = model.state_dict()
     theirs = checkpoint.get("state_dict") or {}
+    if getattr(model, "backbone", None) is not None:
+        theirs = upgrade_state_dict(theirs, model.backbone)  # an earlier zoo's names
     if not ours:
         return  # parameters made later (configure_model): Lightning checks them when it loads
     shapes = [
@@ -148,6 +150,92 @@ def check_fits(checkpoint: dict[str, Any], model: Any, datamodule: Any, path: st
             + (f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else "")
             + ". Build the model with the checkpoint's sizes (vocabulary, dimensions), or drop --ckpt_path"
         )
+
+
+def upgrade_state_dict(
+    state_dict: dict[str, Any], backbone: Any, prefix: str = "backbone."
+) -> dict[str, Any]:
+    """``state_dict`` with the backbone's keys in today's layout: each old key prefix (after ``prefix``)
+    that the backbone's class lists in ``state_dict_renames`` is replaced by the new one. The tensors are
+    the same objects; a state dict already in today's layout is returned as it is.
+    """
+    renames = getattr(type(backbone), "state_dict_renames", None) or {}
+    if not renames:
+        return state_dict
+    longest_first = sorted(renames.items(), key=lambda item: -len(item[0]))
+    upgraded = {_renamed(key, prefix, longest_first): value for key, value in state_dict.items()}
+    return state_dict if list(upgraded) == list(state_dict) else upgraded
+
+
+def _renamed(key: str, prefix: str, renames: list[tuple[str, str]]) -> str:
+    if not key.startswith(prefix):
+        return key
+    inner = key[len(prefix) :]
+    for old, new in renames:
+        if inner.startswith(old):
+            return prefix + new + inner[len(old) :]
+    return key
+
+
+def upgrade_checkpoint(checkpoint: dict[str, Any], task: Any) -> None:
+    """Bring a checkpoint written before ``task``'s backbone renamed its weights into today's layout, in
+    place: the ``state_dict`` keys (`upgrade_state_dict`) and the optimizer states, whose entries are
+    positions within ``task.parameter_groups()``, re-indexed by parameter name (`permute_optimizer_state`;
+    nothing moves where the renames kept the parameter order).
+    """
+    backbone, state_dict = getattr(task, "backbone", None), checkpoint.get("state_dict")
+    if backbone is None or not isinstance(state_dict, dict):
+        return
+    upgraded = upgrade_state_dict(state_dict, backbone)
+    if upgraded is state_dict:
+        return
+    checkpoint["state_dict"] = upgraded
+    if checkpoint.get("optimizer_states"):
+        old_order = saved_parameter_order(upgraded, task)
+        groups = [group["params"] for group in task.parameter_groups() if group["params"]]
+        for state in checkpoint["optimizer_states"]:
+            permute_optimizer_state(state, old_order, groups)
+
+
+def saved_parameter_order(state_dict: dict[str, Any], model: Any) -> dict[int, int]:
+    """``{id(parameter): position}`` of ``model``'s parameters in the order a state dict (keys in today's
+    names) lists them, which is the order of ``parameters()`` in the model that wrote it: buffers are left
+    out and a tied weight counts at its first key."""
+    by_name = dict(model.named_parameters(remove_duplicate=False))
+    order: dict[int, int] = {}
+    for key in state_dict:
+        param = by_name.get(key)
+        if param is not None and id(param) not in order:
+            order[id(param)] = len(order)
+    return order
+
+
+def permute_optimizer_state(
+    state: dict[str, Any], old_order: dict[int, int], groups: list[list[Any]]
+) -> None:
+    """Re-index an optimizer's ``state_dict`` (``state`` keyed by position, ``param_groups[i]["params"]``
+    listing positions) from the parameter order of the model that saved it (``old_order``, see
+    `saved_parameter_order`) to the order of today's ``groups`` (lists of parameters), in place.
+
+    Each saved group holds the same parameters as today's group at its index; only their order may
+    differ. Left unchanged when that does not hold (the optimizer's own load names the mismatch).
+    """
+    saved = state.get("param_groups") or []
+    if len(saved) != len(groups) or any(
+        len(g["params"]) != len(ours) or any(id(p) not in old_order for p in ours)
+        for g, ours in zip(saved, groups)
+    ):
+        return
+    old_state, new_state, position = state.get("state", {}), {}, 0
+    for group, ours in zip(saved, groups):
+        by_old_order = sorted(ours, key=lambda p: old_order[id(p)])
+        old_index = {id(p): index for p, index in zip(by_old_order, group["params"])}
+        group["params"] = list(range(position, position + len(ours)))
+        for p in ours:
+            if old_index[id(p)] in old_state:
+                new_state[position] = old_state[old_index[id(p)]]
+            position += 1
+    state["state"] = new_state
 
 
 def _fsync_dir(directory: Path) -> None:

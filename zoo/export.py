@@ -28,7 +28,7 @@ from typing import Any
 from tokenizers import Tokenizer
 from torch import nn
 
-from zoo.checkpoint import CheckpointError, read_checkpoint
+from zoo.checkpoint import CheckpointError, read_checkpoint, upgrade_state_dict
 from zoo.data.labelled import pad_token_id
 from zoo.data.tokenizers import EOT, UNK
 from zoo.data.wordpiece import special_token_ids
@@ -153,7 +153,8 @@ def _rebuild_task(checkpoint: dict[str, Any], source: Path) -> BackboneTask:
         raise CheckpointError(f"{source}: the checkpoint does not record its backbone's class and arguments")
     accepted = inspect.signature(cls.__init__).parameters
     task = cls(**{k: v for k, v in hparams.items() if k in accepted})
-    result = task.load_state_dict(checkpoint["state_dict"], strict=False)
+    # an earlier zoo's weight names
+    result = task.load_state_dict(upgrade_state_dict(checkpoint["state_dict"], task.backbone), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{source}: its weights do not fit a {cls.__name__}: missing {result.missing_keys[:5]}, "

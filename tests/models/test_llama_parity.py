@@ -14,7 +14,7 @@ from zoo.cli import main
 from zoo.data import TextDataModule
 from zoo.models.llama import Llama
 from zoo.tasks import CausalLM
-from zoo.tasks.generation import generate, positions_from_mask
+from zoo.tasks.decoding import generate, positions_from_mask
 
 transformers = pytest.importorskip("transformers")
 

@@ -120,9 +120,9 @@ def test_layer_wise_lr_decay_and_frozen_embeddings():
     named = dict(task.named_parameters())
     assert "backbone.embeddings.tokens.weight" not in {n for n, p in named.items() if id(p) in lr_of}
     assert not named["backbone.embeddings.tokens.weight"].requires_grad
-    assert lr_of[id(named["backbone.layers.0.mlp.in_proj.weight"])] == 0.25
-    assert lr_of[id(named["backbone.layers.1.mlp.in_proj.weight"])] == 0.5
-    assert lr_of[id(named["backbone.layers.2.mlp.in_proj.weight"])] == 1.0
+    assert lr_of[id(task.backbone.layers[0].mlp.in_proj.weight)] == 0.25
+    assert lr_of[id(task.backbone.layers[1].mlp.in_proj.weight)] == 0.5
+    assert lr_of[id(task.backbone.layers[2].mlp.in_proj.weight)] == 1.0
     assert lr_of[id(named["head.1.weight"])] == 1.0
     assert lr_of[id(named["backbone.pooler.proj.weight"])] == 1.0
 

@@ -5,6 +5,7 @@ checkpoints written with the old arguments still load."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import lightning as L
@@ -76,7 +77,8 @@ def test_layer_lr_decay_groups_and_schedule_match_the_old_formula():
     assert len(optimizer.param_groups) == 10  # (embeddings, 3 layers, the rest) x (decay, no decay)
     for group, lr_at_0 in zip(optimizer.param_groups, seen[0]):
         name = names[id(group["params"][0])]
-        depth = 0 if ".embeddings." in name else int(name.split(".")[2]) + 1 if ".layers." in name else 4
+        layer = re.search(r"\.layers\.(\d+)\.", name)  # backbone.encoder.layers.<i>. in Bert
+        depth = 0 if ".embeddings." in name else int(layer.group(1)) + 1 if layer else 4
         peak = 2e-5 * 0.8 ** max(0, 3 - depth)  # FinetuneTask's old group lr: learning_rate * decay ** ...
         assert lr_at_0 == pytest.approx(peak, rel=1e-12, abs=0), name
         decays = group["params"][0].dim() >= 2
@@ -85,6 +87,18 @@ def test_layer_lr_decay_groups_and_schedule_match_the_old_formula():
     for step, lrs in zip(steps, seen):
         factor = _old_multiplier(step, warmup=0, total=100, min_ratio=0.0)
         assert lrs == pytest.approx([lr * factor for lr in seen[0]], rel=1e-12, abs=1e-30), step
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])  # blocks at encoder.layers.<i> / decoder.layers.<i>
+def test_layer_lr_decay_finds_the_blocks_and_embeddings_of_every_layout(family):
+    backbone = _bert(num_layers=2) if family == "bert" else _gpt2()
+    task = SequenceClassification(
+        backbone, num_labels=2, layer_lr_decay=0.5, pooling="last", lr_scheduler=None
+    )
+    groups = task.configure_optimizers()["optimizer"].param_groups
+    lr = {id(p): g["lr"] / 2e-5 for g in groups for p in g["params"]}  # the scale of each parameter
+    for module, scale in [(backbone.embeddings, 0.25), *zip(backbone.layers, [0.5, 1.0]), (task.head, 1.0)]:
+        assert {lr[id(p)] for p in module.parameters()} == {scale}, module
 
 
 def test_translation_has_an_inverse_sqrt_schedule_and_none_means_constant():

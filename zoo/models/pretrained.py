@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.checkpoint import upgrade_state_dict
 from zoo.models.spec import import_class, spec_of
 
 # Arguments that change no tensor shape or meaning of a weight: fine-tuning may choose them freely.
@@ -39,6 +40,7 @@ def load_pretrained(backbone: nn.Module, source: str | os.PathLike) -> None:
     path = Path(source).expanduser()
     if path.is_file():
         spec, state = _from_zoo_checkpoint(path)
+        state = upgrade_state_dict(state, backbone, prefix="")  # an earlier zoo's weight names
     else:
         spec, state = _from_hf(type(backbone), backbone, source)
     _check_same_architecture(backbone, spec, str(source))
@@ -66,7 +68,7 @@ def _from_hf(cls: type, backbone: nn.Module, source: str | os.PathLike) -> tuple
         raise ValueError(f"{cls.__name__} cannot read Hugging Face checkpoints (it has no from_hf)")
     kwargs = {}
     own = (spec_of(backbone) or {}).get("init_args", {})
-    if "with_pretraining_heads" in inspect.signature(from_hf).parameters:
+    if "with_pretraining_heads" in inspect.signature(cls).parameters:  # from_hf takes what cls takes (Bert)
         kwargs["with_pretraining_heads"] = bool(own.get("with_pretraining_heads", False))
     loaded = from_hf(source, **kwargs)
     return spec_of(loaded), loaded.state_dict()

@@ -38,7 +38,7 @@ class CausalDecoder(Protocol):
 
     ``forward(input_ids (B, T), attention_mask=(B, T) | None) -> logits (B, T, V)``. Optional, read when
     present: ``max_seq_len`` and ``vocab_size`` (checked against the data in ``setup``), a ``position_ids``
-    argument (passed by `zoo.tasks.generation.generate` under left padding) and ``flops_per_token``.
+    argument (passed by `zoo.tasks.decoding.generate` under left padding) and ``flops_per_token``.
 
     Implemented by: `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama` (any `zoo.nn.DecoderLM`), and any
     plain module with such a ``forward`` (e.g. a GRU language model).
@@ -51,7 +51,7 @@ class CausalDecoder(Protocol):
 class IncrementalDecoder(CausalDecoder, Protocol):
     """A `CausalDecoder` that decodes one token at a time from a KV cache and exposes its hidden states.
 
-    `zoo.tasks.generation.generate` decodes incrementally with it (otherwise it re-reads a sliding window
+    `zoo.tasks.decoding.generate` decodes incrementally with it (otherwise it re-reads a sliding window
     every step); fine-tuning tasks read ``hidden_states`` (B, T, C) from it.
 
     Implemented by: `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama` (any `zoo.nn.DecoderLM`).

@@ -25,6 +25,7 @@ from zoo.checkpoint import (
     install_atomic_checkpoint_io,
     read_checkpoint,
     task_family,
+    upgrade_checkpoint,
 )
 from zoo.models.protocols import check_backbone
 from zoo.models.spec import from_spec, spec_of
@@ -315,6 +316,7 @@ class BackboneTask(L.LightningModule):
         written_by, expected = checkpoint.get("zoo_task"), task_family(type(self))
         if written_by is not None and written_by != expected:
             raise CheckpointError(f"the checkpoint was written by a {written_by} task, not a {expected}")
+        upgrade_checkpoint(checkpoint, self)  # an earlier zoo's weight names and optimizer order
         self._rng_to_restore = checkpoint.get("zoo_rng")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

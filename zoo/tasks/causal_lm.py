@@ -1,4 +1,4 @@
-"""Causal language modelling: next-token cross-entropy, perplexity on any text, sampling."""
+"""Causal language modelling: next-token cross-entropy, perplexity on any text, sampling, beam search."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torchmetrics import Metric
 from zoo.data.batch import IGNORE_INDEX
 from zoo.models.protocols import CausalDecoder
 from zoo.tasks.base import BackboneTask
-from zoo.tasks.generation import check_sampling, generate
+from zoo.tasks.decoding import check_sampling, generate
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
 OPTIMIZER = adamw(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
@@ -23,7 +23,7 @@ LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=100, min_lr_ratio=0.1)
 
 
 class CausalLM(BackboneTask):
-    """Train and sample a decoder-only language model.
+    """Train a decoder-only language model; sample from it or decode it by beam search.
 
     Batches hold ``input_ids`` (B, T) and ``labels`` (B, T), where ``labels[:, t]`` is the token that
     follows position ``t`` (``-100`` where there is none, or where it is context only); an optional
@@ -46,6 +46,10 @@ class CausalLM(BackboneTask):
         top_k: Keep only the k most likely tokens when sampling (``None``: all).
         top_p: Nucleus sampling threshold (``None``: off).
         stop_tokens: Token ids that end a generated sequence.
+        num_beams: Beams for ``predict_step``: 1 samples (as ``temperature``, ``top_k``, ``top_p`` say),
+            more decodes by beam search, which does not sample (those three are then unused).
+        length_penalty: Beam search ranks continuations by ``log_prob / length ** length_penalty``
+            (``length`` counts a final stop token; 0: by probability alone, larger: longer output).
     """
 
     backbone_protocol = CausalDecoder
@@ -63,6 +67,8 @@ class CausalLM(BackboneTask):
         top_k: int | None = None,
         top_p: float | None = None,
         stop_tokens: list[int] | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
     ) -> None:
         super().__init__(
             backbone,
@@ -77,12 +83,15 @@ class CausalLM(BackboneTask):
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
+            num_beams=num_beams,
         )
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
         self.stop_tokens = list(stop_tokens or [])
+        self.num_beams = num_beams
+        self.length_penalty = length_penalty
         self.val_nll = TokenNLL()
         self.test_nll = TokenNLL()
 
@@ -121,6 +130,8 @@ class CausalLM(BackboneTask):
             top_k=self.top_k,
             top_p=self.top_p,
             stop_tokens=self.stop_tokens,
+            num_beams=self.num_beams,
+            length_penalty=self.length_penalty,
         )
 
     def generate(
@@ -133,9 +144,11 @@ class CausalLM(BackboneTask):
         top_p: float | None = None,
         stop_tokens: Sequence[int] = (),
         generator: torch.Generator | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
     ) -> list[list[int]]:
-        """Sample continuations of ``prompts`` (token-id lists of any lengths); see
-        `zoo.tasks.generation.generate`. Greedy when ``temperature == 0``."""
+        """Continue ``prompts`` (token-id lists of any lengths) by sampling (greedy when ``temperature ==
+        0``), or by beam search with ``num_beams > 1``; see `zoo.tasks.decoding.generate`."""
         was_training = self.training
         self.eval()
         try:
@@ -148,6 +161,8 @@ class CausalLM(BackboneTask):
                 top_p=top_p,
                 stop_tokens=stop_tokens,
                 generator=generator,
+                num_beams=num_beams,
+                length_penalty=length_penalty,
             )
         finally:
             self.train(was_training)

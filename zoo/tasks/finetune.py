@@ -3,7 +3,6 @@ the embeddings, and give lower layers smaller learning rates."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
@@ -14,8 +13,6 @@ from zoo.models.pretrained import load_pretrained
 from zoo.models.protocols import Encoder, HiddenStates
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
-
-_LAYER = re.compile(r"^layers\.(\d+)\.")
 
 OPTIMIZER = adamw(lr=2e-5, betas=(0.9, 0.999), weight_decay=0.01)
 """`FinetuneTask`'s default ``optimizer``: AdamW at 2e-5, betas (0.9, 0.999), decay 0.01."""
@@ -141,12 +138,14 @@ class FinetuneTask(BackboneTask):
     def parameter_groups(self) -> list[dict[str, Any]]:
         if self.layer_lr_decay == 1.0:
             return super().parameter_groups()
-        num_layers = len(getattr(self.backbone, "layers", ()))
+        layers = getattr(self.backbone, "layers", ())
+        num_layers = len(layers)
+        depth_of = _depths(getattr(self.backbone, "embeddings", None), layers)
         groups: dict[tuple[int, bool], dict[str, Any]] = {}
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             if not p.requires_grad:
                 continue
-            depth = _depth(name, num_layers)
+            depth = depth_of.get(id(p), num_layers + 1)
             decay = p.dim() >= 2
             group = groups.setdefault(
                 (depth, decay),
@@ -157,13 +156,12 @@ class FinetuneTask(BackboneTask):
         return [groups[k] for k in sorted(groups)]
 
 
-def _depth(name: str, num_layers: int) -> int:
-    """0 for the backbone's embeddings, ``i + 1`` for its layer ``i``, ``num_layers + 1`` for the rest."""
-    if name.startswith("backbone."):
-        inner = name[len("backbone.") :]
-        if inner.startswith("embeddings."):
-            return 0
-        match = _LAYER.match(inner)
-        if match:
-            return int(match.group(1)) + 1
-    return num_layers + 1
+def _depths(embeddings: nn.Module | None, layers: Any) -> dict[int, int]:
+    """``{id(parameter): depth}``: 0 for the backbone's embeddings (a weight tied to them, like BERT's MLM
+    decoder, included), ``i + 1`` for block ``i`` of ``layers``; parameters absent here (the head, a final
+    norm, a pooler) are above the last layer. Found by module, not by name, so ``encoder.layers.<i>``,
+    ``decoder.layers.<i>`` and wrapped blocks all count."""
+    depth = {id(p): i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
+    if isinstance(embeddings, nn.Module):
+        depth |= {id(p): 0 for p in embeddings.parameters()}
+    return depth

@@ -12,7 +12,7 @@ from torchmetrics.text import SacreBLEUScore
 from zoo.data.batch import IGNORE_INDEX
 from zoo.models.protocols import EncoderDecoder
 from zoo.tasks.base import BackboneTask
-from zoo.tasks.beam_search import beam_search, greedy_search
+from zoo.tasks.decoding import beam_search, greedy_search
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, inverse_sqrt_schedule
 from zoo.tasks.optim import inverse_sqrt as inverse_sqrt  # its home before zoo.tasks.optim
 
@@ -35,7 +35,7 @@ class Translation(BackboneTask):
     for evaluation, ``references`` (raw target text), as `zoo.data.parallel.ParallelTextDataModule`
     makes them.
     The backbone maps ``(src_ids, tgt_ids, src_mask=...)`` to logits (B, T, V) and offers ``encode``,
-    ``decode`` and ``init_caches`` for decoding (see `zoo.tasks.beam_search`), as
+    ``decode`` and ``init_cache`` for decoding (see `zoo.tasks.decoding`), as
     `zoo.models.seq2seq.Transformer` does.
 
     Validation and test report ``loss`` (label-smoothed, what training minimises), ``nll`` (plain

@@ -12,23 +12,22 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from zoo.models.bert.model import Bert
 from zoo.models.hf_io import (
     LabelHead,
     config_value,
     label_config,
     read_config,
     read_state_dict,
+    register_converter,
     resolve_model_dir,
     write_model_dir,
 )
-
-if TYPE_CHECKING:
-    from zoo.models.bert.model import Bert
 
 # ours -> theirs; encoder names are relative to the ``bert.`` prefix, head names are not
 _EMBEDDING_KEYS = {
@@ -38,6 +37,7 @@ _EMBEDDING_KEYS = {
     "embeddings.norm.weight": "embeddings.LayerNorm.weight",
     "embeddings.norm.bias": "embeddings.LayerNorm.bias",
 }
+_OUR_LAYER = "encoder.layers."  # + "{i}.": where Bert keeps block i (Hugging Face: ``encoder.layer.{i}.``)
 _QKV = ("attention.self.query", "attention.self.key", "attention.self.value")  # concatenated in this order
 _LAYER_KEYS = {
     "self_attn.out_proj.weight": "attention.output.dense.weight",
@@ -134,11 +134,11 @@ def state_dict_from_hf(
 
     ours = {mine: take(theirs) for mine, theirs in _EMBEDDING_KEYS.items()}
     for i in range(num_layers):
-        prefix = f"encoder.layer.{i}."
+        block, prefix = f"{_OUR_LAYER}{i}.", f"encoder.layer.{i}."
         for suffix in ("weight", "bias"):
             parts = [take(f"{prefix}{name}.{suffix}") for name in _QKV]
-            ours[f"layers.{i}.self_attn.qkv_proj.{suffix}"] = torch.cat(parts, dim=0)  # (3C, C) / (3C,)
-        ours.update({f"layers.{i}.{mine}": take(prefix + theirs) for mine, theirs in _LAYER_KEYS.items()})
+            ours[f"{block}self_attn.qkv_proj.{suffix}"] = torch.cat(parts, dim=0)  # (3C, C) / (3C,)
+        ours.update({block + mine: take(prefix + theirs) for mine, theirs in _LAYER_KEYS.items()})
     head_groups = [_MLM_KEYS, _NSP_KEYS]
     missing: list[str] = []
     for group in [_POOLER_KEYS, *head_groups] if with_pretraining_heads else [_POOLER_KEYS]:
@@ -159,6 +159,22 @@ def state_dict_from_hf(
 
 
 def load_hf(cls: type[Bert], name_or_path: str | os.PathLike, *, with_pretraining_heads: bool = True) -> Bert:
+    """``Bert.from_hf``: load a Hugging Face BERT directory (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``) saved from ``BertModel``, ``BertForPreTraining`` or ``BertForMaskedLM``, a
+    ``python:<package>`` bundle, or a Hub name when ``huggingface_hub`` is installed and online.
+
+    Parts the checkpoint lacks (the pooler, the MLM or NSP head) keep their fresh initialisation and are
+    named in a ``UserWarning``. With ``with_pretraining_heads=False`` the checkpoint's heads are dropped.
+
+    Args:
+        cls: ``Bert`` or a subclass, built from the directory's ``config.json``.
+        name_or_path: The directory, ``python:<package>`` or Hub name (see `resolve_model_dir`).
+        with_pretraining_heads: Build (and load) the MLM and NSP heads.
+
+    Raises:
+        KeyError: A weight of the encoder is missing, or a tensor is not BERT's (named in the message).
+        ValueError: A ``config.json`` setting Bert does not compute (the key and the reason are named).
+    """
     model_dir = resolve_model_dir(name_or_path)
     kwargs = config_from_hf(read_config(model_dir), model_dir)
     model = cls(**kwargs, with_pretraining_heads=with_pretraining_heads)
@@ -229,10 +245,10 @@ def _encoder_to_hf(model: Bert, num_layers: int, *, pooler: bool) -> dict[str, T
     for i in range(num_layers):
         layer = f"encoder.layer.{i}."
         for suffix in ("weight", "bias"):
-            qkv = ours[f"layers.{i}.self_attn.qkv_proj.{suffix}"].chunk(3, dim=0)  # 3 x (C, C) / (C,)
+            qkv = ours[f"{_OUR_LAYER}{i}.self_attn.qkv_proj.{suffix}"].chunk(3, dim=0)  # 3 x (C, C) / (C,)
             # clone: safetensors refuses tensors that share storage
             theirs.update({f"{layer}{name}.{suffix}": t.clone() for name, t in zip(_QKV, qkv)})
-        theirs.update({layer + t: ours[f"layers.{i}.{m}"] for m, t in _LAYER_KEYS.items()})
+        theirs.update({layer + t: ours[f"{_OUR_LAYER}{i}.{m}"] for m, t in _LAYER_KEYS.items()})
     return theirs
 
 
@@ -243,7 +259,8 @@ def save_hf(
     head: LabelHead | Literal["pretraining", "mlm", "none"] | None = None,
     files: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``model`` as a Hugging Face directory (safetensors, atomic; see `write_model_dir`).
+    """``Bert.to_hf``: write ``model`` as a Hugging Face directory (safetensors, atomic; see
+    `write_model_dir`) that ``BertForPreTraining`` loads (``BertModel`` when it has no pretraining heads).
 
     Args:
         model: The BERT.
@@ -290,3 +307,6 @@ def save_hf(
     heads = {**_MLM_KEYS, **_NSP_KEYS} if head == "pretraining" else _MLM_KEYS
     theirs.update({t: ours[m] for m, t in heads.items()})
     return write_model_dir(directory, config, theirs, files=files)
+
+
+register_converter(Bert, load=load_hf, save=save_hf)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from zoo.errors import check_positive, check_probability
+from zoo.models.hf_io import HFConvertible
 from zoo.models.spec import Configurable
-from zoo.nn import MLP, TokenEmbedding
-from zoo.nn._legacy import PostNormBlock, SelfAttention
+from zoo.nn import MLP, Attention, EncoderStack, PostNormBlock, TokenEmbedding
 
 BERT_SIZES: dict[str, dict[str, int]] = {
     "bert-tiny": dict(embed_dim=128, num_heads=2, num_layers=2),  # 4.4M
@@ -79,12 +78,34 @@ class MaskedLMHead(nn.Module):
         return self.decoder(self.norm(self.activation(self.proj(hidden))))
 
 
-class Bert(Configurable, nn.Module):
+def _block(
+    *, embed_dim: int, num_heads: int, hidden_dim: int, eps: float, dropout: float, attention_dropout: float
+) -> PostNormBlock:
+    """One BERT layer: fused-QKV self-attention and a GELU MLP, each followed by a residual LayerNorm."""
+    attn = Attention(
+        qkv_proj=nn.Linear(embed_dim, 3 * embed_dim),  # one matmul; convert.py splits it for Hugging Face
+        out_proj=nn.Linear(embed_dim, embed_dim),
+        num_heads=num_heads,
+        head_dim=embed_dim // num_heads,
+        dropout=attention_dropout,
+    )
+    return PostNormBlock(
+        self_attn=attn,
+        mlp=MLP(embed_dim=embed_dim, hidden_dim=hidden_dim, activation=nn.GELU(), dropout=dropout),
+        self_attn_norm=nn.LayerNorm(embed_dim, eps=eps),
+        mlp_norm=nn.LayerNorm(embed_dim, eps=eps),
+        dropout=dropout,
+    )
+
+
+class Bert(Configurable, HFConvertible, nn.Module):
     """BERT encoder (Devlin et al., 2019) with optional pretraining heads.
 
     The methods are the pieces a task needs: `hidden_states`, `pool` for the
     [CLS] summary, `mlm_logits` (on any gathered positions, so an MLM task can skip the
-    unmasked ones) and `nsp_logits`. `forward` chains them over every position.
+    unmasked ones) and `nsp_logits`. `forward` chains them over every position. The blocks are
+    `zoo.nn.PostNormBlock`s of fused-QKV `zoo.nn.Attention` in a `zoo.nn.EncoderStack` (``encoder``);
+    ``from_hf``/``to_hf`` convert Hugging Face BERT directories (`zoo.models.bert.convert`).
 
     Args:
         vocab_size: Number of token ids (30522 for Google's uncased WordPiece vocabulary).
@@ -99,9 +120,15 @@ class Bert(Configurable, nn.Module):
         layer_norm_eps: LayerNorm epsilon.
         pad_token_id: Token id of [PAD]; its embedding starts at zero and gets no gradient.
         with_pretraining_heads: Build the MLM and NSP heads (``False`` for a bare encoder + pooler).
+
+    Raises:
+        ValueError: Sizes that are not positive integers, ``embed_dim`` not divisible by ``num_heads``, or
+            a dropout outside [0, 1] (the message names the argument).
     """
 
     fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PostNormBlock,)  # see zoo.strategies.FSDP
+    # checkpoints written before the encoder stack kept the blocks at ``layers.<i>`` (see zoo.checkpoint)
+    state_dict_renames: ClassVar[dict[str, str]] = {"layers.": "encoder.layers."}
 
     def __init__(
         self,
@@ -119,6 +146,11 @@ class Bert(Configurable, nn.Module):
         pad_token_id: int | None = 0,
         with_pretraining_heads: bool = True,
     ) -> None:
+        check_positive("Bert", vocab_size=vocab_size, max_seq_len=max_seq_len, embed_dim=embed_dim)
+        check_positive("Bert", num_heads=num_heads, num_layers=num_layers, hidden_dim=hidden_dim)
+        check_probability("Bert", dropout=dropout, attention_dropout=attention_dropout)
+        if embed_dim % num_heads:
+            raise ValueError(f"Bert: embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         super().__init__()
         hidden_dim = hidden_dim or 4 * embed_dim
         self.vocab_size = vocab_size
@@ -136,16 +168,10 @@ class Bert(Configurable, nn.Module):
             dropout=dropout,
             padding_idx=pad_token_id,
         )
-        self.layers = nn.ModuleList(
-            PostNormBlock(
-                self_attn=SelfAttention(embed_dim=embed_dim, num_heads=num_heads, dropout=attention_dropout),
-                mlp=MLP(embed_dim=embed_dim, hidden_dim=hidden_dim, activation=nn.GELU(), dropout=dropout),
-                self_attn_norm=nn.LayerNorm(embed_dim, eps=layer_norm_eps),
-                mlp_norm=nn.LayerNorm(embed_dim, eps=layer_norm_eps),
-                dropout=dropout,
-            )
-            for _ in range(num_layers)
-        )
+        sizes = dict(embed_dim=embed_dim, num_heads=num_heads, hidden_dim=hidden_dim, eps=layer_norm_eps)
+        dropouts = dict(dropout=dropout, attention_dropout=attention_dropout)
+        layers = [_block(**sizes, **dropouts) for _ in range(num_layers)]
+        self.encoder = EncoderStack(layers=layers, norm=None)  # post-norm blocks end normalised
         self.pooler = Pooler(embed_dim=embed_dim)
         self.mlm_head: MaskedLMHead | None = None
         self.nsp_head: nn.Linear | None = None
@@ -167,26 +193,10 @@ class Bert(Configurable, nn.Module):
             raise ValueError(f"unknown BERT size {name!r}; choose one of {sorted(BERT_SIZES)}")
         return cls(**{**BERT_SIZES[name], **overrides})
 
-    @classmethod
-    def from_hf(cls, name_or_path: str | os.PathLike, *, with_pretraining_heads: bool = True) -> Bert:
-        """Load a Hugging Face BERT directory (``config.json`` + ``model.safetensors`` or
-        ``pytorch_model.bin``) saved from ``BertModel``, ``BertForPreTraining`` or ``BertForMaskedLM``, or
-        a Hub name when ``huggingface_hub`` is installed and online.
-
-        Parts the checkpoint lacks (the pooler, the MLM or NSP head) keep their fresh initialisation and
-        are named in a ``UserWarning``. With ``with_pretraining_heads=False`` the checkpoint's heads are
-        dropped.
-        """
-        from zoo.models.bert.convert import load_hf
-
-        return load_hf(cls, name_or_path, with_pretraining_heads=with_pretraining_heads)
-
-    def to_hf(self, directory: str | os.PathLike) -> Path:
-        """Write a Hugging Face directory (safetensors, atomic) that ``BertForPreTraining`` loads
-        (``BertModel`` when this model has no pretraining heads)."""
-        from zoo.models.bert.convert import save_hf
-
-        return save_hf(self, directory)
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The blocks, in order (``encoder.layers``; layer-wise learning rates count them)."""
+        return self.encoder.layers
 
     def reset_parameters(self) -> None:
         """BERT initialisation: N(0, 0.02) weights, zero biases, LayerNorm ones/zeros, zero [PAD] row."""
@@ -234,11 +244,7 @@ class Bert(Configurable, nn.Module):
         pretraining reads [CLS] and the ~15% masked positions, so most of that layer's work is saved.
         """
         x = self.embeddings(input_ids, token_type_ids=token_type_ids)  # (B, T, C)
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            index = output_positions if i == last else None
-            x = layer(x, padding_mask=attention_mask, causal=False, query_index=index)
-        return x
+        return self.encoder(x, padding_mask=attention_mask, output_positions=output_positions)
 
     def pool(self, hidden: Tensor) -> Tensor:
         """Pooled [CLS] summary (B, C) of hidden states (B, T, C), the input of NSP and classifiers."""

@@ -1,23 +1,22 @@
 """The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
 
-An encoder of self-attention blocks reads the source; a decoder of causal self-attention plus
-cross-attention blocks writes the target. Norm placement (pre or post), position embeddings (sinusoidal
-or learned) and embedding sharing are the caller's choice; the output projection is the target
-embedding, transposed.
+An encoder of self-attention blocks (a `zoo.nn.EncoderStack`) reads the source; a decoder of causal
+self-attention plus cross-attention blocks (a `zoo.nn.DecoderStack`) writes the target. Norm placement
+(pre or post), position embeddings (sinusoidal or learned) and embedding sharing are the caller's choice;
+the output projection is the target embedding, transposed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
+from zoo.errors import check_positive, check_probability
 from zoo.models.spec import Configurable
-from zoo.nn import MLP, KVCache
-from zoo.nn._legacy import CrossAttention, PostNormBlock, PreNormBlock, SelfAttention
+from zoo.nn import MLP, Attention, DecoderCache, DecoderStack, EncoderStack, PostNormBlock, PreNormBlock
 from zoo.nn.embeddings import SinusoidalPositions
 
 TRANSFORMER_SIZES: dict[str, dict[str, int]] = {
@@ -36,35 +35,6 @@ TRANSFORMER_SIZES: dict[str, dict[str, int]] = {
 }
 """Named sizes. ``transformer-base`` and ``transformer-big`` are the paper's (Table 3); the last two are
 for CPUs."""
-
-
-@dataclass
-class DecoderCaches:
-    """Key/value caches of every decoder layer for incremental decoding (see `Transformer.init_cache`).
-
-    Attributes:
-        self_attn: One cache per layer for the target's own keys/values; grows by one step per call.
-        cross_attn: One cache per layer for the memory's keys/values; filled by the first call, then read.
-    """
-
-    self_attn: list[KVCache]
-    cross_attn: list[KVCache]
-
-    @property
-    def seq_len(self) -> int:
-        """Target positions decoded so far."""
-        return self.self_attn[0].seq_len
-
-    def reorder(self, index: Tensor) -> None:
-        """Make row ``i`` continue row ``index[i]``: (B',) row indices, which may repeat rows and change the
-        batch size (beam search: one row per source, then ``beam_size`` rows per source)."""
-        for cache in (*self.self_attn, *self.cross_attn):
-            n = cache.seq_len
-            if len(index) == cache.k.shape[0]:  # in place, only the filled positions
-                cache.k[:, :, :n] = cache.k[:, :, :n].index_select(0, index)  # (B, nh, n, hs)
-                cache.v[:, :, :n] = cache.v[:, :, :n].index_select(0, index)
-            else:
-                cache.k, cache.v = cache.k.index_select(0, index), cache.v.index_select(0, index)
 
 
 class InputEmbedding(nn.Module):
@@ -117,6 +87,12 @@ class Transformer(Configurable, nn.Module):
 
     # encoder and decoder blocks; `norm` picks which class is used (see zoo.strategies.FSDP)
     fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PreNormBlock, PostNormBlock)
+    state_dict_renames: ClassVar[dict[str, str]] = {  # checkpoints from before the stacks (zoo.checkpoint)
+        "encoder_layers.": "encoder.layers.",
+        "decoder_layers.": "decoder.layers.",
+        "encoder_norm.": "encoder.norm.",
+        "decoder_norm.": "decoder.norm.",
+    }
 
     def __init__(
         self,
@@ -143,6 +119,14 @@ class Transformer(Configurable, nn.Module):
                 f"norm must be 'pre' or 'post' and positions 'sinusoidal' or 'learned', got "
                 f"{norm!r}, {positions!r}"
             )
+        check_positive("Transformer", vocab_size=vocab_size, max_seq_len=max_seq_len, embed_dim=embed_dim)
+        check_positive("Transformer", num_heads=num_heads, hidden_dim=hidden_dim)
+        check_positive(
+            "Transformer", num_encoder_layers=num_encoder_layers, num_decoder_layers=num_decoder_layers
+        )
+        check_probability("Transformer", dropout=dropout, attention_dropout=attention_dropout)
+        if embed_dim % num_heads:
+            raise ValueError(f"Transformer: embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
         self.embed_dim = embed_dim
@@ -160,15 +144,13 @@ class Transformer(Configurable, nn.Module):
         tgt_tokens = src_tokens if share_embeddings else nn.Embedding(vocab_size, embed_dim)
         self.src_embed = self._embedding(src_tokens, positions, dropout)
         self.tgt_embed = self._embedding(tgt_tokens, positions, dropout)
-        self.encoder_layers = nn.ModuleList(block(cross=False, **layer) for _ in range(num_encoder_layers))
-        self.decoder_layers = nn.ModuleList(block(cross=True, **layer) for _ in range(num_decoder_layers))
         # pre-norm leaves the residual stream unnormalised: one norm after the last block of each stack
-        final_norm = norm == "pre"
-        self.encoder_norm = (
-            nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias) if final_norm else nn.Identity()
+        final_norm = lambda: nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias) if norm == "pre" else None
+        self.encoder = EncoderStack(
+            layers=[block(cross=False, **layer) for _ in range(num_encoder_layers)], norm=final_norm()
         )
-        self.decoder_norm = (
-            nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias) if final_norm else nn.Identity()
+        self.decoder = DecoderStack(
+            layers=[block(cross=True, **layer) for _ in range(num_decoder_layers)], norm=final_norm()
         )
         self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
         if tie_weights:
@@ -194,7 +176,8 @@ class Transformer(Configurable, nn.Module):
 
     def reset_parameters(self) -> None:
         """fairseq's initialisation: Xavier-uniform linear layers, zero biases, token embeddings
-        N(0, C^-1/2) (scaled by sqrt(C) on input, so unit-variance like the sinusoids)."""
+        N(0, C^-1/2) (scaled by sqrt(C) on input, so unit-variance like the sinusoids). Drawn in module
+        order: embeddings, encoder blocks, decoder blocks, output layer (each shared table once)."""
         for module in self.modules():
             if module is self.lm_head:  # tied or not: drawn like the embeddings
                 nn.init.normal_(module.weight, mean=0.0, std=self.embed_dim**-0.5)
@@ -221,10 +204,7 @@ class Transformer(Configurable, nn.Module):
 
     def encode(self, src_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
         """Encoder output ("memory") (B, S, C) for ``src_ids`` (B, S); ``attention_mask`` as in `forward`."""
-        x = self.src_embed(src_ids)  # (B, S, C)
-        for layer in self.encoder_layers:
-            x = layer(x, padding_mask=attention_mask)
-        return self.encoder_norm(x)
+        return self.encoder(self.src_embed(src_ids), padding_mask=attention_mask)  # (B, S, C)
 
     def decode(
         self,
@@ -232,7 +212,7 @@ class Transformer(Configurable, nn.Module):
         memory: Tensor,
         *,
         memory_mask: Tensor | None = None,
-        cache: DecoderCaches | None = None,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
         """Logits (B, T, vocab_size) for target ids (B, T) given the memory (B, S, C).
 
@@ -243,17 +223,8 @@ class Transformer(Configurable, nn.Module):
             cache: From `init_cache`: keys/values of earlier positions and of the memory, which are
                 computed on the first call only.
         """
-        x = self.tgt_embed(tgt_ids, start=cache.seq_len if cache else 0)  # (B, T, C)
-        for i, layer in enumerate(self.decoder_layers):
-            x = layer(
-                x,
-                causal=True,
-                kv_cache=cache.self_attn[i] if cache else None,
-                memory=memory,
-                memory_mask=memory_mask,
-                cross_kv_cache=cache.cross_attn[i] if cache else None,
-            )
-        return self.lm_head(self.decoder_norm(x))
+        x = self.tgt_embed(tgt_ids, start=cache.seq_len if cache is not None else 0)  # (B, T, C)
+        return self.lm_head(self.decoder(x, cache=cache, memory=memory, memory_mask=memory_mask))
 
     def init_cache(
         self,
@@ -263,32 +234,26 @@ class Transformer(Configurable, nn.Module):
         source_len: int,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
-    ) -> DecoderCaches:
+    ) -> DecoderCache:
         """Empty caches for ``batch_size`` rows, up to ``target_len`` decoder positions and a memory of
-        ``source_len`` positions."""
+        ``source_len`` positions: a `zoo.nn.DecoderCache` whose ``reorder(index)`` moves (and may repeat)
+        rows for beam search."""
         weight = self.lm_head.weight
-        attn = self.decoder_layers[0].self_attn
-
-        def cache(length: int) -> KVCache:
-            return KVCache(
-                batch_size=batch_size,
-                num_heads=attn.num_heads,
-                head_dim=attn.head_dim,
-                max_seq_len=length,
-                dtype=dtype or weight.dtype,
-                device=device or weight.device,
-            )
-
-        layers = range(len(self.decoder_layers))
-        return DecoderCaches([cache(target_len) for _ in layers], [cache(source_len) for _ in layers])
+        return self.decoder.init_cache(
+            batch_size,
+            target_len,
+            memory_len=source_len,
+            dtype=dtype or weight.dtype,
+            device=device or weight.device,
+        )
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward and backward) per source token, for sources and targets of ``seq_len``
         tokens each (default ``max_seq_len``): one source and one target position, nanoGPT's
         ``6N + 12·L·H·Q·T`` with the encoder's self-attention and the decoder's self- and cross-attention."""
-        attn = self.encoder_layers[0].self_attn
+        attn = self.encoder.layers[0].self_attn
         N = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
-        attention_layers = len(self.encoder_layers) + 2 * len(self.decoder_layers)
+        attention_layers = len(self.encoder.layers) + 2 * len(self.decoder.layers)
         return 6 * N + 12 * attention_layers * attn.num_heads * attn.head_dim * (seq_len or self.max_seq_len)
 
     def num_parameters(self) -> int:
@@ -308,17 +273,28 @@ def block(
     bias: bool,
     eps: float,
 ) -> PreNormBlock | PostNormBlock:
-    """An encoder block, or with ``cross`` a decoder block (self-attention, cross-attention, ReLU MLP)."""
-    layer_norm = lambda: nn.LayerNorm(embed_dim, eps=eps, bias=bias)
-    attention = lambda kind: kind(
-        embed_dim=embed_dim, num_heads=num_heads, dropout=attention_dropout, bias=bias
-    )
+    """An encoder block, or with ``cross`` a decoder block (causal self-attention, cross-attention, ReLU
+    MLP). Parts are built in the order of checkpoints from before the stacks (each attention's
+    ``out_proj`` first), so a seed draws the same weights."""
+    C = embed_dim
+    linear = lambda n_in, n_out: nn.Linear(n_in, n_out, bias=bias)
+    layer_norm = lambda: nn.LayerNorm(C, eps=eps, bias=bias)
+    heads = dict(num_heads=num_heads, head_dim=C // num_heads, dropout=attention_dropout)
+
+    def self_attention() -> Attention:
+        out_proj = linear(C, C)
+        return Attention(qkv_proj=linear(C, 3 * C), out_proj=out_proj, causal=cross, **heads)
+
+    def cross_attention() -> Attention:
+        out_proj = linear(C, C)
+        return Attention(q_proj=linear(C, C), kv_proj=linear(C, 2 * C), out_proj=out_proj, **heads)
+
     return (PreNormBlock if norm == "pre" else PostNormBlock)(
-        self_attn=attention(SelfAttention),
-        mlp=MLP(embed_dim=embed_dim, hidden_dim=hidden_dim, activation=nn.ReLU(), dropout=dropout, bias=bias),
+        self_attn=self_attention(),
+        mlp=MLP(embed_dim=C, hidden_dim=hidden_dim, activation=nn.ReLU(), dropout=dropout, bias=bias),
         self_attn_norm=layer_norm(),
         mlp_norm=layer_norm(),
-        cross_attn=attention(CrossAttention) if cross else None,
+        cross_attn=cross_attention() if cross else None,
         cross_attn_norm=layer_norm() if cross else None,
         dropout=dropout,
     )

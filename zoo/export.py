@@ -13,20 +13,30 @@ loadable with ``AutoTokenizer``). It is written atomically: complete, or not at 
 A classification head transformers cannot reproduce (another pooling, a GPT-2 head with a bias) is not
 exported: the directory then holds the backbone (``BertModel`` / ``GPT2Model``) and the printed line says
 why. Translation checkpoints are refused: no transformers class matches zoo's encoder-decoder.
+
+A checkpoint trained with LoRA adapters (a task's ``lora``) is exported with the adapters merged into
+plain weights. With ``--peft`` the directory also gets ``adapter/``: the adapters in PEFT's format
+(``adapter_config.json``, ``adapter_model.safetensors``), which ``peft.PeftModel.from_pretrained`` puts
+on the *base* transformers model (the weights training started from, not the merged ones). zoo's fused
+query/key/value adapter becomes one adapter per projection of BERT (A shared, B split by rows); a task's
+own head is saved whole (PEFT's ``modules_to_save``).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
+import shutil
 from contextlib import suppress
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from safetensors.torch import save_file
 from tokenizers import Tokenizer
-from torch import nn
+from torch import Tensor, nn
 
 from zoo.checkpoint import CheckpointError, read_checkpoint, upgrade_state_dict
 from zoo.data.labelled import pad_token_id
@@ -38,6 +48,7 @@ from zoo.models.gpt2 import GPT2
 from zoo.models.gpt2 import convert as gpt2_convert
 from zoo.models.hf_io import LabelHead, read_config, tokenizer_files
 from zoo.models.spec import import_class
+from zoo.nn.lora import lora_layers, merge_lora
 from zoo.tasks import CausalLM, MaskedLM, SequenceClassification, TokenClassification, Translation
 from zoo.tasks.base import BackboneTask
 
@@ -56,12 +67,17 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --output if it exists and is not empty"
     )
+    parser.add_argument(
+        "--peft",
+        action="store_true",
+        help="also write OUTPUT/adapter: the checkpoint's LoRA adapters in PEFT's format, for the base model",
+    )
     args = parser.parse_args(argv)
-    export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite)
+    export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite, peft=args.peft)
 
 
 def export_checkpoint(
-    ckpt_path: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False
+    ckpt_path: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False, peft: bool = False
 ) -> Path:
     """Write the Hugging Face directory of a zoo checkpoint and print one line saying what went where.
 
@@ -69,6 +85,8 @@ def export_checkpoint(
         ckpt_path: A checkpoint written by a zoo task (``zoo fit`` or a ``Trainer``).
         output: The directory to write; replaced whole (atomically) when ``overwrite``.
         overwrite: Replace ``output`` when it exists and is not empty.
+        peft: Also write ``output/adapter``, the LoRA adapters in PEFT's format (needs a checkpoint
+            trained with ``lora``).
 
     Returns:
         The written directory (absolute).
@@ -78,7 +96,8 @@ def export_checkpoint(
         FileExistsError: ``output`` is a file, or a non-empty directory without ``overwrite``.
         CheckpointError: The file is not a loadable zoo checkpoint (truncated, not PyTorch, another
             program's, weights that do not fit its task).
-        ValueError: The task or backbone has no transformers class (the message says which and why).
+        ValueError: The task or backbone has no transformers class (the message says which and why);
+            ``peft`` for a checkpoint without adapters or with an adapter transformers has no layer for.
     """
     source, target = Path(ckpt_path).expanduser(), Path(output).expanduser()
     if not source.is_file():
@@ -94,6 +113,8 @@ def export_checkpoint(
         )
     tokenizer, saved_labels = _saved_data_state(checkpoint)
     head, note = _head(task, convert, saved_labels, source)
+    adapter = _peft_adapter(task, convert, head, source) if peft else None
+    merge_lora(task.backbone)  # plain weights: what transformers computes
     files = None
     if tokenizer is not None:
         files = tokenizer_files(
@@ -108,12 +129,18 @@ def export_checkpoint(
         )
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from err
+    if adapter is not None:
+        _write_adapter(path / "adapter", *adapter)
     architecture = read_config(path)["architectures"][0]
     what = (
         f"{architecture} + tokenizer"
         if files
         else f"{architecture} (no tokenizer: the checkpoint holds none)"
     )
+    if adapter is not None:
+        what += " (LoRA merged), PEFT adapter for the base model in adapter/"
+    elif getattr(task, "lora", None) is not None:
+        what += " (LoRA merged)"
     print(f"exported {source} as {what} to {target}" + (f"; {note}" if note else ""))
     return path
 
@@ -197,6 +224,61 @@ def _head(
     if problem is None:
         return head, None
     return "none", f"the classification head was not exported (the directory holds the backbone): {problem}"
+
+
+def _peft_adapter(
+    task: BackboneTask, convert: ModuleType, head: Any, source: Path
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """PEFT's ``adapter_config.json`` dict and ``adapter_model.safetensors`` tensors for the task's
+    adapters on the transformers model `convert.save_hf` writes for ``head``."""
+    layers, lora = lora_layers(task.backbone), getattr(task, "lora", None)
+    if not layers or lora is None:
+        raise ValueError(f"{source}: --peft: the checkpoint has no LoRA adapters (trained without `lora`)")
+    tensors: dict[str, Tensor] = {}
+    targets: list[str] = []
+    for name, layer in layers.items():
+        try:
+            theirs = convert.hf_linear_names(name, head=head)
+        except KeyError:
+            raise ValueError(
+                f"{source}: --peft: the adapted layer {name} has no transformers counterpart in the exported "
+                "model; export without --peft (the merged weights include it)"
+            ) from None
+        # a fused projection's adapter is one per projection: A shared, B split by output rows
+        for module, b in zip(theirs, layer.lora_B.detach().chunk(len(theirs), dim=0)):  # (out/k, r) each
+            tensors[f"base_model.model.{module}.lora_A.weight"] = layer.lora_A.detach().clone()
+            tensors[f"base_model.model.{module}.lora_B.weight"] = b.clone()
+            targets.append(module)
+    saved = None
+    if isinstance(head, LabelHead):  # the task's head trained whole
+        saved = [convert.hf_head_name(head)]
+        tensors[f"base_model.model.{saved[0]}.weight"] = head.weight.clone()
+        if saved[0] != "score":  # GPT2ForSequenceClassification's score has no bias
+            tensors[f"base_model.model.{saved[0]}.bias"] = head.bias.clone()
+    config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": getattr(task, "pretrained", None),
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": targets,
+        "fan_in_fan_out": convert.PEFT_FAN_IN_FAN_OUT,
+        "bias": "none",
+        "modules_to_save": saved,
+        "inference_mode": True,
+    }
+    return config, tensors
+
+
+def _write_adapter(directory: Path, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    """Write a PEFT adapter directory: to a temporary name first, renamed when complete."""
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial / "adapter_model.safetensors"))
+    os.replace(partial, directory)
 
 
 def _special_tokens(tokenizer: Tokenizer) -> dict[str, str]:

@@ -12,6 +12,7 @@ from conftest import shared_file
 from tokenizers import Tokenizer
 
 from zoo.data import TextDataModule, TokenBlocks
+from zoo.data.text import SlidingWindows
 from zoo.data.tokenizers import load_tokenizer, train_bpe_tokenizer, train_char_tokenizer
 
 
@@ -305,3 +306,63 @@ def test_unknown_characters_are_reported_once_and_never_targets(tmp_path, capsys
 def test_bad_sizes_are_refused_at_construction_naming_the_argument(tmp_path, bad, message):
     with pytest.raises(ValueError, match=re.escape(f"TextDataModule: {message}")):
         _dm([tmp_path / "never-read.txt"], tmp_path, **bad)
+
+
+# -- packed documents ----------------------------------------------------------------------------------
+
+STREAM = np.array([5, 6, 9, 1, 4, 9, 7, 3, 9, 2], dtype=np.uint16)  # documents end with 9 (the EOT here)
+
+
+def test_blocks_without_packing_are_what_they_always_were():
+    """The blocks of a stream with document ends, as zoo cut them before packing existed."""
+    for blocks in (TokenBlocks(STREAM, block_size=4), TokenBlocks(STREAM, block_size=4, eot_id=None)):
+        items = [blocks[i] for i in range(len(blocks))]
+        assert [sorted(item) for item in items] == [["input_ids", "labels"]] * 2
+        assert [item["input_ids"].tolist() for item in items] == [[5, 6, 9, 1], [4, 9, 7, 3]]
+        assert [item["labels"].tolist() for item in items] == [[6, 9, 1, 4], [9, 7, 3, 9]]
+
+
+def test_packed_blocks_mark_documents_and_never_target_across_them():
+    blocks = TokenBlocks(STREAM, block_size=4, eot_id=9)
+    first, second = blocks[0], blocks[1]
+    assert first["input_ids"].tolist() == [5, 6, 9, 1]  # the same blocks as without packing
+    assert first["document_ids"].tolist() == [0, 0, 0, 1]  # the end token belongs to its document
+    assert first["labels"].tolist() == [6, 9, -100, 4]  # 1 would be predicted from the other document
+    assert second["document_ids"].tolist() == [0, 0, 1, 1] and second["labels"].tolist() == [9, -100, 3, 9]
+    windows = SlidingWindows(STREAM, block_size=4, stride=2, eot_id=9)  # zoo test scores the same way
+    assert windows[1]["input_ids"].tolist() == [9, 1, 4, 9]
+    assert windows[1]["document_ids"].tolist() == [0, 1, 1, 1]
+    assert windows[1]["labels"].tolist() == [-100, -100, 9, -100]  # context, crossing, scored, crossing
+
+
+def test_pack_documents_adds_document_ids_to_the_same_batches(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(BPE_TEXT[:1500], encoding="utf-8")
+    b.write_text(BPE_TEXT[1500:], encoding="utf-8")
+    plain = _ready(_dm([a, b], tmp_path, tokenizer="bpe", bpe_vocab_size=300, val_fraction=0.3))
+    packed = _ready(
+        _dm([a, b], tmp_path, tokenizer="bpe", bpe_vocab_size=300, val_fraction=0.3, pack_documents=True)
+    )
+    eot = plain.eot_id
+    batches = zip(plain.train_dataloader(), packed.train_dataloader(), strict=True)
+    boundaries = 0
+    for before, after in batches:
+        assert sorted(before) == ["input_ids", "labels"]
+        assert sorted(after) == ["document_ids", "input_ids", "labels"]
+        assert torch.equal(after["input_ids"], before["input_ids"])
+        ends = before["input_ids"] == eot
+        boundaries += int(ends.sum())
+        assert torch.equal(after["labels"], before["labels"].masked_fill(ends, -100))
+        assert torch.equal(after["document_ids"], ends.cumsum(1) - ends.long())
+    assert boundaries == 1  # the end of a.txt is in the training split; b.txt's is in validation
+    val = packed.val_set[len(packed.val_set) - 1]
+    assert val["document_ids"].shape == val["input_ids"].shape
+
+
+def test_pack_documents_needs_a_tokenizer_that_ends_documents(tmp_path):
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("abcdefgh\n" * 50)
+    dm = _dm([corpus], tmp_path, pack_documents=True)
+    dm.prepare_data()
+    with pytest.raises(ValueError, match=r"pack_documents=True needs a tokenizer with <\|endoftext\|>"):
+        dm.setup("fit")

@@ -23,8 +23,8 @@ from zoo.models.protocols import (
 )
 from zoo.models.seq2seq import Transformer
 from zoo.tasks import CausalLM, MaskedLM, Translation
-from zoo.tasks import decoding as decoding_module
 from zoo.tasks.decoding import generate
+from zoo.tasks.decoding import steps as decoding_steps
 
 USER_PROJECT = Path(__file__).resolve().parents[1] / "fixtures" / "user_project"
 TINY = dict(vocab_size=40, max_seq_len=16, embed_dim=16, num_heads=2)
@@ -140,7 +140,7 @@ def test_zoo_command_reports_the_missing_members_in_one_line(
 
 
 def test_generation_without_a_kv_cache_warns_once_naming_the_missing_members(my_lm, monkeypatch):
-    monkeypatch.setattr(decoding_module, "_WARNED_NO_CACHE", set())
+    monkeypatch.setattr(decoding_steps, "_WARNED_NO_CACHE", set())
     backbone = my_lm.GRULM(40, embed_dim=8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -154,7 +154,7 @@ def test_generation_without_a_kv_cache_warns_once_naming_the_missing_members(my_
 
 
 def test_generation_with_a_kv_cache_does_not_warn(monkeypatch):
-    monkeypatch.setattr(decoding_module, "_WARNED_NO_CACHE", set())
+    monkeypatch.setattr(decoding_steps, "_WARNED_NO_CACHE", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         generate(GPT2(**TINY, num_layers=1), [[1, 2, 3]], max_new_tokens=3, temperature=0.0)

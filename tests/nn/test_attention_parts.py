@@ -12,6 +12,7 @@ from zoo.nn import (
     DecoderStack,
     GatedMLP,
     KVCache,
+    LoRALinear,
     PreNormBlock,
     RMSNorm,
     RotaryPositions,
@@ -59,10 +60,14 @@ def test_fused_qkv_equals_separate_projections(causal):
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()])
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_query_index_computes_only_the_chosen_rows(fused):
+@pytest.mark.parametrize("layout", ["fused", "separate", "fused-adapter"])
+def test_query_index_computes_only_the_chosen_rows(layout):
     attn = _attention(NH, causal=False, bias=True)
-    attn = _fused(attn, causal=False) if fused else attn
+    attn = attn if layout == "separate" else _fused(attn, causal=False)
+    if layout == "fused-adapter":  # a wrapped projection is called whole: its adapter reaches the rows
+        attn.qkv_proj = LoRALinear(attn.qkv_proj, rank=2, alpha=4.0)
+        with torch.no_grad():
+            attn.qkv_proj.lora_B.normal_()
     x, mask = torch.randn(2, 7, C), torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
     index = torch.tensor([[0, 3, 6], [0, 1, 4]])
     with torch.no_grad():

@@ -1,5 +1,11 @@
 """Raw text to next-token blocks (training, validation) and sliding windows (scoring a file), through a
-memory-mapped token cache."""
+memory-mapped token cache.
+
+The corpus is one token stream: each file's tokens followed by ``<|endoftext|>`` when the tokenizer has it
+(``bpe``, GPT-2's vocabulary; a file may hold more of them, each ending a document). Blocks are cut from
+that stream regardless of documents; with ``pack_documents`` each block also carries ``document_ids`` so the
+model keeps its documents apart (see `TextDataModule`).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from zoo.data.batch import IGNORE_INDEX
 from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
 from zoo.data.resumable import ResumableSampler
 from zoo.data.tokenizers import (
+    EOT,
     TOKENIZER_KINDS,
     UnknownTally,
     eot_id,
@@ -49,10 +56,17 @@ class TokenBlocks(Dataset):
         block_size: T, the number of positions per example.
         stride: Distance between block starts (defaults to ``block_size``).
         ignore_id: A label equal to this id (the tokenizer's ``<unk>``) becomes -100: never a target.
+        eot_id: The token that ends each document (``<|endoftext|>``), for packed documents: items also
+            hold ``document_ids`` and the target after it is -100 (see `document_item`); ``None``: off.
     """
 
     def __init__(
-        self, tokens: np.ndarray, block_size: int, stride: int | None = None, ignore_id: int | None = None
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        stride: int | None = None,
+        ignore_id: int | None = None,
+        eot_id: int | None = None,
     ) -> None:
         if len(tokens) < block_size + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1 positions")
@@ -61,6 +75,7 @@ class TokenBlocks(Dataset):
         self.block_size = block_size
         self.stride = stride or block_size
         self.ignore_id = ignore_id
+        self.eot_id = eot_id
 
     def __len__(self) -> int:
         return (len(self.tokens) - 1 - self.block_size) // self.stride + 1
@@ -69,7 +84,8 @@ class TokenBlocks(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"block {i} out of range for {len(self)} blocks")
         start = i * self.stride
-        return _next_token_item(self.tokens[start : start + self.block_size + 1], self.ignore_id)
+        chunk = self.tokens[start : start + self.block_size + 1]
+        return _next_token_item(chunk, self.ignore_id, eot_id=self.eot_id)
 
 
 class SlidingWindows(Dataset):
@@ -89,10 +105,16 @@ class SlidingWindows(Dataset):
         block_size: T, the positions per window (the model's context).
         stride: New targets per window after the first (at most ``block_size``; defaults to it).
         ignore_id: A label equal to this id (the tokenizer's ``<unk>``) becomes -100: never scored.
+        eot_id: The token that ends each document, for packed documents (as in `TokenBlocks`).
     """
 
     def __init__(
-        self, tokens: np.ndarray, block_size: int, stride: int | None = None, ignore_id: int | None = None
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        stride: int | None = None,
+        ignore_id: int | None = None,
+        eot_id: int | None = None,
     ) -> None:
         check_positive("SlidingWindows", block_size=block_size, stride=stride)
         stride = stride or block_size
@@ -107,6 +129,7 @@ class SlidingWindows(Dataset):
         self.width = min(block_size, len(tokens) - 1)
         self.stride = stride
         self.ignore_id = ignore_id
+        self.eot_id = eot_id
         self._last_start = len(tokens) - 1 - self.width
 
     def __len__(self) -> int:
@@ -121,7 +144,8 @@ class SlidingWindows(Dataset):
             raise IndexError(f"window {i} out of range for {len(self)} windows")
         s = self.start(i)
         scored_before = 0 if i == 0 else self.start(i - 1) + self.width - s  # targets the last window scored
-        return _next_token_item(self.tokens[s : s + self.width + 1], self.ignore_id, context=scored_before)
+        chunk = self.tokens[s : s + self.width + 1]
+        return _next_token_item(chunk, self.ignore_id, context=scored_before, eot_id=self.eot_id)
 
 
 class TextDataModule(TokenizedDataModule):
@@ -136,6 +160,18 @@ class TextDataModule(TokenizedDataModule):
     Text the tokenizer cannot represent (a character the ``char`` vocabulary never saw) is read as
     ``<unk>``, is never a target (label -100), and is reported once per corpus on stderr: how many
     characters, which, and the first ``file:line``.
+
+    Documents: each file ends with ``<|endoftext|>`` when the tokenizer has it (``bpe`` and GPT-2's
+    vocabulary; ``char`` has none, so its files run into each other), and that token written inside a file
+    ends a document too. Blocks are cut from the stream as it is, so by default a block's positions attend
+    across those boundaries. ``pack_documents=True`` keeps the same blocks but gives each the batch key
+    ``document_ids`` (B, T), the document of each position, counted from 0 in each block (the
+    ``<|endoftext|>`` belongs to the document it ends): a `zoo.models.protocols.PackedDecoder` then
+    attends only within a document, with positions restarting at each one, and the target after each
+    ``<|endoftext|>`` (the next document's first token, which nothing in its own document precedes) is -100.
+    Every document in a block then gets the loss it would get alone (one cut by the block's start is
+    scored from there, without its earlier text). This applies to training, validation and ``zoo test``
+    windows alike.
 
     Args:
         files: Training corpus: paths, globs, ``stdlib:GLOB`` (the Python standard library's sources), URLs,
@@ -154,6 +190,8 @@ class TextDataModule(TokenizedDataModule):
         test_stride: New targets per window when ``zoo test`` scores (see `SlidingWindows`); each
             later target gets at least ``max_seq_len - test_stride + 1`` tokens of context. ``None`` means
             ``max_seq_len`` (disjoint windows); at most ``max_seq_len``.
+        pack_documents: Keep the documents of each block apart (``document_ids``, see above); needs a
+            tokenizer with ``<|endoftext|>``. Off: blocks and numbers exactly as without the option.
         batch_size: Training batch size per device.
         eval_batch_size: Validation/test batch size (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -175,6 +213,7 @@ class TextDataModule(TokenizedDataModule):
         max_seq_len: int = 256,
         train_stride: int | None = None,
         test_stride: int | None = None,
+        pack_documents: bool = False,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -193,6 +232,7 @@ class TextDataModule(TokenizedDataModule):
         self.max_seq_len = max_seq_len
         self.train_stride = train_stride
         self.test_stride = test_stride
+        self.pack_documents = pack_documents
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -255,7 +295,7 @@ class TextDataModule(TokenizedDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             return
-        ignore = unk_id(self.tokenizer)
+        ignore, eot = unk_id(self.tokenizer), self._document_end()
         if stage == "test":
             tokens = self._tokens(self.test_file) if self.test_file else self._train_and_val_tokens()[1]
             if len(tokens) < 2:
@@ -263,7 +303,9 @@ class TextDataModule(TokenizedDataModule):
                     f"{self.test_file or 'the validation split'}: {len(tokens)} token(s), too few to score "
                     "(the first token is only context)"
                 )
-            self.test_set = SlidingWindows(tokens, self.max_seq_len, self.test_stride, ignore_id=ignore)
+            self.test_set = SlidingWindows(
+                tokens, self.max_seq_len, self.test_stride, ignore_id=ignore, eot_id=eot
+            )
             return
         train_tokens, val_tokens = self._train_and_val_tokens()
         where = ", ".join(self.files)
@@ -275,8 +317,10 @@ class TextDataModule(TokenizedDataModule):
                     f"max_seq_len + 1 = {self.max_seq_len + 1}; give more text, a smaller max_seq_len"
                     + (" or a larger val_fraction" if split == "validation" and not self.val_files else "")
                 )
-        self.train_set = TokenBlocks(train_tokens, self.max_seq_len, self.train_stride, ignore_id=ignore)
-        self.val_set = TokenBlocks(val_tokens, self.max_seq_len, ignore_id=ignore)
+        self.train_set = TokenBlocks(
+            train_tokens, self.max_seq_len, self.train_stride, ignore_id=ignore, eot_id=eot
+        )
+        self.val_set = TokenBlocks(val_tokens, self.max_seq_len, ignore_id=ignore, eot_id=eot)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
@@ -315,6 +359,18 @@ class TextDataModule(TokenizedDataModule):
         return DataLoader(encoded, batch_size=self.eval_batch_size, collate_fn=_collate_prompts)
 
     # -- internals ---------------------------------------------------------------------------------
+    def _document_end(self) -> int | None:
+        """The id that ends each document when ``pack_documents`` is on, else ``None``."""
+        if not self.pack_documents:
+            return None
+        if self.eot_id is None:
+            raise ValueError(
+                f"TextDataModule: pack_documents=True needs a tokenizer with {EOT} between documents "
+                f"(tokenizer 'bpe' or GPT-2's vocabulary); tokenizer {self.tokenizer_spec!r} has none, so "
+                "its token stream marks no document boundary"
+            )
+        return self.eot_id
+
     @property
     def _dtype(self) -> type:
         return np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
@@ -387,15 +443,31 @@ def _check_arguments(args: dict[str, Any]) -> None:
         )
 
 
-def _next_token_item(chunk: np.ndarray, ignore_id: int | None, context: int = 0) -> dict[str, torch.Tensor]:
+def _next_token_item(
+    chunk: np.ndarray, ignore_id: int | None, context: int = 0, eot_id: int | None = None
+) -> dict[str, torch.Tensor]:
     """``{"input_ids": chunk[:-1], "labels": chunk[1:]}`` (int64), with -100 on the first ``context``
-    labels and on labels equal to ``ignore_id``."""
+    labels and on labels equal to ``ignore_id``; with ``eot_id``, as `document_item` makes it."""
     ids = torch.from_numpy(chunk.astype(np.int64))
     labels = ids[1:].clone()
     labels[:context] = IGNORE_INDEX
     if ignore_id is not None:
         labels[labels == ignore_id] = IGNORE_INDEX
-    return {"input_ids": ids[:-1], "labels": labels}
+    item = {"input_ids": ids[:-1], "labels": labels}
+    return item if eot_id is None else document_item(item, eot_id)
+
+
+def document_item(item: dict[str, torch.Tensor], eot_id: int) -> dict[str, torch.Tensor]:
+    """Mark the documents of a next-token item whose documents each end with ``eot_id``.
+
+    Adds ``document_ids`` (T,): the number of ``eot_id`` tokens before each position, so the end token
+    belongs to the document it ends and the first document of the item is 0. The label at an end token
+    (the next document's first token) becomes -100: predicting it would take the other document's context.
+    """
+    ends = item["input_ids"] == eot_id  # (T,)
+    labels = item["labels"].masked_fill(ends, IGNORE_INDEX)
+    document_ids = ends.long().cumsum(0) - ends.long()  # (T,) ends before each position
+    return {**item, "labels": labels, "document_ids": document_ids}
 
 
 @rank_zero_only

@@ -26,6 +26,7 @@ __all__ = [
     "HiddenStates",
     "IncrementalDecoder",
     "MaskedLMEncoder",
+    "PackedDecoder",
     "check_backbone",
     "missing_members",
     "protocol_members",
@@ -37,8 +38,8 @@ class CausalDecoder(Protocol):
     """A network mapping token ids to next-token logits: all `zoo.tasks.CausalLM` needs.
 
     ``forward(input_ids (B, T), attention_mask=(B, T) | None) -> logits (B, T, V)``. Optional, read when
-    present: ``max_seq_len`` and ``vocab_size`` (checked against the data in ``setup``), a ``position_ids``
-    argument (passed by `zoo.tasks.decoding.generate` under left padding) and ``flops_per_token``.
+    present: ``max_seq_len`` and ``vocab_size`` (checked against the data in ``setup``; ``max_seq_len`` also
+    sizes generation's window) and ``flops_per_token`` (MFU).
 
     Implemented by: `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama` (any `zoo.nn.DecoderLM`), and any
     plain module with such a ``forward`` (e.g. a GRU language model).
@@ -51,8 +52,9 @@ class CausalDecoder(Protocol):
 class IncrementalDecoder(CausalDecoder, Protocol):
     """A `CausalDecoder` that decodes one token at a time from a KV cache and exposes its hidden states.
 
-    `zoo.tasks.decoding.generate` decodes incrementally with it (otherwise it re-reads a sliding window
-    every step); fine-tuning tasks read ``hidden_states`` (B, T, C) from it.
+    Its ``forward`` also takes ``position_ids`` (B, T) (left-padded prompts) and ``cache`` (from
+    ``init_cache``). `zoo.tasks.decoding.generate` decodes incrementally with it (otherwise it re-reads a
+    sliding window every step); fine-tuning tasks read ``hidden_states`` (B, T, C) from it.
 
     Implemented by: `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama` (any `zoo.nn.DecoderLM`).
     """
@@ -60,9 +62,38 @@ class IncrementalDecoder(CausalDecoder, Protocol):
     max_seq_len: int
     vocab_size: int
 
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        cache: Any = None,
+    ) -> Tensor: ...
+
     def hidden_states(self, input_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor: ...
 
     def init_cache(self, batch_size: int, max_seq_len: int | None = None) -> Any: ...
+
+
+@runtime_checkable
+class PackedDecoder(CausalDecoder, Protocol):
+    """A `CausalDecoder` that keeps the documents of a packed row apart.
+
+    Its ``forward`` also takes ``document_ids`` (B, T), the document of each position (one run of equal
+    ids per document): no position attends across a document boundary and positions restart at each
+    document, so every document gets the logits it would get alone. It declares this with
+    ``accepts_document_ids = True``. `zoo.tasks.CausalLM` passes a batch's ``document_ids`` (data with
+    ``pack_documents``) only to such a backbone and refuses the batch for any other.
+
+    Implemented by: `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama` (any `zoo.nn.DecoderLM`).
+    """
+
+    accepts_document_ids: bool
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, document_ids: Tensor | None = None
+    ) -> Tensor: ...
 
 
 @runtime_checkable

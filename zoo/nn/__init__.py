@@ -4,6 +4,7 @@ from zoo.nn.attention import Attention, KVCache, build_attention_mask
 from zoo.nn.block import PostNormBlock, PreNormBlock
 from zoo.nn.embeddings import SinusoidalPositions, TokenEmbedding
 from zoo.nn.heads import last_token_index, pool_first, pool_last, pool_mean
+from zoo.nn.lora import LoRA, LoRALinear, apply_lora, merge_lora
 from zoo.nn.mlp import MLP, GatedMLP
 from zoo.nn.norms import RMSNorm
 from zoo.nn.positions import ALiBiPositions, LearnedPositions, Positions, RotaryPositions
@@ -20,6 +21,8 @@ __all__ = [
     "GatedMLP",
     "KVCache",
     "LearnedPositions",
+    "LoRA",
+    "LoRALinear",
     "Positions",
     "PostNormBlock",
     "PreNormBlock",
@@ -27,8 +30,10 @@ __all__ = [
     "RotaryPositions",
     "SinusoidalPositions",
     "TokenEmbedding",
+    "apply_lora",
     "build_attention_mask",
     "last_token_index",
+    "merge_lora",
     "pool_first",
     "pool_last",
     "pool_mean",

@@ -8,15 +8,28 @@ transformers), or fused ``qkv_proj`` (one matmul for self-attention: GPT-2, zoo'
 and keys. Grouped-query attention (Ainslie et al. 2023) shares each key/value head among
 ``num_heads // num_kv_heads`` query heads; ``num_kv_heads == num_heads`` is plain multi-head attention and
 ``num_kv_heads == 1`` multi-query attention. A `KVCache` holds keys/values for incremental decoding.
+
+Packed rows (several documents concatenated into one row) pass ``document_ids`` (B, T): a query sees only
+keys of its own document (`build_attention_mask`), and positions restart at each document
+(`document_position_ids`), so every document is computed as if it were alone. SDPA takes the boolean
+mask; on CUDA, when ``torch.nn.attention.flex_attention`` exists, a block mask (`document_block_mask`)
+lets FlexAttention skip the blocks between documents.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import check_positive, check_probability
+
+try:  # torch >= 2.5
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:  # pragma: no cover - older torch: packed rows always go through SDPA's mask
+    BlockMask = create_block_mask = flex_attention = None
 
 
 class KVCache(nn.Module):
@@ -86,6 +99,7 @@ def build_attention_mask(
     num_keys: int,
     causal: bool,
     device: torch.device,
+    document_ids: Tensor | None = None,
 ) -> Tensor | None:
     """Boolean mask broadcastable to (B, nh, Tq, Tk); ``True`` means "may attend".
 
@@ -99,6 +113,11 @@ def build_attention_mask(
         num_keys: Tk.
         causal: Whether query ``i`` may only see keys up to its own position.
         device: Device for the mask.
+        document_ids: (B, T) document of each position of packed rows (no cache: Tq = Tk = T): query
+            ``i`` sees key ``j`` only when both are in the same document (a block-diagonal mask).
+
+    Raises:
+        ValueError: ``document_ids`` whose length is not both Tq and Tk.
     """
     mask = None
     if causal:
@@ -106,6 +125,14 @@ def build_attention_mask(
         q_pos = torch.arange(num_queries, device=device).unsqueeze(1) + offset  # (Tq, 1)
         mask = q_pos >= torch.arange(num_keys, device=device).unsqueeze(0)  # (Tq, Tk)
         mask = mask[None, None]  # (1, 1, Tq, Tk)
+    if document_ids is not None:
+        if not document_ids.shape[-1] == num_queries == num_keys:
+            raise ValueError(
+                f"document_ids cover {document_ids.shape[-1]} positions; packed rows need them for every "
+                f"query and key ({num_queries} queries, {num_keys} keys: no KV cache)"
+            )
+        same = document_ids[:, None, :, None] == document_ids[:, None, None, :]  # (B, 1, T, T)
+        mask = same if mask is None else mask & same
     if key_padding_mask is not None:
         keep = key_padding_mask[:, None, None, :].bool()  # (B, 1, 1, Tk)
         mask = keep if mask is None else mask & keep
@@ -113,6 +140,47 @@ def build_attention_mask(
         # every key instead. Its output is padding and is never read.
         mask = mask | ~mask.any(dim=-1, keepdim=True)
     return mask
+
+
+def document_position_ids(document_ids: Tensor) -> Tensor:
+    """Positions that restart at 0 where each document of a packed row begins: (B, T) -> (B, T).
+
+    Document ids ``0 0 0 1 1 2 2 2`` give positions ``0 1 2 0 1 0 1 2``; a document is a run of equal ids.
+    """
+    index = torch.arange(document_ids.shape[-1], device=document_ids.device).expand_as(document_ids)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)  # (B, T)
+    starts[..., 1:] = document_ids[..., 1:] != document_ids[..., :-1]
+    first = torch.where(starts, index, 0).cummax(dim=-1).values  # (B, T): where each position's run began
+    return index - first
+
+
+def document_block_mask(
+    document_ids: Tensor, *, key_padding_mask: Tensor | None = None, causal: bool = True
+) -> BlockMask:
+    """FlexAttention's block mask for packed rows: the same rule as `build_attention_mask` with
+    ``document_ids`` (same document, ``j <= i`` when causal, real keys only), evaluated blockwise so that
+    the kernel skips the blocks between documents.
+
+    Args:
+        document_ids: (B, T) document of each position.
+        key_padding_mask: (B, T) with 1 at real tokens, or ``None``.
+        causal: Query ``i`` sees keys up to its own position only.
+    """
+    real = key_padding_mask.bool() if key_padding_mask is not None else None
+
+    def mask_mod(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        keep = document_ids[b, q] == document_ids[b, k]
+        if causal:
+            keep = keep & (k <= q)
+        return keep if real is None else keep & real[b, k]
+
+    B, T = document_ids.shape
+    return create_block_mask(mask_mod, B=B, H=None, Q_LEN=T, KV_LEN=T, device=document_ids.device)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    return torch.compile(flex_attention)  # eager flex_attention materialises every score; compiled fuses
 
 
 # SDPA shares key/value heads itself from torch 2.5 on; before that the heads are repeated.
@@ -196,9 +264,15 @@ class Attention(nn.Module):
         self, x: Tensor, source: Tensor, query_index: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Queries of ``x`` (only the rows ``query_index``, when given) and keys/values of ``source``."""
-        kv = self.num_kv_heads * self.head_dim
-        if self.qkv_proj is not None:
-            q, k, v = self.qkv_proj(x).split([self.num_heads * self.head_dim, kv, kv], dim=2)
+        nq, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.qkv_proj is not None and query_index is not None and type(self.qkv_proj) is nn.Linear:
+            # a plain fused projection computes the queries of the chosen rows only; any other module
+            # (an adapter, a quantised layer) is called whole below, so nothing it adds is skipped
+            w, b = self.qkv_proj.weight, self.qkv_proj.bias
+            q = F.linear(_rows(x, query_index), w[:nq], None if b is None else b[:nq])  # (B, N, nh·hs)
+            k, v = F.linear(x, w[nq:], None if b is None else b[nq:]).split(kv, dim=2)
+        elif self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split([nq, kv, kv], dim=2)
             q = q if query_index is None else _rows(q, query_index)  # (B, N, nh·hs)
         else:
             q = self.q_proj(x if query_index is None else _rows(x, query_index))
@@ -218,6 +292,7 @@ class Attention(nn.Module):
         position_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
         query_index: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Attend ``x`` (B, T, C) to itself, or to ``memory`` (B, S, Cm); returns (B, T, C), or (B, N, C)
         with ``query_index``.
@@ -228,17 +303,29 @@ class Attention(nn.Module):
             padding_mask: (B, Tk) with 1 at real keys; with a self-attention cache Tk covers cached plus
                 new tokens.
             position_ids: (B, T) or (T,) positions of ``x`` for the position encoding; defaults to the
-                positions after the cached ones.
+                positions after the cached ones, or with ``document_ids`` to positions restarting at each
+                document (`document_position_ids`).
             kv_cache: Self-attention: this call's keys/values are appended and all cached ones attended.
                 Cross-attention: filled from ``memory`` on first use, then only read.
             query_index: (B, N) positions whose outputs are wanted (bidirectional attention without a
                 cache or relative positions): only their queries are attended; keys and values still cover
                 every position (a last layer read at a few positions).
+            document_ids: (B, T) document of each position of packed rows (self-attention without a
+                cache): a query attends only to keys of its own document.
+
+        Raises:
+            ValueError: ``query_index`` with a cache, causal attention or relative positions;
+                ``document_ids`` with a cache, cross-attention or ``query_index``.
         """
         cross = memory is not None
         if query_index is not None and (kv_cache is not None or self.causal or self.positions is not None):
             raise ValueError(
                 "query_index is for bidirectional attention without a cache or relative positions"
+            )
+        if document_ids is not None and (kv_cache is not None or cross or query_index is not None):
+            raise ValueError(
+                "document_ids (packed documents) are for self-attention over whole rows: not with a KV "
+                "cache, cross-attention or query_index; decode one document per row instead"
             )
         if cross and kv_cache is not None and kv_cache.seq_len > 0:  # the memory's keys/values, cached once
             q = self._split(self.q_proj(x), self.num_heads)  # (B, nh, T, hs)
@@ -246,23 +333,52 @@ class Attention(nn.Module):
         else:
             q, k, v = self._project(x, memory if cross else x, query_index)  # (B, nh, T, hs), (B, nkv, S, hs)
             if self.positions is not None and not cross:
-                if position_ids is None:
+                if position_ids is None and document_ids is not None:
+                    position_ids = document_position_ids(document_ids)  # (B, T)
+                elif position_ids is None:
                     past = kv_cache.seq_len if kv_cache is not None else 0
                     position_ids = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
                 q, k = self.positions.apply(q, k, position_ids)
             if kv_cache is not None:
                 k, v = kv_cache.update(k, v)  # (B, nkv, Tk, hs)
-        return self.out_proj(self._attend(q, k, v, padding_mask, cross=cross))
+        return self.out_proj(self._attend(q, k, v, padding_mask, cross=cross, document_ids=document_ids))
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, padding_mask: Tensor | None, cross: bool) -> Tensor:
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        padding_mask: Tensor | None,
+        cross: bool,
+        document_ids: Tensor | None = None,
+    ) -> Tensor:
         B, _, Tq, _ = q.shape
         Tk = k.shape[2]
         causal = self.causal and not cross
         bias = self.positions.bias(Tq, Tk) if self.positions is not None and not cross else None
+        if document_ids is not None and self._flex_applies(q, bias):
+            y = _compiled_flex_attention()(
+                q,
+                k,
+                v,
+                block_mask=document_block_mask(document_ids, key_padding_mask=padding_mask, causal=causal),
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )  # (B, nh, Tq, hs)
+            return y.transpose(1, 2).reshape(B, Tq, self.num_heads * self.head_dim)  # (B, Tq, nh·hs)
         mask, is_causal = None, False
-        if padding_mask is not None or bias is not None or (causal and Tq != Tk and Tq > 1):
+        if (
+            padding_mask is not None
+            or bias is not None
+            or document_ids is not None
+            or (causal and Tq != Tk and Tq > 1)
+        ):
             mask = build_attention_mask(
-                key_padding_mask=padding_mask, num_queries=Tq, num_keys=Tk, causal=causal, device=q.device
+                key_padding_mask=padding_mask,
+                num_queries=Tq,
+                num_keys=Tk,
+                causal=causal,
+                device=q.device,
+                document_ids=document_ids,
             )  # (B or 1, 1, Tq, Tk) bool, or None
             if bias is not None:
                 bias = bias.to(q.dtype)  # (nh, Tq, Tk)
@@ -288,6 +404,19 @@ class Attention(nn.Module):
         )  # (B, nh, Tq, hs)
         y = y.transpose(1, 2).reshape(B, Tq, self.num_heads * self.head_dim)  # (B, Tq, nh·hs)
         return y
+
+    def _flex_applies(self, q: Tensor, bias: Tensor | None) -> bool:
+        """Packed rows go to compiled FlexAttention on CUDA when it computes what SDPA would:
+        no additive bias (ALiBi), no attention dropout, a head size of a power of two from 16 on."""
+        hs = q.shape[-1]
+        return (
+            flex_attention is not None
+            and q.is_cuda
+            and bias is None
+            and not (self.training and self.dropout > 0)
+            and hs >= 16
+            and hs & (hs - 1) == 0
+        )
 
 
 def _rows(x: Tensor, index: Tensor) -> Tensor:

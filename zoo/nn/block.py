@@ -63,11 +63,17 @@ class PreNormBlock(_Block):
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         cross_kv_cache: KVCache | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """(B, T, C) -> (B, T, C); see `zoo.nn.Attention.forward` for the arguments (``memory_mask`` and
-        ``cross_kv_cache`` are cross-attention's ``padding_mask`` and ``kv_cache``)."""
+        ``cross_kv_cache`` are cross-attention's ``padding_mask`` and ``kv_cache``; ``document_ids`` is
+        self-attention's)."""
         h = self.self_attn(
-            self.self_attn_norm(x), padding_mask=padding_mask, position_ids=position_ids, kv_cache=kv_cache
+            self.self_attn_norm(x),
+            padding_mask=padding_mask,
+            position_ids=position_ids,
+            kv_cache=kv_cache,
+            document_ids=document_ids,
         )
         x = x + self.dropout(h)
         if self.cross_attn is not None:
@@ -102,6 +108,7 @@ class PostNormBlock(_Block):
         memory_mask: Tensor | None = None,
         cross_kv_cache: KVCache | None = None,
         query_index: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """(B, T, C) -> (B, T, C), as `PreNormBlock`. With ``query_index`` (B, N) only those positions are
         computed and returned: (B, N, C)."""
@@ -111,6 +118,7 @@ class PostNormBlock(_Block):
             position_ids=position_ids,
             kv_cache=kv_cache,
             query_index=query_index,
+            document_ids=document_ids,
         )
         if query_index is not None:
             x = x.gather(1, query_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N, C)

@@ -12,11 +12,12 @@ decoder-only family subclasses it. An encoder-decoder is an `EncoderStack` and a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from zoo.nn.attention import KVCache
+from zoo.nn.attention import KVCache, document_position_ids
 from zoo.nn.norms import RMSNorm
 
 
@@ -74,8 +75,9 @@ class DecoderStack(nn.Module):
 
     Args:
         layers: The blocks, in order; each is called as ``block(x, padding_mask=, position_ids=,
-            kv_cache=)`` (plus ``memory=, memory_mask=, cross_kv_cache=`` when given a memory) and has a
-            ``self_attn`` (and ``cross_attn``) with ``num_kv_heads`` and ``head_dim`` (for the caches).
+            kv_cache=)`` (plus ``memory=, memory_mask=, cross_kv_cache=`` when given a memory, and
+            ``document_ids=`` for packed rows) and has a ``self_attn`` (and ``cross_attn``) with
+            ``num_kv_heads`` and ``head_dim`` (for the caches).
         norm: Final norm (``None``: none, e.g. post-norm blocks end normalised).
     """
 
@@ -93,27 +95,36 @@ class DecoderStack(nn.Module):
         cache: DecoderCache | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Embedded tokens (B, T, C) -> final normalised hidden states (B, T, C).
 
         Args:
             x: Embedded input.
             padding_mask: (B, Tk) with 1 at real tokens; with a cache Tk covers cached plus new tokens.
-            position_ids: (B, T) or (T,); defaults to the positions after the cached ones.
+            position_ids: (B, T) or (T,); defaults to the positions after the cached ones, or with
+                ``document_ids`` to positions restarting at each document.
             cache: From `init_cache`, for incremental decoding.
             memory: Encoder output (B, S, Cm) for the blocks' cross-attention.
             memory_mask: (B, S) with 1 at real memory positions.
+            document_ids: (B, T) document of each position of packed rows (no cache): self-attention
+                stays within each document (see `zoo.nn.Attention`).
         """
-        if position_ids is None:
+        if position_ids is None and document_ids is not None:
+            position_ids = document_position_ids(document_ids)  # (B, T)
+        elif position_ids is None:
             past = cache.seq_len if cache is not None else 0
             position_ids = torch.arange(past, past + x.shape[1], device=x.device)  # (T,)
+        packed = {"document_ids": document_ids} if document_ids is not None else {}  # blocks may not take it
         for i, layer in enumerate(self.layers):
             kv_cache = cache.self_attn[i] if cache is not None else None
             cross = {}
             if memory is not None:  # only blocks with cross-attention are given a memory
                 cross_kv = cache.cross_attn[i] if cache is not None and cache.cross_attn else None
                 cross = {"memory": memory, "memory_mask": memory_mask, "cross_kv_cache": cross_kv}
-            x = layer(x, padding_mask=padding_mask, position_ids=position_ids, kv_cache=kv_cache, **cross)
+            x = layer(
+                x, padding_mask=padding_mask, position_ids=position_ids, kv_cache=kv_cache, **cross, **packed
+            )
         return x if self.norm is None else self.norm(x)
 
     def init_cache(
@@ -174,7 +185,8 @@ class DecoderLM(nn.Module):
 
     A family subclasses it and only builds the parts (see `zoo.models.llama.Llama`); this class gives it
     the surface `zoo.tasks.CausalLM`, the fine-tuning tasks and decoding use: ``forward``, ``hidden_states``,
-    ``init_cache``, ``flops_per_token``, ``reset_parameters``, ``max_seq_len``, ``vocab_size``.
+    ``init_cache``, ``flops_per_token``, ``reset_parameters``, ``max_seq_len``, ``vocab_size``. It takes
+    packed rows (``document_ids``), so it is a `zoo.models.protocols.PackedDecoder`.
 
     Args:
         tokens: Token embedding, vocab_size -> C.
@@ -187,6 +199,9 @@ class DecoderLM(nn.Module):
             ``None`` (the default): none, positions live only inside attention.
         embed_dropout: Dropout on the embeddings (GPT-2's ``embd_pdrop``).
     """
+
+    accepts_document_ids: ClassVar[bool] = True
+    """``forward`` and ``hidden_states`` take ``document_ids`` (`zoo.models.protocols.PackedDecoder`)."""
 
     def __init__(
         self,
@@ -239,11 +254,16 @@ class DecoderLM(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         cache: DecoderCache | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Next-token logits (B, T, vocab_size); arguments as `hidden_states`."""
         return self.lm_head(
             self.hidden_states(
-                input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache
+                input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                document_ids=document_ids,
             )
         )
 
@@ -254,6 +274,7 @@ class DecoderLM(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         cache: DecoderCache | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Final normalised hidden states (B, T, C) for ``input_ids`` (B, T).
 
@@ -261,12 +282,27 @@ class DecoderLM(nn.Module):
             input_ids: Token ids.
             attention_mask: (B, Tk) with 1 at real tokens; with ``cache`` it covers cached plus new ones.
             position_ids: (B, T) positions (left padding needs them); defaults to consecutive positions
-                after the cached ones.
+                after the cached ones, or with ``document_ids`` to positions restarting at each document.
             cache: From `init_cache`, for incremental decoding.
+            document_ids: (B, T) document of each position when a row packs several documents (one run
+                of equal ids each): no position attends across a document boundary, so each document
+                gives the logits it would give alone. Not with ``cache``.
+
+        Raises:
+            ValueError: A sequence longer than ``max_seq_len`` (without ``position_ids``), or
+                ``document_ids`` with a cache.
         """
         end = (cache.seq_len if cache is not None else 0) + input_ids.shape[1]
         if position_ids is None and end > self.max_seq_len:
             raise ValueError(f"sequence length {end} exceeds max_seq_len={self.max_seq_len}")
+        if document_ids is not None:
+            if cache is not None:
+                raise ValueError(
+                    "document_ids (packed documents) cannot be used with a KV cache: decode one document "
+                    "per row"
+                )
+            if position_ids is None:
+                position_ids = document_position_ids(document_ids)  # (B, T)
         x = self.tokens(input_ids)  # (B, T, C)
         if self.absolute_positions is not None:
             if position_ids is None:
@@ -274,7 +310,9 @@ class DecoderLM(nn.Module):
                 position_ids = torch.arange(past, end, device=input_ids.device)  # (T,)
             x = x + self.absolute_positions(position_ids)  # (B, T, C) or (T, C), broadcast over B
         x = self.embed_dropout(x)
-        return self.decoder(x, padding_mask=attention_mask, position_ids=position_ids, cache=cache)
+        return self.decoder(
+            x, padding_mask=attention_mask, position_ids=position_ids, cache=cache, document_ids=document_ids
+        )
 
     def init_cache(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import io
@@ -29,7 +30,7 @@ from zoo.checkpoint import (
 )
 from zoo.models.protocols import check_backbone
 from zoo.models.spec import from_spec, spec_of
-from zoo.nn import KVCache
+from zoo.nn import KVCache, LoRA, apply_lora
 from zoo.strategies import declared_fsdp_units
 from zoo.tasks.optim import (
     LRSchedulerCallable,
@@ -87,6 +88,10 @@ class BackboneTask(L.LightningModule):
         activation_checkpointing: Recompute each declared block's activations in the backward pass
             (``torch.utils.checkpoint``): less memory for about one more forward pass of compute. For
             FSDP runs, ``zoo.strategies.FSDP(activation_checkpointing=True)`` does the same; use one.
+        lora: Low-rank adapters (`zoo.nn.LoRA`: ``rank``, ``alpha``, ``dropout``, ``targets``) on the
+            backbone's linear layers whose names match ``targets``; the rest of the backbone is frozen, so
+            only the adapters and the task's own head train. ``None``: no adapters. ``zoo export`` merges
+            them into plain weights. See the LoRA page of the docs.
     """
 
     compile_kwargs: ClassVar[dict[str, Any]] = {}
@@ -105,18 +110,25 @@ class BackboneTask(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__()
         caller = inspect.currentframe()
         # hyper-parameters are what the concrete class takes: a checkpoint rebuilds it from them; the
         # optimizer and schedule are kept as plain specs, never as the callables LightningCLI passes
         base_only = _base_only_arguments(type(self))
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler", *base_only], frame=caller)
+        ignored = ["backbone", "optimizer", "lr_scheduler", "lora", *base_only]
+        self.save_hyperparameters(ignore=ignored, frame=caller)
         self.optimizer_spec = to_spec(_cli_config("optimizer") or optimizer, "optimizer")
         self.lr_scheduler_spec = to_spec(
             lr_scheduler and (_cli_config("lr_scheduler") or lr_scheduler), "lr_scheduler"
         )
-        specs = {"optimizer": self.optimizer_spec, "lr_scheduler": self.lr_scheduler_spec}
+        lora = LoRA(**lora) if isinstance(lora, dict) else lora  # a checkpoint's plain dict
+        specs = {
+            "optimizer": self.optimizer_spec,
+            "lr_scheduler": self.lr_scheduler_spec,
+            "lora": dataclasses.asdict(lora) if lora is not None else None,  # plain: weights_only loads
+        }
         specs = {name: spec for name, spec in specs.items() if name not in base_only}
         if specs:
             self.save_hyperparameters(specs, frame=caller)
@@ -138,6 +150,11 @@ class BackboneTask(L.LightningModule):
             )
         else:
             self.save_hyperparameters({"backbone": spec}, frame=caller)
+        if lora is not None:  # before any weights load: checkpoints hold the adapters
+            apply_lora(
+                backbone, targets=list(lora.targets), rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout
+            )
+        self.lora = lora
         self.backbone = backbone
         self.compile_blocks = compile  # not `self.compile`: that is nn.Module.compile()
         self.activation_checkpointing = activation_checkpointing

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from zoo.data.batch import IGNORE_INDEX
-from zoo.models.protocols import CausalDecoder
+from zoo.models.protocols import CausalDecoder, PackedDecoder
+from zoo.nn import LoRA
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.decoding import check_sampling, generate
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
@@ -27,7 +28,9 @@ class CausalLM(BackboneTask):
 
     Batches hold ``input_ids`` (B, T) and ``labels`` (B, T), where ``labels[:, t]`` is the token that
     follows position ``t`` (``-100`` where there is none, or where it is context only); an optional
-    ``attention_mask`` marks padding. The backbone maps ``input_ids`` to logits (B, T, V).
+    ``attention_mask`` marks padding, and optional ``document_ids`` (B, T) the documents of packed rows
+    (``TextDataModule(pack_documents=True)``; given only to a `zoo.models.protocols.PackedDecoder`). The
+    backbone maps ``input_ids`` to logits (B, T, V).
 
     Validation and test log ``{stage}_loss``, the mean next-token negative log-likelihood per scored
     token (every label that is not -100; summed over the whole run, so exact whatever the batch holds),
@@ -41,6 +44,7 @@ class CausalLM(BackboneTask):
             ``zoo.tasks.causal_lm.LR_SCHEDULER``: 100 warm-up steps, cosine to 0.1 of the peak.
         compile: See `BackboneTask`.
         activation_checkpointing: See `BackboneTask`.
+        lora: See `BackboneTask`.
         max_new_tokens: Tokens generated per prompt by ``predict_step``.
         temperature: Sampling temperature for ``predict_step`` (0 means greedy).
         top_k: Keep only the k most likely tokens when sampling (``None``: all).
@@ -62,6 +66,7 @@ class CausalLM(BackboneTask):
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
         max_new_tokens: int = 200,
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -76,6 +81,7 @@ class CausalLM(BackboneTask):
             lr_scheduler=lr_scheduler,
             compile=compile,
             activation_checkpointing=activation_checkpointing,
+            lora=lora,
         )
         check_sampling(
             type(self).__name__,
@@ -95,16 +101,30 @@ class CausalLM(BackboneTask):
         self.val_nll = TokenNLL()
         self.test_nll = TokenNLL()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits (B, T, V)."""
-        return self.backbone(input_ids, attention_mask=attention_mask)
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, document_ids: Tensor | None = None
+    ) -> Tensor:
+        """Logits (B, T, V); ``document_ids`` (B, T) keeps the documents of packed rows apart.
+
+        Raises:
+            ValueError: ``document_ids`` for a backbone that is not a `PackedDecoder`.
+        """
+        if document_ids is None:
+            return self.backbone(input_ids, attention_mask=attention_mask)
+        if not (isinstance(self.backbone, PackedDecoder) and self.backbone.accepts_document_ids):
+            raise ValueError(
+                f"the batches pack documents (document_ids, from data pack_documents=True) but "
+                f"{type(self.backbone).__name__} cannot keep them apart (it is no "
+                "zoo.models.protocols.PackedDecoder); set pack_documents=false or use a zoo.nn.DecoderLM"
+            )
+        return self.backbone(input_ids, attention_mask=attention_mask, document_ids=document_ids)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Mean next-token cross-entropy over positions whose label is not ``-100``."""
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self(batch["input_ids"], batch.get("attention_mask"))
+        logits = self(batch["input_ids"], batch.get("attention_mask"), **_packed(batch))
         loss = self.loss(logits, batch["labels"])
         self.log("train_loss", loss, batch_size=batch["input_ids"].shape[0])
         return loss
@@ -170,7 +190,7 @@ class CausalLM(BackboneTask):
     def token_nll(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Summed next-token negative log-likelihood of the batch's scored labels (those not -100), in at
         least fp32, and their number: two scalars."""
-        logits = self(batch["input_ids"], batch.get("attention_mask"))  # (B, T, V)
+        logits = self(batch["input_ids"], batch.get("attention_mask"), **_packed(batch))  # (B, T, V)
         logits = logits.flatten(0, 1)  # (B*T, V)
         labels = batch["labels"].flatten()  # (B*T,)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -184,6 +204,12 @@ class CausalLM(BackboneTask):
         self.log(f"{stage}_ppl", loss.exp(), sync_dist=True)
         self.log(f"{stage}_tokens", tokens.to(loss.dtype), sync_dist=True)
         scores.reset()
+
+
+def _packed(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``document_ids`` for ``forward`` when the batch packs documents: a subclass whose ``forward`` takes
+    no such argument keeps working on unpacked batches."""
+    return {"document_ids": batch["document_ids"]} if "document_ids" in batch else {}
 
 
 class TokenNLL(Metric):

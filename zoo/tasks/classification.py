@@ -18,7 +18,7 @@ from torchmetrics.classification import (
 )
 
 from zoo.errors import check_probability
-from zoo.nn import pool_first, pool_last, pool_mean
+from zoo.nn import LoRA, pool_first, pool_last, pool_mean
 from zoo.tasks.finetune import LR_SCHEDULER, OPTIMIZER, FinetuneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable
 
@@ -79,6 +79,7 @@ class SequenceClassification(FinetuneTask):
             ``zoo.tasks.finetune.LR_SCHEDULER``: no warm-up, cosine to 0.
         compile: See `BackboneTask`.
         activation_checkpointing: See `BackboneTask`.
+        lora: See `BackboneTask`.
 
     Raises:
         ValueError: ``num_labels`` not a positive integer (not 1 for regression), ``threshold`` or
@@ -103,6 +104,7 @@ class SequenceClassification(FinetuneTask):
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -113,6 +115,7 @@ class SequenceClassification(FinetuneTask):
             lr_scheduler=lr_scheduler,
             compile=compile,
             activation_checkpointing=activation_checkpointing,
+            lora=lora,
         )
         check_probability(type(self).__name__, threshold=threshold)
         if problem_type == "regression" and num_labels != 1:

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from zoo.errors import check_positive, check_probability
 from zoo.models.pretrained import load_pretrained
 from zoo.models.protocols import Encoder, HiddenStates
+from zoo.nn import LoRA
+from zoo.nn.lora import base_layers
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
@@ -45,6 +47,7 @@ class FinetuneTask(BackboneTask):
             ``zoo.tasks.finetune.LR_SCHEDULER``: no warm-up, cosine to 0.
         compile: See `BackboneTask`.
         activation_checkpointing: See `BackboneTask`.
+        lora: See `BackboneTask`.
 
     Raises:
         ValueError: ``layer_lr_decay`` outside (0, 1] (the message names it).
@@ -63,6 +66,7 @@ class FinetuneTask(BackboneTask):
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -70,6 +74,7 @@ class FinetuneTask(BackboneTask):
             lr_scheduler=lr_scheduler,
             compile=compile,
             activation_checkpointing=activation_checkpointing,
+            lora=lora,
         )
         check_probability(type(self).__name__, open_low=True, layer_lr_decay=layer_lr_decay)
         self.pretrained = pretrained
@@ -84,10 +89,7 @@ class FinetuneTask(BackboneTask):
     @property
     def embed_dim(self) -> int:
         """Width C of the backbone's hidden states."""
-        width = getattr(self.backbone, "embed_dim", None)
-        if not isinstance(width, int):
-            raise AttributeError(f"{type(self.backbone).__name__} has no integer `embed_dim` attribute")
-        return width
+        return self.backbone.embed_dim  # a member of the HiddenStates protocol, checked in __init__
 
     def label_head(self, num_labels: int, label_names: list[str] | None, *, dropout: float) -> nn.Sequential:
         """``Dropout -> Linear(embed_dim, num_labels)`` with BERT's initialisation.
@@ -116,7 +118,8 @@ class FinetuneTask(BackboneTask):
         # Once per module: a later validate()/predict() must not undo the fine-tuning, and weights
         # restored from a checkpoint (on_load_checkpoint) win over the pretrained ones.
         if self.pretrained and not self._initialised and self.trainer.ckpt_path is None:
-            load_pretrained(self.backbone, self.pretrained)
+            with base_layers(self.backbone):  # the pretrained weights have no adapters (lora)
+                load_pretrained(self.backbone, self.pretrained)
             rank_zero_info(f"backbone initialised from {self.pretrained}")
         self._initialised = True
 

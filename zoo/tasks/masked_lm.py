@@ -13,6 +13,7 @@ from torchmetrics.text import Perplexity
 from zoo.data.batch import IGNORE_INDEX
 from zoo.errors import check_positive
 from zoo.models.protocols import MaskedLMEncoder
+from zoo.nn import LoRA
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
@@ -92,6 +93,7 @@ class MaskedLM(BackboneTask):
             ``zoo.tasks.masked_lm.LR_SCHEDULER``: 10k warm-up steps (BERT: 10k of 1M), cosine to 0.
         compile: See `BackboneTask`.
         activation_checkpointing: See `BackboneTask`.
+        lora: See `BackboneTask`.
         top_k: Fillers ``predict_step`` returns per mask, most likely first.
     """
 
@@ -106,6 +108,7 @@ class MaskedLM(BackboneTask):
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
         top_k: int = 5,
     ) -> None:
         check_positive("MaskedLM", top_k=top_k)
@@ -115,6 +118,7 @@ class MaskedLM(BackboneTask):
             lr_scheduler=lr_scheduler,
             compile=compile,
             activation_checkpointing=activation_checkpointing,
+            lora=lora,
         )
         self.nsp = nsp
         self.top_k = top_k

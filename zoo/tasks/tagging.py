@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.data.batch import IGNORE_INDEX
+from zoo.nn import LoRA
 from zoo.tasks.finetune import LR_SCHEDULER, FinetuneTask
 from zoo.tasks.metrics import SpanF1
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw
@@ -49,6 +50,7 @@ class TokenClassification(FinetuneTask):
             no warm-up, cosine to 0 (``zoo.tasks.finetune.LR_SCHEDULER``).
         compile: See `BackboneTask`.
         activation_checkpointing: See `BackboneTask`.
+        lora: See `BackboneTask`.
 
     Raises:
         ValueError: ``num_labels`` not a positive integer or ``classifier_dropout`` outside [0, 1] (the
@@ -70,6 +72,7 @@ class TokenClassification(FinetuneTask):
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -80,6 +83,7 @@ class TokenClassification(FinetuneTask):
             lr_scheduler=lr_scheduler,
             compile=compile,
             activation_checkpointing=activation_checkpointing,
+            lora=lora,
         )
         self.num_labels = num_labels
         self.label_names = label_names

@@ -11,6 +11,7 @@ from torchmetrics.text import SacreBLEUScore
 
 from zoo.data.batch import IGNORE_INDEX
 from zoo.models.protocols import EncoderDecoder
+from zoo.nn import LoRA
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.decoding import beam_search, greedy_search
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, inverse_sqrt_schedule
@@ -52,6 +53,7 @@ class Translation(BackboneTask):
             ``1/sqrt(step)`` (`zoo.tasks.optim.InverseSqrt`).
         compile: See `BackboneTask`.
         activation_checkpointing: See `BackboneTask`.
+        lora: See `BackboneTask`.
         beam_size: Beam width of ``zoo test``, ``zoo predict`` and `translate` (1: greedy).
         val_beam_size: Beam width for validation BLEU (1: greedy, the cheapest; 0: no BLEU, loss only).
         length_penalty: Beams are ranked by ``log_prob / length ** length_penalty``.
@@ -74,6 +76,7 @@ class Translation(BackboneTask):
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
         beam_size: int = 5,
         val_beam_size: int = 1,
         length_penalty: float = 1.0,
@@ -89,6 +92,7 @@ class Translation(BackboneTask):
             lr_scheduler=lr_scheduler,
             compile=compile,
             activation_checkpointing=activation_checkpointing,
+            lora=lora,
         )
         self.label_smoothing = label_smoothing
         self.beam_size = beam_size

@@ -237,6 +237,41 @@ def head_mismatch(head: LabelHead) -> str | None:
     )
 
 
+PEFT_FAN_IN_FAN_OUT = False
+"""transformers' BERT layers are ``nn.Linear``, like zoo's."""
+
+
+def hf_linear_names(name: str, *, head: LabelHead | str) -> tuple[str, ...]:
+    """The transformers modules computing Bert's linear layer ``name`` (e.g.
+    ``encoder.layers.0.self_attn.qkv_proj``) in the model `save_hf` writes for ``head``: the fused
+    query/key/value projection is three (its output rows, in this order).
+
+    Raises:
+        KeyError: ``name`` has no counterpart there (e.g. the pooler of a model exported without one).
+    """
+    prefix = "" if head == "none" else "bert."
+    index, _, rest = name.removeprefix(_OUR_LAYER).partition(".")
+    if name.startswith(_OUR_LAYER) and index.isdigit():
+        if rest == "self_attn.qkv_proj":
+            return tuple(f"{prefix}encoder.layer.{index}.{q}" for q in _QKV)
+        theirs = _LAYER_KEYS.get(f"{rest}.weight")
+        if theirs is not None:
+            return (f"{prefix}encoder.layer.{index}.{theirs.removesuffix('.weight')}",)
+    per_token = isinstance(head, LabelHead) and head.pooling is None
+    if name + ".weight" in _POOLER_KEYS and head != "mlm" and not per_token:
+        return (prefix + _POOLER_KEYS[name + ".weight"].removesuffix(".weight"),)
+    heads = {"pretraining": {**_MLM_KEYS, **_NSP_KEYS}, "mlm": _MLM_KEYS}
+    heads = heads.get(head, {}) if isinstance(head, str) else {}
+    if name + ".weight" in heads:
+        return (heads[name + ".weight"].removesuffix(".weight"),)
+    raise KeyError(name)
+
+
+def hf_head_name(head: LabelHead) -> str:
+    """The module `save_hf` writes a `LabelHead` as."""
+    return "classifier"
+
+
 def _encoder_to_hf(model: Bert, num_layers: int, *, pooler: bool) -> dict[str, Tensor]:
     """The encoder's weights by ``BertModel``'s names (no ``bert.`` prefix), with or without the pooler."""
     ours = model.state_dict()

@@ -128,6 +128,30 @@ def head_mismatch(head: LabelHead) -> str | None:
     return None
 
 
+PEFT_FAN_IN_FAN_OUT = True
+"""transformers' GPT-2 layers are ``Conv1D`` (weights stored (in, out)): PEFT's ``fan_in_fan_out``."""
+
+
+def hf_linear_names(name: str, *, head: LabelHead | str) -> tuple[str, ...]:
+    """The transformers module computing GPT2's linear layer ``name`` (e.g.
+    ``decoder.layers.0.self_attn.qkv_proj``) in the model `save_hf` writes for ``head``.
+
+    Raises:
+        KeyError: ``name`` has no counterpart there.
+    """
+    index, _, rest = name.removeprefix("decoder.layers.").partition(".")
+    theirs = _LAYER_KEYS.get(f"{rest}.weight") if name.startswith("decoder.layers.") else None
+    if theirs is None or not index.isdigit():
+        raise KeyError(name)
+    prefix = "" if head == "none" else "transformer."
+    return (f"{prefix}h.{index}.{theirs[0].removesuffix('.weight')}",)
+
+
+def hf_head_name(head: LabelHead) -> str:
+    """The module `save_hf` writes ``head`` as (``GPT2ForTokenClassification``: classifier, else score)."""
+    return "classifier" if head.pooling is None else "score"
+
+
 def config_to_hf(
     args: dict[str, Any], *, eot_token_id: int | None = None, pad_token_id: int | None = None
 ) -> dict[str, Any]:

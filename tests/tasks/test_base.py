@@ -407,4 +407,4 @@ def test_compiled_and_checkpointed_blocks_train_under_fsdp(tmp_path):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert report["losses"][-1] < report["losses"][0] - 0.1, report["losses"]
         root = "_fsdp_wrapped_module"
-        assert report["blocks"] == [f"{root}.backbone.layers.{i}.{root}" for i in range(2)]
+        assert report["blocks"] == [f"{root}.backbone.decoder.layers.{i}.{root}" for i in range(2)]

@@ -35,7 +35,7 @@ class Translation(BackboneTask):
     ``labels`` (B, T) for the target (``labels`` is the input shifted by one, ``-100`` at padding) and,
     for evaluation, ``references`` (raw target text), as `zoo.data.parallel.ParallelTextDataModule`
     makes them.
-    The backbone maps ``(src_ids, tgt_ids, src_mask=...)`` to logits (B, T, V) and offers ``encode``,
+    The backbone maps ``(src_ids, tgt_ids, attention_mask=...)`` to logits (B, T, V) and offers ``encode``,
     ``decode`` and ``init_cache`` for decoding (see `zoo.tasks.decoding`), as
     `zoo.models.seq2seq.Transformer` does.
 

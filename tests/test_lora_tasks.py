@@ -156,7 +156,8 @@ def _case(name: str):
     ids = torch.randint(5, 40, (2, 8))
     lora = LoRA(rank=2, alpha=4.0, targets=["*attn.*", "*.mlp.*"])
     if name == "masked_lm":
-        backbone = Bert(vocab_size=40, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1, hidden_dim=32)
+        sizes = dict(vocab_size=40, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1, hidden_dim=32)
+        backbone = Bert(**sizes, dropout=0.0, attention_dropout=0.0)  # 4 small steps: no dropout noise
         task = MaskedLM(backbone, nsp=False, lora=lora, lr_scheduler=None)
         return task, {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
     if name == "tagging":

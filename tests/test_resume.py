@@ -33,6 +33,7 @@ CAUSAL = """
         batch_size: 8
         cache_dir: {cache}"""
 
+
 def _config(tmp_path: Path, name: str, corpus: Path, *, kill_at: int | None, task: str = CAUSAL) -> Path:
     kill = (
         f"""
@@ -137,3 +138,62 @@ def test_every_rank_resumes_its_own_share_at_the_same_batch():
         sampler.set_epoch(1)
         shards.append(set(sampler))
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(data)
+
+
+SHARDED = (
+    CAUSAL
+    + """
+        shard_tokens: 1500
+        num_proc: 2
+        chunk_bytes: 2000"""
+)
+
+
+def _sharded_config(tmp_path: Path, name: str, files: str, *, kill_at: int | None) -> Path:
+    # validation at 15 and 30: right after the checkpoint the run resumes from (step 30), so the
+    # validation loader must not draw from the global RNG, which the resumed run restores as saved
+    return _config(tmp_path, name, files, kill_at=kill_at, task=SHARDED)
+
+
+def test_sharded_corpus_resumes_bit_identical_across_an_epoch(tmp_path, stdlib_text_file):
+    """Shards read lazily with a per-epoch document order: killed in epoch 1 and resumed from its
+    mid-epoch checkpoint, the run ends bit-identical to an uninterrupted one."""
+    text = stdlib_text_file.read_text()
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for i in range(4):  # 4 files (documents), 6000 chars: 21 batches per epoch, so 40 steps cross one
+        (corpus / f"{i}.txt").write_text(text[i * 1500 : (i + 1) * 1500])
+    files = f"{corpus}/*.txt"
+    straight = _zoo("fit", "--config", str(_sharded_config(tmp_path, "straight", files, kill_at=None)))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = _zoo("fit", "--config", str(_sharded_config(tmp_path, "run", files, kill_at=35)))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ckpts = tmp_path / "run" / "ckpt"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 30  # epoch 1, batch 9
+    config = _sharded_config(tmp_path, "run", files, kill_at=None)
+    resumed = _zoo("fit", "--config", str(config), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "straight" / "ckpt" / "last.ckpt"), _weights(ckpts / "last.ckpt")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert len(list((tmp_path / "cache" / "shards").glob("*/shard-*"))) == 4  # prepared once, 4 shards
+
+
+def test_evaluation_loaders_leave_the_global_rng_alone(stdlib_text_file, tmp_path, minilm_dir):
+    """Validation can run between a checkpoint and the next training step (a checkpoint every 10 steps,
+    validation every 15: both at step 30). A loader that seeds itself from the global RNG would move it,
+    and a run resumed from that checkpoint, which restores the RNG as saved, would train on different
+    dropout masks."""
+    from zoo.data import TextClassificationDataModule, TextDataModule
+
+    text = TextDataModule([str(stdlib_text_file)], max_seq_len=16, cache_dir=str(tmp_path / "cache"))
+    table = tmp_path / "train.tsv"
+    table.write_text("sentence\tlabel\ngood film\t1\nbad film\t0\n", encoding="utf-8")
+    labelled = TextClassificationDataModule(
+        tokenizer=str(minilm_dir), train_file=str(table), val_file=str(table)
+    )
+    for data in (text, labelled):
+        data.prepare_data()
+        data.setup("fit")
+        state = torch.get_rng_state()
+        next(iter(data.val_dataloader()))
+        assert torch.equal(torch.get_rng_state(), state), type(data).__name__

@@ -53,8 +53,10 @@ RECIPES = {
         ["tinyshakespeare/input.txt"],
     ),
     "finetune/sst2-minilm.yaml": (MINILM, ["sst2/train.tsv"]),
+    "finetune/sst2-minilm-lora.yaml": (MINILM, ["sst2/train.tsv"]),  # LoRA adapters, packed rows
 }
 SLOW_RECIPES = {
+    "finetune/conll2003-minilm-lora.yaml": (MINILM, ["conll2003/train.txt"]),
     "gpt2/stdlib-char.yaml": (["--model.init_args.backbone.init_args.num_layers=2"], []),
     "bert/mini-mlm-nsp.yaml": (
         [*SMALL_BERT, "--data.init_args.dupe_factor=1", "--data.init_args.wordpiece_vocab_size=2000"],

@@ -19,6 +19,7 @@ from zoo.models.protocols import (
     EncoderDecoder,
     IncrementalDecoder,
     MaskedLMEncoder,
+    PackedHiddenStates,
     check_backbone,
 )
 from zoo.models.seq2seq import Transformer
@@ -41,17 +42,25 @@ def my_lm(monkeypatch):
 @pytest.mark.parametrize(
     ("family", "protocols", "not_protocols"),
     [
-        (lambda: GPT2(**TINY, num_layers=1), (CausalDecoder, IncrementalDecoder), (Encoder, EncoderDecoder)),
-        (lambda: Llama(**TINY, num_layers=1), (CausalDecoder, IncrementalDecoder), (Encoder, EncoderDecoder)),
+        (
+            lambda: GPT2(**TINY, num_layers=1),
+            (CausalDecoder, IncrementalDecoder, PackedHiddenStates),
+            (Encoder, EncoderDecoder),
+        ),
+        (
+            lambda: Llama(**TINY, num_layers=1),
+            (CausalDecoder, IncrementalDecoder, PackedHiddenStates),
+            (Encoder, EncoderDecoder),
+        ),
         (
             lambda: Bert(**TINY, num_layers=1),
-            (Encoder, MaskedLMEncoder),
+            (Encoder, MaskedLMEncoder, PackedHiddenStates),
             (IncrementalDecoder, EncoderDecoder),
         ),
         (
             lambda: Transformer(**TINY, num_encoder_layers=1, num_decoder_layers=1),
             (EncoderDecoder,),
-            (IncrementalDecoder, MaskedLMEncoder),
+            (IncrementalDecoder, MaskedLMEncoder, PackedHiddenStates),
         ),
     ],
     ids=["GPT2", "Llama", "Bert", "Transformer"],

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader
 
 from zoo.cli import main
 from zoo.models.gpt2 import GPT2
+from zoo.nn import LoRA
 from zoo.tasks import CausalLM
-from zoo.tasks.monitor import PEAK_FLOPS, ProgressMonitor, count_tokens, gpu_chip
+from zoo.tasks.monitor import PEAK_FLOPS, ProgressMonitor, count_tokens, frozen_linear_weights, gpu_chip
 
 PROGRESS = re.compile(
     r"step (\d+)/(\d+) \((\d+)%\) \| [\d,]+ tok/s \| MFU \d+\.\d% \| loss \d+\.\d{3} \| elapsed \d+:\d\d"
@@ -113,6 +114,26 @@ def test_throughput_counts_non_padding_tokens_and_mfu_uses_the_model_flops(tmp_p
     assert steps == ["5/10", "10/10"]
 
 
+def test_frozen_weights_count_four_flops_per_token_not_six(tmp_path):
+    """LoRA freezes every base weight: no weight gradients, so 2 FLOPs per token and weight fewer (an MFU
+    above 100% otherwise)."""
+    model = GPT2(vocab_size=50, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=2)
+    task = CausalLM(model, lora=LoRA(rank=2))
+    frozen = frozen_linear_weights(task)
+    linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert frozen == sum(linear.values())  # the tied output layer counted once
+    trainer = cpu_trainer(
+        tmp_path,
+        max_steps=5,
+        enable_progress_bar=True,
+        callbacks=[ProgressMonitor(every_n_steps=5, peak_flops=2e11)],
+    )
+    trainer.fit(task, DataLoader(_PaddedBatches(), batch_size=4))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("throughput/")}
+    per_token = metrics["throughput/tflops_per_device"] * 1e12 / metrics["throughput/tokens_per_sec"]
+    assert per_token == pytest.approx(model.flops_per_token(16) - 2 * frozen, rel=1e-4)
+
+
 def test_without_a_flops_estimate_the_line_and_logs_leave_mfu_out(tmp_path, capsys):
     class NoEstimate(CausalLM):
         def flops_per_token(self, seq_len: int) -> None:
@@ -139,6 +160,8 @@ def test_count_tokens_reads_nothing_back_and_falls_back_to_samples():
     assert count_tokens({"input_ids": ids}) == (24, 3, 8)
     assert count_tokens({"pixels": torch.zeros(5, 3, 2, 2), "labels": torch.zeros(5)}) == (None, 5, 0)
     assert count_tokens([torch.zeros(7, 2), torch.zeros(7)]) == (None, 7, 0)
+    packed = {"input_ids": ids, "attention_mask": mask, "sequence_spans": torch.zeros(5, 3, dtype=torch.long)}
+    assert count_tokens(packed)[1:] == (5, 8)  # packed rows: the examples are the samples
 
 
 @pytest.mark.parametrize(

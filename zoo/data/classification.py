@@ -14,7 +14,7 @@ from typing import Any, Literal
 from tokenizers import Tokenizer
 
 from zoo.data.corpus import read_text
-from zoo.data.labelled import LabelledDataModule, read_lines
+from zoo.data.labelled import Batching, LabelledDataModule, read_lines
 from zoo.errors import check_positive
 
 ProblemType = Literal["single_label", "multi_label", "regression"]
@@ -153,6 +153,8 @@ class TextClassificationDataModule(LabelledDataModule):
         max_train_examples: Train on a seeded random subset of this size (``None``: all).
         max_seq_len: Longest encoded example; longer ones are truncated (counted in the log).
         batch_size: Training batch size.
+        batching: ``bucketed``, ``padded`` or ``packed`` training batches (see
+            `zoo.data.labelled.LabelledDataModule`).
         eval_batch_size: Evaluation batch size (default ``2 * batch_size``).
         seed: Shuffling and subsampling seed.
         num_workers: DataLoader workers.
@@ -178,6 +180,7 @@ class TextClassificationDataModule(LabelledDataModule):
         max_train_examples: int | None = None,
         max_seq_len: int = 128,
         batch_size: int = 32,
+        batching: Batching = "bucketed",
         eval_batch_size: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
@@ -190,6 +193,7 @@ class TextClassificationDataModule(LabelledDataModule):
             predict_file=predict_file,
             max_seq_len=max_seq_len,
             batch_size=batch_size,
+            batching=batching,
             eval_batch_size=eval_batch_size,
             seed=seed,
             num_workers=num_workers,

@@ -9,6 +9,7 @@ import sysconfig
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,10 @@ def read_text(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def check_not_binary(path: Path, data: bytes) -> None:
+def check_not_binary(path: Path, data: bytes, *, line: int = 1, byte: int = 0) -> None:
     """Refuse ``data`` (the contents of ``path``) when more than ``MAX_CONTROL_SHARE`` of it is control bytes.
+
+    ``line`` and ``byte`` say where ``data`` starts in the file when it is one block of it.
 
     Raises:
         ValueError: ``"PATH:LINE: binary data, not text: N of its M bytes (P%) are control bytes ...,
@@ -108,12 +111,45 @@ def check_not_binary(path: Path, data: bytes) -> None:
     if count <= MAX_CONTROL_SHARE * len(data):
         return
     offset = _first_control_stretch(np.frombuffer(data, dtype=np.uint8))
-    line = data.count(b"\n", 0, offset) + 1
+    line += data.count(b"\n", 0, offset)
     raise ValueError(
         f"{path}:{line}: binary data, not text: {count:,} of its {len(data):,} bytes "
-        f"({count / len(data):.0%}) are control bytes such as NUL; the first stretch starts at byte {offset} "
-        f"(more than {MAX_CONTROL_SHARE:.0%} is refused; convert UTF-16 text to UTF-8)"
+        f"({count / len(data):.0%}) are control bytes such as NUL; the first stretch starts at byte "
+        f"{byte + offset} (more than {MAX_CONTROL_SHARE:.0%} is refused; convert UTF-16 text to UTF-8)"
     )
+
+
+def read_text_blocks(path: Path, block_bytes: int = 1 << 22) -> Iterator[str]:
+    """`read_text` in pieces: the file read ``block_bytes`` at a time, each piece ending at a line end.
+
+    Joined, the pieces are exactly ``read_text(path)``: a piece never ends inside a UTF-8 character or
+    between ``\\r`` and ``\\n`` because it ends right after a ``\\n`` byte (or at the end of the file). A
+    line longer than ``block_bytes`` is one longer piece. The binary check applies to each block
+    (`check_not_binary`, with the block's file line and byte offset).
+
+    Raises:
+        ValueError: As `read_text`, with the byte offset (and line) in the whole file.
+    """
+    line, offset, rest = 1, 0, b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(block_bytes)
+            data = rest + block
+            if not data:
+                return
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            if cut == 0:  # no line end yet: read on
+                rest = data
+                continue
+            data, rest = data[:cut], data[cut:]
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: not UTF-8 text (byte {offset + err.start}: {err.reason})") from err
+            check_not_binary(path, data, line=line, byte=offset)
+            line += data.count(b"\n")
+            offset += len(data)
+            yield text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _first_control_stretch(data: np.ndarray, run: int = 8, block: int = 1 << 20) -> int:

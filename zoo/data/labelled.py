@@ -1,5 +1,6 @@
 """What the fine-tuning data modules share: a pretrained model's tokenizer, a label vocabulary built from
-the training file and saved with checkpoints, length-bucketed resumable batches, and dynamic padding."""
+the training file and saved with checkpoints, resumable training batches (length-bucketed, random or
+packed), and dynamic padding."""
 
 from __future__ import annotations
 
@@ -7,21 +8,26 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
+from zoo.data.collate import pack_batch, pad_batch
 from zoo.data.corpus import read_text
 from zoo.data.resumable import ResumableSampler
 from zoo.data.tokenizers import load_tokenizer
 from zoo.data.wordpiece import load_wordpiece
 from zoo.errors import check_non_negative, check_positive
 from zoo.models.hf_io import resolve_model_dir
+
+__all__ = ["Batching", "Examples", "LabelledDataModule", "LengthBucketSampler", "pack_batch", "pad_batch"]
+
+Batching = Literal["bucketed", "padded", "packed"]
+"""How training examples become batches (see `LabelledDataModule`)."""
 
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>")
 
@@ -121,34 +127,6 @@ class LengthBucketSampler(ResumableSampler):
         return [i for b in order for i in batches[b]] + [i for batch in tail for i in batch]
 
 
-def pad_batch(
-    items: list[dict[str, Any]], *, pad_token_id: int, sequence_keys: dict[str, int] | None = None
-) -> dict[str, Tensor]:
-    """Collate encoded examples: right-pad ``input_ids`` (with ``pad_token_id``) and ``token_type_ids`` (0) to
-    the longest one, add ``attention_mask``; pad each key of ``sequence_keys`` (per-token lists, e.g.
-    tagging ``labels``) with its fill value; stack the other keys (``labels`` of a classifier, ``index``)."""
-    sequence_keys = sequence_keys or {}
-    width = max(len(item["input_ids"]) for item in items)
-    shape = (len(items), width)
-    batch = {
-        "input_ids": torch.full(shape, pad_token_id, dtype=torch.long),
-        "attention_mask": torch.zeros(shape, dtype=torch.long),
-        "token_type_ids": torch.zeros(shape, dtype=torch.long),
-        **{key: torch.full(shape, fill, dtype=torch.long) for key, fill in sequence_keys.items()},
-    }
-    for row, item in enumerate(items):
-        length = len(item["input_ids"])
-        batch["input_ids"][row, :length] = torch.tensor(item["input_ids"])
-        batch["attention_mask"][row, :length] = 1
-        batch["token_type_ids"][row, :length] = torch.tensor(item.get("token_type_ids") or [0] * length)
-        for key in sequence_keys:
-            batch[key][row, :length] = torch.tensor(item[key])
-    for key in ("labels", "index"):
-        if key not in sequence_keys and items[0].get(key) is not None:
-            batch[key] = torch.tensor([item[key] for item in items])
-    return batch
-
-
 class LabelledDataModule(TokenizedDataModule):
     """Base class of the fine-tuning data modules.
 
@@ -163,7 +141,14 @@ class LabelledDataModule(TokenizedDataModule):
         predict_file: File to predict; it may lack labels.
         max_seq_len: Longest encoded example (special tokens included); longer ones are truncated and
             counted in the log.
-        batch_size: Training batch size.
+        batch_size: Training batch size (examples per step, whatever the ``batching``).
+        batching: How training batches are cut and laid out. ``bucketed``: examples of similar length
+            batched together (`LengthBucketSampler`), each padded to the longest of its batch.
+            ``padded``: random batches, each padded to its longest example (what Hugging Face's
+            ``DataCollatorWithPadding`` does). ``packed``: random batches whose examples share rows
+            (`zoo.data.collate.pack_batch`: no padding between them; the backbone keeps them apart, so
+            every example gets the loss it gets alone). Evaluation batches are always padded, in file
+            order.
         eval_batch_size: Batch size for validation, test and prediction (default: ``2 * batch_size``).
         seed: Shuffling seed.
         num_workers: DataLoader workers.
@@ -183,6 +168,7 @@ class LabelledDataModule(TokenizedDataModule):
         predict_file: str | None = None,
         max_seq_len: int = 128,
         batch_size: int = 32,
+        batching: Batching = "bucketed",
         eval_batch_size: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
@@ -195,6 +181,7 @@ class LabelledDataModule(TokenizedDataModule):
         self.files = {"fit": train_file, "validate": val_file, "test": test_file, "predict": predict_file}
         self.max_seq_len = max_seq_len
         self.batch_size = batch_size
+        self.batching = batching
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.seed = seed
         self.num_workers = num_workers
@@ -274,9 +261,15 @@ class LabelledDataModule(TokenizedDataModule):
     # -- loaders ------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         dataset = self._require("fit")
-        lengths = [len(item["input_ids"]) for item in dataset.items]
-        sampler = LengthBucketSampler(dataset, lengths=lengths, batch_size=self.batch_size, seed=self.seed)
-        return self._loader(dataset, self.batch_size, self._resumable(sampler))
+        if self.batching == "bucketed":
+            lengths = [len(item["input_ids"]) for item in dataset.items]
+            sampler = LengthBucketSampler(
+                dataset, lengths=lengths, batch_size=self.batch_size, seed=self.seed
+            )
+        else:
+            sampler = ResumableSampler(dataset, batch_size=self.batch_size, seed=self.seed)
+        collate = pack_batch if self.batching == "packed" else pad_batch
+        return self._loader(dataset, self.batch_size, self._resumable(sampler), collate=collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._require("validate"), self.eval_batch_size)
@@ -298,17 +291,21 @@ class LabelledDataModule(TokenizedDataModule):
     sequence_keys: dict[str, int] = {}
     """Per-token keys of the encoded examples and their padding values (set by subclasses)."""
 
-    def _loader(self, dataset: Examples, batch_size: int, sampler: Any = None) -> DataLoader:
-        collate = functools.partial(
-            pad_batch, pad_token_id=self.pad_token_id, sequence_keys=self.sequence_keys
-        )
+    def _loader(
+        self, dataset: Examples, batch_size: int, sampler: Any = None, collate: Any = pad_batch
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=functools.partial(
+                collate, pad_token_id=self.pad_token_id, sequence_keys=self.sequence_keys
+            ),
+            # evaluation between a checkpoint and the next step must not draw from the global RNG, which
+            # a resumed run restores as it was saved
+            generator=torch.Generator() if sampler is None else None,
         )
 
     # -- checkpoints --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from zoo.data.batch import IGNORE_INDEX
+from zoo.data.collate import pack_batch
 from zoo.data.wordpiece import CONTINUING_SUBWORD_PREFIX, special_token_ids
 from zoo.errors import check_positive
 
@@ -125,35 +126,45 @@ class MLMCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
         """Batch of ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels`` (all (B, T)) and, when
         the examples have it, ``next_sentence_label`` (B,)."""
-        if not examples:
-            raise ValueError("cannot collate an empty list of examples")
-        rows = [torch.as_tensor(np.asarray(e["input_ids"]), dtype=torch.long) for e in examples]
-        T = self._padded_length(max(len(r) for r in rows))
-        B = len(rows)
+        masked = self.masked_examples(examples)
+        T = self._padded_length(max(len(m["input_ids"]) for m in masked))
+        B = len(masked)
         input_ids = torch.full((B, T), self.pad_token_id, dtype=torch.long)
         labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((B, T), dtype=torch.long)
         token_type_ids = torch.zeros((B, T), dtype=torch.long)
-        for b, (example, ids) in enumerate(zip(examples, rows)):
-            if "index" not in example:
-                raise KeyError("each example needs its dataset 'index' to seed its mask")
-            generator = example_generator(self.seed, int(example.get("epoch", 0)), int(example["index"]))
-            n = len(ids)
-            input_ids[b, :n], labels[b, :n] = self.mask(ids, generator)
+        for b, m in enumerate(masked):
+            n = len(m["input_ids"])
+            input_ids[b, :n], labels[b, :n], token_type_ids[b, :n] = (
+                m["input_ids"],
+                m["labels"],
+                m["token_type_ids"],
+            )
             attention_mask[b, :n] = 1
-            if "token_type_ids" in example:
-                token_type_ids[b, :n] = torch.as_tensor(np.asarray(example["token_type_ids"]))
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "token_type_ids": token_type_ids,
             "labels": labels,
         }
-        if "next_sentence_label" in examples[0]:
-            batch["next_sentence_label"] = torch.tensor(
-                [int(e["next_sentence_label"]) for e in examples], dtype=torch.long
-            )
-        return batch
+        return batch | _next_sentence_labels(examples)
+
+    def masked_examples(self, examples: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
+        """Each example masked with its own seeded draw, as ``input_ids``, ``labels``, ``token_type_ids``
+        (T,) each."""
+        if not examples:
+            raise ValueError("cannot collate an empty list of examples")
+        out = []
+        for example in examples:
+            if "index" not in example:
+                raise KeyError("each example needs its dataset 'index' to seed its mask")
+            ids = torch.as_tensor(np.asarray(example["input_ids"]), dtype=torch.long)
+            generator = example_generator(self.seed, int(example.get("epoch", 0)), int(example["index"]))
+            masked, labels = self.mask(ids, generator)
+            types = example.get("token_type_ids")
+            types = torch.zeros_like(ids) if types is None else torch.as_tensor(np.asarray(types))
+            out.append({"input_ids": masked, "labels": labels, "token_type_ids": types})
+        return out
 
     def mask(self, ids: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Mask one example: ``ids`` (T,) -> ``(masked ids (T,), labels (T,))``."""
@@ -206,3 +217,21 @@ class MLMCollator:
             return longest
         padded = -(-longest // m) * m
         return padded if self.max_length is None else max(longest, min(padded, self.max_length))
+
+
+class PackedMLMCollator(MLMCollator):
+    """`MLMCollator`'s masks (the same draw per example), with the examples packed several to a row
+    (`zoo.data.collate.pack_batch`): ``document_ids`` (R, W) and ``sequence_spans`` (N, 3) keep them apart,
+    ``next_sentence_label`` stays (N,) in example order. ``pad_to_multiple_of`` does not apply."""
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+        items = [{key: value.tolist() for key, value in m.items()} for m in self.masked_examples(examples)]
+        batch = pack_batch(items, pad_token_id=self.pad_token_id, sequence_keys={"labels": IGNORE_INDEX})
+        return batch | _next_sentence_labels(examples)
+
+
+def _next_sentence_labels(examples: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+    if "next_sentence_label" not in examples[0]:
+        return {}
+    labels = [int(e["next_sentence_label"]) for e in examples]
+    return {"next_sentence_label": torch.tensor(labels, dtype=torch.long)}

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
@@ -277,9 +278,12 @@ class ParallelTextDataModule(TokenizedDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._dataset(split)
         sampler = TokenBudgetSampler(dataset.lengths(), max_tokens=self.eval_max_tokens, shuffle=False)
-        return self._loader(dataset, sampler)
+        # no draw from the global RNG between a checkpoint and the next step: a resumed run restores it
+        return self._loader(dataset, sampler, generator=torch.Generator())
 
-    def _loader(self, dataset: ParallelExamples, sampler: TokenBudgetSampler) -> DataLoader:
+    def _loader(
+        self, dataset: ParallelExamples, sampler: TokenBudgetSampler, generator: torch.Generator | None = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             sampler=sampler,
@@ -287,6 +291,7 @@ class ParallelTextDataModule(TokenizedDataModule):
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=generator,
         )
 
     def _split_dir(self, specs: list[str], *, train: bool) -> Path:

@@ -38,9 +38,10 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
+from zoo.data.collate import pad_batch
 from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
-from zoo.data.labelled import Examples, pad_batch
-from zoo.data.masking import MLMCollator, check_mlm_probability
+from zoo.data.labelled import Examples
+from zoo.data.masking import MLMCollator, PackedMLMCollator, check_mlm_probability
 from zoo.data.resumable import ResumableSampler
 from zoo.data.wordpiece import CONTINUING_SUBWORD_PREFIX, load_wordpiece, special_token_ids, train_wordpiece
 from zoo.errors import check_non_negative, check_positive, check_probability
@@ -404,7 +405,11 @@ class BertPretrainingDataModule(TokenizedDataModule):
         mlm_probability: Share of non-special tokens chosen as masked-LM targets.
         whole_word_masking: Choose whole words (a piece and its ``##`` continuations) together.
         pad_to_multiple_of: Pad batches to a multiple of this length (``None``: the longest example).
-        batch_size: Training batch size per device.
+        batch_size: Training batch size per device (instances per step, whatever the ``batching``).
+        batching: ``padded``: one instance per row, padded to the longest of the batch. ``packed``: the
+            training instances of a batch share rows (`zoo.data.masking.PackedMLMCollator`): the short
+            ones (``short_seq_prob``, a document's last pair) fill each other's padding; the model keeps
+            them apart, so the losses are those of the padded batch. Evaluation batches are padded.
         eval_batch_size: Validation/test/predict batch size (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.
         seed: Seeds the validation split, the instances, the shuffling and the masks.
@@ -432,6 +437,7 @@ class BertPretrainingDataModule(TokenizedDataModule):
         whole_word_masking: bool = False,
         pad_to_multiple_of: int | None = 8,
         batch_size: int = 32,
+        batching: Literal["padded", "packed"] = "padded",
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
@@ -476,6 +482,7 @@ class BertPretrainingDataModule(TokenizedDataModule):
         self.whole_word_masking = whole_word_masking
         self.pad_to_multiple_of = pad_to_multiple_of
         self.batch_size = batch_size
+        self.batching = batching
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -487,11 +494,15 @@ class BertPretrainingDataModule(TokenizedDataModule):
 
     @property
     def collator(self) -> MLMCollator:
-        return MLMCollator.from_tokenizer(
+        """The collator of evaluation batches (padded rows; training batches follow ``batching``)."""
+        return self._collator(MLMCollator)
+
+    def _collator(self, kind: type[MLMCollator]) -> MLMCollator:
+        return kind.from_tokenizer(
             self.tokenizer,
             mlm_probability=self.mlm_probability,
             whole_word=self.whole_word_masking,
-            pad_to_multiple_of=self.pad_to_multiple_of,
+            pad_to_multiple_of=self.pad_to_multiple_of if kind is MLMCollator else None,
             max_length=self.max_seq_len,
             seed=self.seed,
         )
@@ -521,7 +532,8 @@ class BertPretrainingDataModule(TokenizedDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self._require(self.train_set)
         sampler = self._resumable(EpochSampler(dataset, batch_size=self.batch_size, seed=self.seed))
-        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=True)
+        collator = self._collator(PackedMLMCollator if self.batching == "packed" else MLMCollator)
+        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=True, collator=collator)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.val_set), self.eval_batch_size, sampler=None, drop_last=False)
@@ -643,13 +655,15 @@ class BertPretrainingDataModule(TokenizedDataModule):
         dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.int32
         return {**arrays, "input_ids": arrays["input_ids"].astype(dtype)}
 
-    def _loader(self, dataset: Dataset, batch_size: int, *, sampler: Any, drop_last: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, *, sampler: Any, drop_last: bool, collator: Any = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last,
-            collate_fn=self.collator,
+            collate_fn=collator or self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds never draw from the global RNG

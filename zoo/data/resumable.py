@@ -92,3 +92,12 @@ def loader_position(trainer: Any, sampler: ResumableSampler | None) -> TrainPosi
         return TrainPosition()
     processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
     return TrainPosition(epoch=sampler.epoch, batches=int(processed))
+
+
+class EpochSampler(ResumableSampler):
+    """A `ResumableSampler` whose items are ``(epoch, index)``, for datasets whose content depends on the
+    epoch (the document order of a sharded corpus): DataLoader worker processes learn the epoch from the
+    item itself, and a resumed epoch skips exactly as `ResumableSampler` does."""
+
+    def epoch_indices(self) -> list[tuple[int, int]]:  # type: ignore[override]
+        return [(self.epoch, i) for i in super().epoch_indices()]

@@ -19,7 +19,7 @@ from zoo.data.conll import (
     read_conllu,
     read_sentence_lines,
 )
-from zoo.data.labelled import LabelledDataModule
+from zoo.data.labelled import Batching, LabelledDataModule
 
 
 class TaggingDataModule(LabelledDataModule):
@@ -53,6 +53,8 @@ class TaggingDataModule(LabelledDataModule):
             skipped), written back as ``word<TAB>tag`` lines with a blank line after each sentence.
         max_seq_len: Longest encoded sentence in subwords, [CLS] and [SEP] included.
         batch_size: Training batch size.
+        batching: ``bucketed``, ``padded`` or ``packed`` training batches (see
+            `zoo.data.labelled.LabelledDataModule`).
         eval_batch_size: Evaluation batch size (default ``2 * batch_size``).
         seed: Shuffling seed.
         num_workers: DataLoader workers.
@@ -74,6 +76,7 @@ class TaggingDataModule(LabelledDataModule):
         predict_format: Literal["same", "text"] = "same",
         max_seq_len: int = 256,
         batch_size: int = 32,
+        batching: Batching = "bucketed",
         eval_batch_size: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
@@ -86,6 +89,7 @@ class TaggingDataModule(LabelledDataModule):
             predict_file=predict_file,
             max_seq_len=max_seq_len,
             batch_size=batch_size,
+            batching=batching,
             eval_batch_size=eval_batch_size,
             seed=seed,
             num_workers=num_workers,

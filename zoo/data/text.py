@@ -25,14 +25,33 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
 from zoo.data.batch import IGNORE_INDEX
-from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
-from zoo.data.resumable import ResumableSampler
+from zoo.data.corpus import (
+    atomic_write_text,
+    digest,
+    files_digest,
+    read_text,
+    read_text_blocks,
+    resolve_files,
+)
+from zoo.data.resumable import EpochSampler, ResumableSampler
+from zoo.data.shards import (
+    INDEX,
+    TOKENIZER,
+    DocumentStream,
+    ShardedTokens,
+    ShardStore,
+    is_shard_url,
+    open_shards,
+    prepare_shards,
+)
 from zoo.data.tokenizers import (
+    ENCODE_CHARS,
     EOT,
     TOKENIZER_KINDS,
     UnknownTally,
     eot_id,
     load_tokenizer,
+    stream_chunks,
     text_chunks,
     train_bpe_tokenizer,
     train_char_tokenizer,
@@ -41,6 +60,7 @@ from zoo.data.tokenizers import (
 from zoo.errors import check_non_negative, check_positive
 
 CACHE_VERSION = 1
+DEFAULT_SHARD_TOKENS = 1 << 24
 
 
 class TokenBlocks(Dataset):
@@ -86,6 +106,19 @@ class TokenBlocks(Dataset):
         start = i * self.stride
         chunk = self.tokens[start : start + self.block_size + 1]
         return _next_token_item(chunk, self.ignore_id, eot_id=self.eot_id)
+
+
+class ShuffledBlocks(TokenBlocks):
+    """`TokenBlocks` over a `DocumentStream` whose documents change order each epoch.
+
+    Items are asked for as ``(epoch, i)`` (`zoo.data.resumable.EpochSampler` yields them): block ``i`` of
+    that epoch's document order, so the order is the same in every DataLoader worker and after a resume.
+    """
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        self.tokens.set_epoch(epoch)
+        return super().__getitem__(i)
 
 
 class SlidingWindows(Dataset):
@@ -199,6 +232,17 @@ class TextDataModule(TokenizedDataModule):
         prompts: Prompts for ``zoo predict`` (one generated continuation each).
         shuffle_seed: Seed of the training order (epoch ``e`` uses ``shuffle_seed + e``); ``None`` takes
             the seed given to ``seed_everything`` (0 if none).
+        shard_tokens: Tokens per shard of a sharded corpus; set, the corpus is prepared by streaming (read
+            ``chunk_bytes`` at a time, never whole) into shards of whole documents, and training reads
+            them lazily with a per-epoch document shuffle (see "Corpora larger than memory" in the docs).
+            ``None``: one token file, as before. A ``files`` entry that is a prepared corpus (an
+            ``fsspec`` URL such as ``s3://bucket/corpus`` or a directory with ``index.json``) is always
+            read as shards.
+        num_proc: Worker processes that tokenize a sharded corpus (1: this process).
+        chunk_bytes: Text per unit of work when preparing shards; memory is bounded by about
+            ``(2 * num_proc + 2) * chunk_bytes`` plus each worker's tokenizer, not by the corpus.
+        max_cached_shards: Shards of a remote corpus kept on local disk (and shards mapped) at once,
+            per process.
     """
 
     def __init__(
@@ -220,6 +264,10 @@ class TextDataModule(TokenizedDataModule):
         cache_dir: str = ".cache/zoo",
         prompts: list[str] | None = None,
         shuffle_seed: int | None = None,
+        shard_tokens: int | None = None,
+        num_proc: int = 1,
+        chunk_bytes: int = 1 << 20,
+        max_cached_shards: int = 4,
     ) -> None:
         super().__init__()
         _check_arguments(locals())
@@ -239,6 +287,13 @@ class TextDataModule(TokenizedDataModule):
         self.cache_dir = Path(cache_dir).expanduser()
         self.prompts = prompts or ["\n"]
         self.shuffle_seed = shuffle_seed
+        self.shard_tokens = shard_tokens
+        self.num_proc = num_proc
+        self.chunk_bytes = chunk_bytes
+        self.max_cached_shards = max_cached_shards
+        self.sharded = shard_tokens is not None or any(
+            is_shard_url(s) for s in self.files + (self.val_files or [])
+        )
         self.train_set: TokenBlocks | None = None
         self.val_set: TokenBlocks | None = None
         self.test_set: SlidingWindows | None = None
@@ -258,6 +313,8 @@ class TextDataModule(TokenizedDataModule):
 
     def _build_tokenizer(self) -> Tokenizer:
         spec = self.tokenizer_spec
+        if is_shard_url(self.files[0]):
+            return self._corpus_tokenizer()
         if spec not in TOKENIZER_KINDS:
             return load_tokenizer(spec)
         files = resolve_files(self.files, cache_dir=self.cache_dir)
@@ -269,12 +326,16 @@ class TextDataModule(TokenizedDataModule):
         if _local_rank() != 0:  # under torchrun/SLURM every process starts at once: local rank 0 trains
             return Tokenizer.from_file(str(_wait_for(path)))
         texts = (read_text(f) for f in files)
+        if self.sharded:  # the same text, never a whole file at once; the same chunks for BPE
+            texts = (
+                c for f in files for c in stream_chunks(read_text_blocks(f, self.chunk_bytes), ENCODE_CHARS)
+            )
         try:
             tok = (
                 train_char_tokenizer(texts)
                 if spec == "char"
                 else train_bpe_tokenizer(
-                    (chunk for text in texts for chunk in text_chunks(text, 4096)),
+                    (chunk for text in texts for chunk in text_chunks(text, ENCODE_CHARS)),
                     vocab_size=self.bpe_vocab_size,
                 )
             )
@@ -290,7 +351,7 @@ class TextDataModule(TokenizedDataModule):
         """Tokenize the corpora the run needs once into the cache (local rank 0 only)."""
         testing = self.trainer is not None and self.trainer.testing
         for specs in self._corpora("test" if testing else "fit"):
-            self._token_file(specs)
+            self._shards(specs) if self.sharded else self._token_file(specs)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -317,7 +378,7 @@ class TextDataModule(TokenizedDataModule):
                     f"max_seq_len + 1 = {self.max_seq_len + 1}; give more text, a smaller max_seq_len"
                     + (" or a larger val_fraction" if split == "validation" and not self.val_files else "")
                 )
-        self.train_set = TokenBlocks(
+        self.train_set = (ShuffledBlocks if self.sharded else TokenBlocks)(
             train_tokens, self.max_seq_len, self.train_stride, ignore_id=ignore, eot_id=eot
         )
         self.val_set = TokenBlocks(val_tokens, self.max_seq_len, ignore_id=ignore, eot_id=eot)
@@ -325,10 +386,13 @@ class TextDataModule(TokenizedDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        seed = (
-            self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        )
-        sampler = self._resumable(ResumableSampler(self.train_set, batch_size=self.batch_size, seed=seed))
+        seed = self._seed()
+        if self.sharded:  # the documents are shuffled; the blocks are read in order, one shard at a time
+            sampler = self._resumable(
+                EpochSampler(self.train_set, batch_size=self.batch_size, seed=seed, shuffle=False)
+            )
+        else:
+            sampler = self._resumable(ResumableSampler(self.train_set, batch_size=self.batch_size, seed=seed))
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
@@ -359,6 +423,11 @@ class TextDataModule(TokenizedDataModule):
         return DataLoader(encoded, batch_size=self.eval_batch_size, collate_fn=_collate_prompts)
 
     # -- internals ---------------------------------------------------------------------------------
+    def _seed(self) -> int:
+        return (
+            self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        )
+
     def _document_end(self) -> int | None:
         """The id that ends each document when ``pack_documents`` is on, else ``None``."""
         if not self.pack_documents:
@@ -384,6 +453,8 @@ class TextDataModule(TokenizedDataModule):
         return [self.files] + ([self.val_files] if self.val_files else [])
 
     def _train_and_val_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.sharded:
+            return self._sharded_splits()
         train_tokens = self._tokens(*self.files)
         if self.val_files:
             return train_tokens, self._tokens(*self.val_files)
@@ -392,6 +463,8 @@ class TextDataModule(TokenizedDataModule):
 
     def _tokens(self, *specs: str) -> np.ndarray:
         """The token ids of the corpus ``specs``, memory-mapped from the cache (encoded first if needed)."""
+        if self.sharded:
+            return self._shards(list(specs))
         path = self._token_file(list(specs))
         if path.stat().st_size == 0:  # np.memmap refuses empty files
             return np.zeros(0, dtype=self._dtype)
@@ -409,11 +482,74 @@ class TextDataModule(TokenizedDataModule):
             tally = _encode_to_file(files, self.tokenizer, self._dtype, path)
         else:
             tally = UnknownTally.from_dict(unk_id(self.tokenizer), meta["unknown"])
+        self._report_unknown(specs, tally)
+        return path
+
+    def _report_unknown(self, specs: list[str], tally: UnknownTally) -> None:
         corpus = ", ".join(specs)
         if tally.count and corpus not in self._reported:
             self._reported.add(corpus)
             _report(tally.message(corpus))
-        return path
+
+    def _sharded_splits(self) -> tuple[DocumentStream, DocumentStream]:
+        """Training stream (its documents shuffled each epoch) and validation stream (in order)."""
+        train = self._shards(self.files)
+        if self.val_files:
+            val = self._shards(self.val_files)
+            return DocumentStream(train, 0, len(train), seed=self._seed()), DocumentStream(val, 0, len(val))
+        split = int(len(train) * (1.0 - self.val_fraction))
+        return DocumentStream(train, 0, split, seed=self._seed()), DocumentStream(train, split, len(train))
+
+    def _shards(self, specs: list[str]) -> ShardedTokens:
+        """The sharded corpus of ``specs``: opened if it is one prepared corpus, else prepared (once, by
+        streaming) into ``cache_dir/shards/<key>``; the first call per corpus reports unknown text."""
+        if len(specs) == 1 and is_shard_url(specs[0]):
+            tokens, tok = open_shards(specs[0], cache_dir=self.cache_dir, max_cached=self.max_cached_shards)
+            if tok.to_str() != self.tokenizer.to_str():
+                raise ValueError(
+                    f"{specs[0]}: prepared with another tokenizer (vocab {tok.get_vocab_size()}) than the "
+                    f"one of files (vocab {self.vocab_size}); prepare it with the same tokenizer"
+                )
+            return tokens
+        if any(is_shard_url(s) for s in specs):
+            raise ValueError(
+                f"{', '.join(specs)}: a prepared corpus (URL) must be the only entry of its list"
+            )
+        files = resolve_files(specs, cache_dir=self.cache_dir)
+        shard_tokens = self.shard_tokens or DEFAULT_SHARD_TOKENS
+        dtype = np.dtype(self._dtype).name
+        key = digest(
+            files_digest(files), self.tokenizer.to_str(), dtype, str(CACHE_VERSION), f"shards-{shard_tokens}"
+        )
+        out = self.cache_dir / "shards" / key
+        if (out / INDEX).is_file():
+            tally = UnknownTally.from_dict(
+                unk_id(self.tokenizer), json.loads((out / INDEX).read_text())["unknown"]
+            )
+        else:
+            tally = prepare_shards(
+                files,
+                self.tokenizer,
+                out,
+                dtype=self._dtype,
+                shard_tokens=shard_tokens,
+                num_proc=self.num_proc,
+                chunk_bytes=self.chunk_bytes,
+            )
+        self._report_unknown(specs, tally)
+        return open_shards(str(out), cache_dir=self.cache_dir, max_cached=self.max_cached_shards)[0]
+
+    def _corpus_tokenizer(self) -> Tokenizer:
+        """The tokenizer saved with the prepared corpus ``files``; a ``tokenizer`` path must be the same."""
+        saved = Tokenizer.from_str(ShardStore(self.files[0], cache_dir=self.cache_dir).read_text(TOKENIZER))
+        if self.tokenizer_spec not in TOKENIZER_KINDS:
+            given = load_tokenizer(self.tokenizer_spec)
+            if given.to_str() != saved.to_str():
+                raise ValueError(
+                    f"TextDataModule: tokenizer {self.tokenizer_spec!r} (vocab {given.get_vocab_size()}) is "
+                    f"not the one {self.files[0]} was prepared with (vocab {saved.get_vocab_size()})"
+                )
+        return saved
 
     def _loader(self, dataset: Dataset | None, batch_size: int) -> DataLoader:
         if dataset is None:
@@ -423,6 +559,7 @@ class TextDataModule(TokenizedDataModule):
             batch_size=batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # no draw from the global RNG, which a resumed run restores
         )
 
 
@@ -433,7 +570,10 @@ def _check_arguments(args: dict[str, Any]) -> None:
         raise ValueError(f"{owner}: files must list at least one corpus file")
     if args["val_files"] is None and not 0.0 < args["val_fraction"] < 1.0:
         raise ValueError(f"{owner}: val_fraction must be in (0, 1), got {args['val_fraction']!r}")
-    sizes = ("bpe_vocab_size", "max_seq_len", "train_stride", "test_stride", "batch_size", "eval_batch_size")
+    sizes = (
+        *("bpe_vocab_size", "max_seq_len", "train_stride", "test_stride", "batch_size", "eval_batch_size"),
+        *("shard_tokens", "num_proc", "chunk_bytes", "max_cached_shards"),
+    )
     check_positive(owner, **{name: args[name] for name in sizes})
     check_non_negative(owner, num_workers=args["num_workers"])
     if args["test_stride"] is not None and args["test_stride"] > args["max_seq_len"]:
@@ -541,7 +681,7 @@ def _encode_file(out: Any, file: Path, tok: Tokenizer, dtype: type, tally: Unkno
     batch: list[str] = []
     where: list[tuple[str, int]] = []
     line = 1
-    for chunk in text_chunks(read_text(file), 4096):
+    for chunk in text_chunks(read_text(file), ENCODE_CHARS):
         batch.append(chunk)
         where.append((str(file), line))
         line += chunk.count("\n")

@@ -19,6 +19,9 @@ from tokenizers import Encoding, Regex, Tokenizer, decoders, models, pre_tokeniz
 UNK = "<unk>"
 EOT = "<|endoftext|>"
 TOKENIZER_KINDS = ("char", "bpe")
+ENCODE_CHARS = 4096
+"""Characters per encoding chunk (`text_chunks` size) when a corpus is tokenized: the chunks, not the
+batches or processes, decide the tokens, so every way of encoding a corpus uses this size."""
 
 
 def train_char_tokenizer(texts: Iterable[str]) -> Tokenizer:
@@ -139,6 +142,11 @@ class UnknownTally:
             f"{self.first}; they are read as <unk> and never scored or trained on (their labels are -100)"
         )
 
+    def update(self, other: UnknownTally) -> None:
+        """Add the counts of ``other``, a tally of text that comes after this one's."""
+        self.chars.update(other.chars)
+        self.first = self.first or other.first
+
     def as_dict(self) -> dict[str, Any]:
         return {"chars": dict(self.chars), "first": self.first}
 
@@ -158,3 +166,16 @@ def text_chunks(text: str, size: int = 1 << 16) -> Iterator[str]:
         end = len(text) if end < 0 else end + 1
         yield text[start:end]
         start = end
+
+
+def stream_chunks(pieces: Iterable[str], size: int = 1 << 16) -> Iterator[str]:
+    """`text_chunks` of ``"".join(pieces)``, chunk for chunk, holding only one piece and one chunk at a
+    time: the chunks of a file read in pieces encode exactly as those of the whole file."""
+    text, start = "", 0
+    for piece in pieces:
+        text, start = text[start:] + piece, 0
+        while (end := text.find("\n", start + size)) >= 0:
+            yield text[start : end + 1]
+            start = end + 1
+    if start < len(text):
+        yield text[start:]

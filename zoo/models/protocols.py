@@ -27,6 +27,7 @@ __all__ = [
     "IncrementalDecoder",
     "MaskedLMEncoder",
     "PackedDecoder",
+    "PackedHiddenStates",
     "check_backbone",
     "missing_members",
     "protocol_members",
@@ -112,6 +113,24 @@ class HiddenStates(Protocol):
     embed_dim: int
 
     def hidden_states(self, input_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor: ...
+
+
+@runtime_checkable
+class PackedHiddenStates(HiddenStates, Protocol):
+    """`HiddenStates` for packed rows: ``hidden_states`` also takes ``document_ids`` (B, T), the sequence
+    of each position (one run of equal ids per sequence). No position attends outside its sequence and
+    positions restart at each one, so every sequence gets the hidden states it gets alone. It declares
+    this with ``accepts_document_ids = True``. The fine-tuning tasks pass a packed batch's
+    ``document_ids`` (data with ``batching: packed``) only to such a backbone and refuse it for any other.
+
+    Implemented by: `zoo.models.bert.Bert`, `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama`.
+    """
+
+    accepts_document_ids: bool
+
+    def hidden_states(
+        self, input_ids: Tensor, *, attention_mask: Tensor | None = None, document_ids: Tensor | None = None
+    ) -> Tensor: ...
 
 
 @runtime_checkable

@@ -1,9 +1,9 @@
 """Family-agnostic Transformer building blocks (no Lightning here)."""
 
-from zoo.nn.attention import Attention, KVCache, build_attention_mask
+from zoo.nn.attention import Attention, KVCache, build_attention_mask, document_position_ids
 from zoo.nn.block import PostNormBlock, PreNormBlock
 from zoo.nn.embeddings import SinusoidalPositions, TokenEmbedding
-from zoo.nn.heads import last_token_index, pool_first, pool_last, pool_mean
+from zoo.nn.heads import last_token_index, pool_first, pool_last, pool_mean, pool_packed, sequence_starts
 from zoo.nn.lora import LoRA, LoRALinear, apply_lora, merge_lora
 from zoo.nn.mlp import MLP, GatedMLP
 from zoo.nn.norms import RMSNorm
@@ -32,9 +32,12 @@ __all__ = [
     "TokenEmbedding",
     "apply_lora",
     "build_attention_mask",
+    "document_position_ids",
     "last_token_index",
     "merge_lora",
     "pool_first",
     "pool_last",
     "pool_mean",
+    "pool_packed",
+    "sequence_starts",
 ]

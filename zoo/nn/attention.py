@@ -100,6 +100,7 @@ def build_attention_mask(
     causal: bool,
     device: torch.device,
     document_ids: Tensor | None = None,
+    query_document_ids: Tensor | None = None,
 ) -> Tensor | None:
     """Boolean mask broadcastable to (B, nh, Tq, Tk); ``True`` means "may attend".
 
@@ -115,6 +116,8 @@ def build_attention_mask(
         device: Device for the mask.
         document_ids: (B, T) document of each position of packed rows (no cache: Tq = Tk = T): query
             ``i`` sees key ``j`` only when both are in the same document (a block-diagonal mask).
+        query_document_ids: (B, Tq) documents of the queries when they are a subset of the positions
+            (`Attention`'s ``query_index``); default ``document_ids``.
 
     Raises:
         ValueError: ``document_ids`` whose length is not both Tq and Tk.
@@ -126,12 +129,13 @@ def build_attention_mask(
         mask = q_pos >= torch.arange(num_keys, device=device).unsqueeze(0)  # (Tq, Tk)
         mask = mask[None, None]  # (1, 1, Tq, Tk)
     if document_ids is not None:
-        if not document_ids.shape[-1] == num_queries == num_keys:
+        queries = document_ids if query_document_ids is None else query_document_ids
+        if not (document_ids.shape[-1] == num_keys and queries.shape[-1] == num_queries):
             raise ValueError(
                 f"document_ids cover {document_ids.shape[-1]} positions; packed rows need them for every "
                 f"query and key ({num_queries} queries, {num_keys} keys: no KV cache)"
             )
-        same = document_ids[:, None, :, None] == document_ids[:, None, None, :]  # (B, 1, T, T)
+        same = queries[:, None, :, None] == document_ids[:, None, None, :]  # (B, 1, Tq, Tk)
         mask = same if mask is None else mask & same
     if key_padding_mask is not None:
         keep = key_padding_mask[:, None, None, :].bool()  # (B, 1, 1, Tk)
@@ -311,21 +315,21 @@ class Attention(nn.Module):
                 cache or relative positions): only their queries are attended; keys and values still cover
                 every position (a last layer read at a few positions).
             document_ids: (B, T) document of each position of packed rows (self-attention without a
-                cache): a query attends only to keys of its own document.
+                cache): a query attends only to keys of its own document (with ``query_index`` too).
 
         Raises:
             ValueError: ``query_index`` with a cache, causal attention or relative positions;
-                ``document_ids`` with a cache, cross-attention or ``query_index``.
+                ``document_ids`` with a cache or cross-attention.
         """
         cross = memory is not None
         if query_index is not None and (kv_cache is not None or self.causal or self.positions is not None):
             raise ValueError(
                 "query_index is for bidirectional attention without a cache or relative positions"
             )
-        if document_ids is not None and (kv_cache is not None or cross or query_index is not None):
+        if document_ids is not None and (kv_cache is not None or cross):
             raise ValueError(
                 "document_ids (packed documents) are for self-attention over whole rows: not with a KV "
-                "cache, cross-attention or query_index; decode one document per row instead"
+                "cache or cross-attention; decode one document per row instead"
             )
         if cross and kv_cache is not None and kv_cache.seq_len > 0:  # the memory's keys/values, cached once
             q = self._split(self.q_proj(x), self.num_heads)  # (B, nh, T, hs)
@@ -341,7 +345,11 @@ class Attention(nn.Module):
                 q, k = self.positions.apply(q, k, position_ids)
             if kv_cache is not None:
                 k, v = kv_cache.update(k, v)  # (B, nkv, Tk, hs)
-        return self.out_proj(self._attend(q, k, v, padding_mask, cross=cross, document_ids=document_ids))
+        queries = None  # the documents of the chosen query rows
+        if query_index is not None and document_ids is not None:
+            queries = document_ids.gather(1, query_index)  # (B, N)
+        y = self._attend(q, k, v, padding_mask, cross, document_ids=document_ids, query_documents=queries)
+        return self.out_proj(y)
 
     def _attend(
         self,
@@ -351,12 +359,13 @@ class Attention(nn.Module):
         padding_mask: Tensor | None,
         cross: bool,
         document_ids: Tensor | None = None,
+        query_documents: Tensor | None = None,
     ) -> Tensor:
         B, _, Tq, _ = q.shape
         Tk = k.shape[2]
         causal = self.causal and not cross
         bias = self.positions.bias(Tq, Tk) if self.positions is not None and not cross else None
-        if document_ids is not None and self._flex_applies(q, bias):
+        if document_ids is not None and query_documents is None and self._flex_applies(q, bias):
             y = _compiled_flex_attention()(
                 q,
                 k,
@@ -379,6 +388,7 @@ class Attention(nn.Module):
                 causal=causal,
                 device=q.device,
                 document_ids=document_ids,
+                query_document_ids=query_documents,
             )  # (B or 1, 1, Tq, Tk) bool, or None
             if bias is not None:
                 bias = bias.to(q.dtype)  # (nh, Tq, Tk)

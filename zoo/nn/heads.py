@@ -43,3 +43,46 @@ def pool_mean(hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return hidden.mean(dim=1)
     weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def pool_packed(hidden: Tensor, document_ids: Tensor, spans: Tensor, how: str) -> Tensor:
+    """One vector per sequence of packed rows: (R, W, C) -> (N, C), as `pool_first`, `pool_last` or
+    `pool_mean` give for each sequence alone.
+
+    Args:
+        hidden: Hidden states of the packed rows.
+        document_ids: (R, W) the sequence (0..N-1) at each position, -1 at padding.
+        spans: (N, 3) row, first position and length of each sequence.
+        how: ``"first"``, ``"last"`` or ``"mean"``.
+    """
+    rows, starts, lengths = spans.unbind(-1)  # (N,) each
+    if how == "first":
+        return hidden[rows, starts]
+    if how == "last":
+        return hidden[rows, starts + lengths - 1]
+    if how != "mean":
+        raise ValueError(f"unknown pooling {how!r}; choose first, last or mean")
+    N, C = spans.shape[0], hidden.shape[-1]
+    ids = document_ids.flatten().masked_fill(document_ids.flatten() < 0, N)  # padding sums into row N
+    sums = hidden.new_zeros(N + 1, C).index_add_(0, ids, hidden.reshape(-1, C))[:N]  # (N, C)
+    return sums / lengths.unsqueeze(-1).to(hidden.dtype)
+
+
+def sequence_starts(spans: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+    """Where the sequences of packed rows begin, laid out for a last layer that computes a few rows only
+    (``output_positions``): ``(positions (R, K), slot (N,))``, so that sequence ``n`` starts at
+    ``positions[row_n, slot_n]``; K is the most sequences in a row, shorter rows repeat position 0.
+
+    Args:
+        spans: (N, 3) row, first position and length of each sequence (`zoo.data.collate.pack_batch`).
+        num_rows: R.
+    """
+    rows, starts, _ = spans.unbind(-1)  # (N,) each
+    counts = torch.bincount(rows, minlength=num_rows)  # (R,)
+    first = torch.cumsum(counts, 0) - counts  # (R,): where each row's sequences begin in row order
+    order = torch.argsort(rows * (int(starts.max()) + 1) + starts)  # (N,) sequences in row-major order
+    slot = torch.empty_like(rows)
+    slot[order] = torch.arange(len(rows), device=rows.device) - first[rows[order]]
+    positions = torch.zeros(num_rows, int(counts.max()), dtype=torch.long, device=rows.device)
+    positions[rows, slot] = starts
+    return positions, slot

@@ -162,7 +162,12 @@ class EncoderStack(nn.Module):
         self.norm = norm
 
     def forward(
-        self, x: Tensor, *, padding_mask: Tensor | None = None, output_positions: Tensor | None = None
+        self,
+        x: Tensor,
+        *,
+        padding_mask: Tensor | None = None,
+        output_positions: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Embedded tokens (B, T, C) -> last-layer hidden states (B, T, C).
 
@@ -170,13 +175,16 @@ class EncoderStack(nn.Module):
             x: Embedded input.
             padding_mask: (B, T) with 1 at real tokens and 0 at padding.
             output_positions: (B, N): the last layer computes only these rows and (B, N, C) is returned.
+            document_ids: (B, T) sequence of each position of packed rows: attention stays within each
+                sequence (see `zoo.nn.Attention`); the blocks must take ``document_ids``.
         """
         last = len(self.layers) - 1
+        packed = {"document_ids": document_ids} if document_ids is not None else {}  # blocks may not take it
         for i, layer in enumerate(self.layers):
             if i == last and output_positions is not None:
-                x = layer(x, padding_mask=padding_mask, query_index=output_positions)
+                x = layer(x, padding_mask=padding_mask, query_index=output_positions, **packed)
             else:
-                x = layer(x, padding_mask=padding_mask)
+                x = layer(x, padding_mask=padding_mask, **packed)
         return x if self.norm is None else self.norm(x)
 
 

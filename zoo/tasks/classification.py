@@ -18,7 +18,7 @@ from torchmetrics.classification import (
 )
 
 from zoo.errors import check_probability
-from zoo.nn import LoRA, pool_first, pool_last, pool_mean
+from zoo.nn import LoRA, pool_first, pool_last, pool_mean, pool_packed, sequence_starts
 from zoo.tasks.finetune import LR_SCHEDULER, OPTIMIZER, FinetuneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable
 
@@ -135,13 +135,27 @@ class SequenceClassification(FinetuneTask):
         self.test_metrics = _metrics(problem_type, num_labels, threshold).clone(prefix="test_")
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Logits (B, num_labels) of a batch (a dict as the data module yields)."""
-        hidden = self.features(batch)  # (B, T, C)
-        if self.pooling == "pooler":
-            pooled = self.backbone.pool(hidden)
+        """Logits (B, num_labels) of a batch (a dict as the data module yields; packed rows give one row
+        of logits per example)."""
+        how = "first" if self.pooling == "pooler" else self.pooling  # the pooler reads [CLS]
+        if how == "first" and getattr(self.backbone, "accepts_output_positions", False):
+            pooled = self._first_tokens(batch)  # (B, C): the last layer computes only these rows
+        elif "sequence_spans" in batch:  # packed rows: (R, W, C) -> (N, C), one vector per example
+            pooled = pool_packed(self.features(batch), batch["document_ids"], batch["sequence_spans"], how)
         else:
-            pooled = _POOL[self.pooling](hidden, batch.get("attention_mask"))  # (B, C)
+            pooled = _POOL[how](self.features(batch), batch.get("attention_mask"))  # (B, C)
+        if self.pooling == "pooler":
+            pooled = self.backbone.pool(pooled.unsqueeze(1))  # the pooler reads position 0 of (B, 1, C)
         return self.head(pooled)
+
+    def _first_tokens(self, batch: dict[str, Tensor]) -> Tensor:
+        """Hidden states (B, C) at each example's first token, the last layer computing only those rows."""
+        if "sequence_spans" not in batch:
+            zeros = batch["input_ids"].new_zeros(len(batch["input_ids"]), 1)  # (B, 1)
+            return self.features(batch, output_positions=zeros)[:, 0]
+        spans = batch["sequence_spans"]
+        positions, slot = sequence_starts(spans, len(batch["input_ids"]))  # (R, K), (N,)
+        return self.features(batch, output_positions=positions)[spans[:, 0], slot]  # (N, C)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy, per-class binary cross-entropy or mean squared error, by ``problem_type``."""
@@ -154,7 +168,7 @@ class SequenceClassification(FinetuneTask):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(self(batch), batch["labels"])
-        self.log("train_loss", loss, batch_size=len(batch["input_ids"]))
+        self.log("train_loss", loss, batch_size=len(batch["labels"]))
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -127,16 +127,32 @@ class FinetuneTask(BackboneTask):
         super().on_load_checkpoint(checkpoint)
         self._initialised = True
 
-    def features(self, batch: dict[str, Tensor]) -> Tensor:
-        """Last-layer hidden states (B, T, C) of a batch with ``input_ids`` and ``attention_mask``."""
+    def features(self, batch: dict[str, Tensor], output_positions: Tensor | None = None) -> Tensor:
+        """Last-layer hidden states (B, T, C) of a batch with ``input_ids`` and ``attention_mask``; of packed
+        rows when it has ``document_ids`` (`zoo.data.collate.pack_batch`). With ``output_positions``
+        (B, N) (a backbone with ``accepts_output_positions``) the last layer computes those rows only:
+        (B, N, C).
+
+        Raises:
+            ValueError: A packed batch for a backbone that is not a `PackedHiddenStates`.
+        """
         mask = batch.get("attention_mask")
-        if mask is not None and bool(mask.all()):
+        extra = {}
+        if "document_ids" in batch:
+            if not getattr(self.backbone, "accepts_document_ids", False):
+                raise ValueError(
+                    f"packed batches (batching: packed) need a backbone whose hidden_states takes "
+                    f"document_ids (zoo.models.protocols.PackedHiddenStates); {type(self.backbone).__name__} "
+                    "does not: use batching: bucketed"
+                )
+            mask, extra = None, {"document_ids": batch["document_ids"]}  # padding is a sequence of its own
+        elif mask is not None and bool(mask.all()):
             mask = None  # no padding in this batch: attention runs unmasked, on a faster kernel
         if isinstance(self.backbone, Encoder):  # segment ids: BERT's sentence A/B
-            return self.backbone.hidden_states(
-                batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids")
-            )
-        return self.backbone.hidden_states(batch["input_ids"], attention_mask=mask)
+            extra["token_type_ids"] = batch.get("token_type_ids")
+        if output_positions is not None:
+            extra["output_positions"] = output_positions
+        return self.backbone.hidden_states(batch["input_ids"], attention_mask=mask, **extra)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         if self.layer_lr_decay == 1.0:

@@ -79,6 +79,10 @@ class MaskedLM(BackboneTask):
     Without ``nsp`` (RoBERTa's objective) the backbone's pooler and NSP head, if it has them, are frozen
     so that DDP does not wait for gradients they never get.
 
+    Packed training batches (``batching: packed``: several instances per row, with ``document_ids`` and
+    ``sequence_spans``, see `zoo.data.masking.PackedMLMCollator`) get the losses of the same instances
+    padded; the backbone must take ``document_ids`` (`zoo.models.protocols.PackedHiddenStates`).
+
     ``predict_step`` fills masks: prediction batches hold ``input_ids``, ``attention_mask``,
     ``token_type_ids`` and ``fill_positions`` (B, T), non-zero at the ``[MASK]`` tokens to fill, and each
     mask gets its ``top_k`` most likely tokens (see `zoo.data.BertPretrainingDataModule`'s
@@ -140,20 +144,20 @@ class MaskedLM(BackboneTask):
         """Encode the batch, run the MLM head on the masked positions only, add the NSP loss."""
         labels = batch["labels"]
         is_target = labels != IGNORE_INDEX  # (B, T)
-        hidden, mlm_logits = self._encode_targets(batch, is_target)  # (B, 1 + M, C), (N, V)
+        cls, mlm_logits = self._encode_targets(batch, is_target)  # (N, C), (M, V)
         mlm_targets = labels[is_target]  # (N,)
         mlm_loss = F.cross_entropy(mlm_logits.float(), mlm_targets)
         if not self.nsp:
             return PretrainingLosses(mlm_loss, mlm_loss, mlm_logits, mlm_targets, None, None)
         if "next_sentence_label" not in batch:
             raise KeyError("MaskedLM(nsp=True) needs 'next_sentence_label' in the batch; or set nsp=False")
-        nsp_logits = self.backbone.nsp_logits(self.backbone.pool(hidden))  # (B, 2)
+        nsp_logits = self.backbone.nsp_logits(self.backbone.pool(cls.unsqueeze(1)))  # (N, 2)
         nsp_loss = F.cross_entropy(nsp_logits.float(), batch["next_sentence_label"])
         return PretrainingLosses(mlm_loss + nsp_loss, mlm_loss, mlm_logits, mlm_targets, nsp_loss, nsp_logits)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.losses(batch)
-        n = batch["input_ids"].shape[0]
+        n = len(batch.get("sequence_spans", batch["input_ids"]))  # examples
         self.log("train_loss", out.loss, batch_size=n)
         self.log("train_mlm_loss", out.mlm_loss, batch_size=n)
         if out.nsp_loss is not None:
@@ -189,26 +193,44 @@ class MaskedLM(BackboneTask):
             )
 
     def _encode_targets(self, batch: dict[str, Tensor], is_target: Tensor) -> tuple[Tensor, Tensor]:
-        """Hidden states (B, 1 + M, C) at [CLS] and at each row's M target slots, and the MLM logits
-        (N, V) at the N ``is_target`` (B, T) positions, in row-major order like ``labels[is_target]``."""
-        # The last layer only computes the rows the losses read: [CLS], then each row's target
-        # positions in order (rows with fewer targets repeat position 0 as filler).
-        counts = is_target.sum(dim=1)  # (B,)
+        """Hidden states (N, C) at each example's [CLS] and MLM logits at the ``is_target`` (B, T)
+        positions, in row-major order like ``labels[is_target]``. Packed rows (``document_ids``,
+        ``sequence_spans``) hold several examples; their [CLS] states come back in example order."""
+        # The last layer only computes the rows the losses read: the [CLS] of each example and the
+        # targets, in row order (rows with fewer of them repeat position 0 as filler).
+        is_cls = torch.zeros_like(is_target)  # (B, T)
+        packed = {}
+        if "document_ids" in batch:
+            if not getattr(self.backbone, "accepts_document_ids", False):
+                raise ValueError(
+                    f"packed batches (batching: packed) need a backbone that takes document_ids; "
+                    f"{type(self.backbone).__name__} does not: use batching: padded"
+                )
+            rows, starts, _ = batch["sequence_spans"].unbind(-1)  # (N,) each
+            is_cls[rows, starts] = True
+            packed = {"document_ids": batch["document_ids"]}  # padding is a sequence of its own
+        else:
+            is_cls[:, 0] = True
+        is_read = is_cls | is_target
+        counts = is_read.sum(dim=1)  # (B,)
         width = int(counts.max()) if counts.numel() else 0
-        order = torch.argsort((~is_target).to(torch.int8), dim=1, stable=True)[:, :width]  # (B, M)
+        order = torch.argsort((~is_read).to(torch.int8), dim=1, stable=True)[:, :width]  # (B, M)
         filled = torch.arange(width, device=is_target.device) < counts[:, None]  # (B, M)
-        positions = torch.cat([order.new_zeros(len(order), 1), order * filled], dim=1)  # (B, 1 + M)
         hidden = self.backbone.hidden_states(
             batch["input_ids"],
-            attention_mask=_padding_mask(batch.get("attention_mask")),
+            attention_mask=None if packed else _padding_mask(batch.get("attention_mask")),
             token_type_ids=batch.get("token_type_ids"),
-            output_positions=positions,
-        )  # (B, 1 + M, C)
-        return hidden, self.backbone.mlm_logits(hidden[:, 1:][filled])  # (N, V)
+            output_positions=order * filled,
+            **packed,
+        )[filled]  # (R, C): the read positions in row-major order
+        cls = hidden[is_cls[is_read]]  # (N, C) in row-major order
+        if packed:  # row-major -> example order
+            cls = cls[torch.argsort(torch.argsort(rows * is_target.shape[1] + starts))]
+        return cls, self.backbone.mlm_logits(hidden[is_target[is_read]])  # (N, C), (M, V)
 
     def _evaluate(self, batch: dict[str, Tensor], stage: str, metrics: nn.ModuleDict) -> None:
         out = self.losses(batch)
-        n = batch["input_ids"].shape[0]
+        n = len(batch.get("sequence_spans", batch["input_ids"]))  # examples
         logits, targets = out.mlm_logits.detach().float(), out.mlm_targets
         metrics["mlm_loss"].update(F.cross_entropy(logits, targets, reduction="none"))
         metrics["mlm_acc"].update((logits.argmax(-1) == targets).float())

@@ -10,7 +10,9 @@ and ``throughput/mfu``. Between those steps it reads nothing back from the accel
 the device and read once per interval.
 
 MFU is the model's training FLOPs per second (the task's ``flops_per_token``, nanoGPT's
-``6N + 12·L·H·Q·T``, times the tokens processed) over the device's peak dense FLOP/s (`peak_flops`).
+``6N + 12·L·H·Q·T``, times the tokens processed) over the device's peak dense FLOP/s (`peak_flops`). A
+frozen weight (LoRA's base layers, frozen embeddings tied to an output layer) gets no gradient, so it
+counts 4 FLOPs per token instead of 6 (`frozen_linear_weights`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks.progress import ProgressBar
-from torch import Tensor
+from torch import Tensor, nn
 
 from zoo.errors import check_positive
 
@@ -108,17 +110,26 @@ def measure_matmul_flops(
     return 2 * size**3 * count / elapsed
 
 
+def frozen_linear_weights(module: nn.Module) -> int:
+    """Weights of ``module``'s linear layers that do not train: each saves the 2 FLOPs per token of its
+    weight gradient (shared weights counted once)."""
+    weights = {id(m.weight): m.weight for m in module.modules() if isinstance(m, nn.Linear)}
+    return sum(w.numel() for w in weights.values() if not w.requires_grad)
+
+
 def count_tokens(batch: Any) -> tuple[Tensor | int | None, int, int]:
     """``(tokens, samples, seq_len)`` of a batch without reading anything back from the device.
 
     Tokens are the non-padding positions of ``input_ids`` (a 0-dim device tensor) when the batch has an
     ``attention_mask``, else every position (an int); ``None`` when the batch has no ``input_ids``.
-    Samples: the first dimension of ``input_ids`` or of the first tensor in the batch.
+    Samples: the examples of packed rows (``sequence_spans``), else the first dimension of ``input_ids`` or
+    of the first tensor in the batch.
     """
     if isinstance(batch, Mapping) and isinstance(batch.get("input_ids"), Tensor):
         ids, mask = batch["input_ids"], batch.get("attention_mask")
         tokens = mask.sum() if isinstance(mask, Tensor) else ids.numel()
-        return tokens, ids.shape[0], ids.shape[-1]
+        spans = batch.get("sequence_spans")
+        return tokens, (spans if isinstance(spans, Tensor) else ids).shape[0], ids.shape[-1]
     if isinstance(batch, Mapping):
         batch = list(batch.values())
     values = batch if isinstance(batch, list | tuple) else [batch]
@@ -166,9 +177,16 @@ class ProgressMonitor(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._every = self.every_n_steps or trainer.log_every_n_steps or 50
         self._total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
-        self._flops_per_token = getattr(pl_module, "flops_per_token", None) or getattr(
+        estimate = getattr(pl_module, "flops_per_token", None) or getattr(
             getattr(pl_module, "backbone", None), "flops_per_token", None
         )
+        frozen = frozen_linear_weights(pl_module)
+
+        def per_token(seq_len: int) -> int | None:
+            flops = estimate(seq_len)
+            return None if flops is None else flops - 2 * frozen
+
+        self._flops_per_token = per_token if estimate else None
         self._peak = self.peak_flops or peak_flops(trainer.strategy.root_device, _compute_dtype(trainer))
         self._first_step, self._last_line_step = trainer.global_step, trainer.global_step
         self._start = self._mark = time.perf_counter()

@@ -105,7 +105,7 @@ class TokenClassification(FinetuneTask):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(self(batch), batch["labels"])
-        self.log("train_loss", loss, batch_size=len(batch["input_ids"]))
+        self.log("train_loss", loss, batch_size=len(batch.get("sequence_spans", batch["input_ids"])))
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from zoo.errors import check_positive, check_probability
 from zoo.models.hf_io import HFConvertible
 from zoo.models.spec import Configurable
-from zoo.nn import MLP, Attention, EncoderStack, PostNormBlock, TokenEmbedding
+from zoo.nn import MLP, Attention, EncoderStack, PostNormBlock, TokenEmbedding, document_position_ids
 
 BERT_SIZES: dict[str, dict[str, int]] = {
     "bert-tiny": dict(embed_dim=128, num_heads=2, num_layers=2),  # 4.4M
@@ -127,6 +127,11 @@ class Bert(Configurable, HFConvertible, nn.Module):
     """
 
     fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PostNormBlock,)  # see zoo.strategies.FSDP
+    accepts_document_ids: ClassVar[bool] = True
+    """``hidden_states`` takes ``document_ids`` (`zoo.models.protocols.PackedHiddenStates`)."""
+    accepts_output_positions: ClassVar[bool] = True
+    """``hidden_states`` takes ``output_positions``: classifiers that read [CLS] get the last layer's [CLS]
+    rows only."""
     # checkpoints written before the encoder stack kept the blocks at ``layers.<i>`` (see zoo.checkpoint)
     state_dict_renames: ClassVar[dict[str, str]] = {"layers.": "encoder.layers."}
 
@@ -236,15 +241,24 @@ class Bert(Configurable, HFConvertible, nn.Module):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_positions: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Last-layer hidden states (B, T, C); same arguments as `forward`.
 
         Padding positions hold values that mean nothing; mask them out downstream. With
         ``output_positions`` (B, N), the last layer computes only those rows and (B, N, C) is returned:
         pretraining reads [CLS] and the ~15% masked positions, so most of that layer's work is saved.
+
+        ``document_ids`` (B, T) packs several sequences into each row (one run of equal ids per sequence;
+        padding is a run of its own): attention stays within each sequence and positions restart at each
+        one, so every sequence gets the hidden states it gets alone
+        (`zoo.models.protocols.PackedHiddenStates`).
         """
-        x = self.embeddings(input_ids, token_type_ids=token_type_ids)  # (B, T, C)
-        return self.encoder(x, padding_mask=attention_mask, output_positions=output_positions)
+        position_ids = document_position_ids(document_ids) if document_ids is not None else None
+        x = self.embeddings(input_ids, token_type_ids=token_type_ids, position_ids=position_ids)  # (B, T, C)
+        return self.encoder(
+            x, padding_mask=attention_mask, output_positions=output_positions, document_ids=document_ids
+        )
 
     def pool(self, hidden: Tensor) -> Tensor:
         """Pooled [CLS] summary (B, C) of hidden states (B, T, C), the input of NSP and classifiers."""

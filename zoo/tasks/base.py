@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchmetrics import Metric
 
@@ -169,6 +169,24 @@ class BackboneTask(L.LightningModule):
         `zoo.tasks.monitor.ProgressMonitor` turns it into model FLOPs utilisation (MFU)."""
         estimate = getattr(self.backbone, "flops_per_token", None)
         return estimate(seq_len) if callable(estimate) else None
+
+    def packed_rows(self, batch: dict[str, Tensor], *, otherwise: str) -> dict[str, Tensor]:
+        """``{"document_ids": ...}`` to pass to the backbone for a batch of packed rows (`zoo.data.collate.
+        pack_batch`), ``{}`` for any other batch.
+
+        Raises:
+            ValueError: Packed rows for a backbone that cannot keep them apart (no
+                ``accepts_document_ids``); the message says to use ``batching: <otherwise>``.
+        """
+        if "document_ids" not in batch:
+            return {}
+        if not getattr(self.backbone, "accepts_document_ids", False):
+            raise ValueError(
+                f"packed batches (batching: packed) need a backbone whose hidden_states takes document_ids "
+                f"(zoo.models.protocols.PackedHiddenStates); {type(self.backbone).__name__} does not: use "
+                f"batching: {otherwise}"
+            )
+        return {"document_ids": batch["document_ids"]}
 
     def configure_model(self) -> None:
         """Apply ``activation_checkpointing`` and ``compile`` to each block of the backbone's ``fsdp_units``.

@@ -137,15 +137,9 @@ class FinetuneTask(BackboneTask):
             ValueError: A packed batch for a backbone that is not a `PackedHiddenStates`.
         """
         mask = batch.get("attention_mask")
-        extra = {}
-        if "document_ids" in batch:
-            if not getattr(self.backbone, "accepts_document_ids", False):
-                raise ValueError(
-                    f"packed batches (batching: packed) need a backbone whose hidden_states takes "
-                    f"document_ids (zoo.models.protocols.PackedHiddenStates); {type(self.backbone).__name__} "
-                    "does not: use batching: bucketed"
-                )
-            mask, extra = None, {"document_ids": batch["document_ids"]}  # padding is a sequence of its own
+        extra: dict[str, Tensor | None] = self.packed_rows(batch, otherwise="bucketed")
+        if extra:
+            mask = None  # packed rows: padding is a sequence of its own
         elif mask is not None and bool(mask.all()):
             mask = None  # no padding in this batch: attention runs unmasked, on a faster kernel
         if isinstance(self.backbone, Encoder):  # segment ids: BERT's sentence A/B

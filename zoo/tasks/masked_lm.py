@@ -199,13 +199,8 @@ class MaskedLM(BackboneTask):
         # The last layer only computes the rows the losses read: the [CLS] of each example and the
         # targets, in row order (rows with fewer of them repeat position 0 as filler).
         is_cls = torch.zeros_like(is_target)  # (B, T)
-        packed = {}
-        if "document_ids" in batch:
-            if not getattr(self.backbone, "accepts_document_ids", False):
-                raise ValueError(
-                    f"packed batches (batching: packed) need a backbone that takes document_ids; "
-                    f"{type(self.backbone).__name__} does not: use batching: padded"
-                )
+        packed = self.packed_rows(batch, otherwise="padded")
+        if packed:
             rows, starts, _ = batch["sequence_spans"].unbind(-1)  # (N,) each
             is_cls[rows, starts] = True
             packed = {"document_ids": batch["document_ids"]}  # padding is a sequence of its own

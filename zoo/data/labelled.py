@@ -303,9 +303,6 @@ class LabelledDataModule(TokenizedDataModule):
             collate_fn=functools.partial(
                 collate, pad_token_id=self.pad_token_id, sequence_keys=self.sequence_keys
             ),
-            # evaluation between a checkpoint and the next step must not draw from the global RNG, which
-            # a resumed run restores as it was saved
-            generator=torch.Generator() if sampler is None else None,
         )
 
     # -- checkpoints --------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def pool_packed(hidden: Tensor, document_ids: Tensor, spans: Tensor, how: str) -
     return sums / lengths.unsqueeze(-1).to(hidden.dtype)
 
 
-def sequence_starts(spans: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+def sequence_starts(spans: Tensor, num_rows: int, row_width: int) -> tuple[Tensor, Tensor]:
     """Where the sequences of packed rows begin, laid out for a last layer that computes a few rows only
     (``output_positions``): ``(positions (R, K), slot (N,))``, so that sequence ``n`` starts at
     ``positions[row_n, slot_n]``; K is the most sequences in a row, shorter rows repeat position 0.
@@ -76,11 +76,12 @@ def sequence_starts(spans: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
     Args:
         spans: (N, 3) row, first position and length of each sequence (`zoo.data.collate.pack_batch`).
         num_rows: R.
+        row_width: W, the positions per row.
     """
     rows, starts, _ = spans.unbind(-1)  # (N,) each
     counts = torch.bincount(rows, minlength=num_rows)  # (R,)
     first = torch.cumsum(counts, 0) - counts  # (R,): where each row's sequences begin in row order
-    order = torch.argsort(rows * (int(starts.max()) + 1) + starts)  # (N,) sequences in row-major order
+    order = torch.argsort(rows * row_width + starts)  # (N,) sequences in row-major order
     slot = torch.empty_like(rows)
     slot[order] = torch.arange(len(rows), device=rows.device) - first[rows[order]]
     positions = torch.zeros(num_rows, int(counts.max()), dtype=torch.long, device=rows.device)

@@ -154,7 +154,7 @@ class SequenceClassification(FinetuneTask):
             zeros = batch["input_ids"].new_zeros(len(batch["input_ids"]), 1)  # (B, 1)
             return self.features(batch, output_positions=zeros)[:, 0]
         spans = batch["sequence_spans"]
-        positions, slot = sequence_starts(spans, len(batch["input_ids"]))  # (R, K), (N,)
+        positions, slot = sequence_starts(spans, *batch["input_ids"].shape)  # (R, K), (N,)
         return self.features(batch, output_positions=positions)[spans[:, 0], slot]  # (N, C)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:

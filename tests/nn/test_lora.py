@@ -125,3 +125,65 @@ def test_every_family_adapts_by_name_and_merges_exactly(family, targets, count):
     _perturb(model)
     adapted = run(model)
     torch.testing.assert_close(run(merge_lora(model)), adapted, atol=1e-5, rtol=0)
+
+
+def _plain(layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:
+    """The adapter as two linear layers, differentiated by autograd."""
+    update = nn.functional.linear(nn.functional.linear(layer.dropout(x), layer.lora_A), layer.lora_B)
+    return nn.functional.linear(x, layer.weight, layer.bias) + update * layer.scale
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("frozen", [True, False])
+def test_adapter_product_has_autograds_values_and_gradients(bias, frozen):
+    """The hand-written backward (`_LoRAProduct`) gives the gradients autograd gives the plain formula,
+    for exactly the inputs that need them: frozen base weights get none, nor does an input that needs
+    none (the first layer above frozen embeddings)."""
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(12, 20, bias=bias), rank=3, alpha=6.0)
+    nn.init.normal_(layer.lora_B)
+    layer.weight.requires_grad_(not frozen)
+    if bias:
+        layer.bias.requires_grad_(not frozen)
+    for needs_input in (True, False):
+        x = torch.randn(2, 5, 12, requires_grad=needs_input)
+        weights = [p for p in layer.parameters() if p.requires_grad]
+        inputs = ([x] if needs_input else []) + weights
+        target = torch.randn(2, 5, 20)
+        ours = layer(x)
+        theirs = _plain(layer, x)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+        got = torch.autograd.grad((ours * target).sum(), inputs)
+        want = torch.autograd.grad((theirs * target).sum(), inputs)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+        assert len(weights) == (2 if frozen else 4 if bias else 3)
+
+
+def test_adapter_product_passes_gradcheck():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(6, 5).double(), rank=2, alpha=4.0)
+    nn.init.normal_(layer.lora_B)
+    layer.requires_grad_(True)
+    x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *params: layer(x), (x, *layer.parameters()))
+
+
+def test_adapter_under_autocast_and_with_dropout_trains_through_autograd():
+    """The two cases the hand-written product leaves to autograd: bf16 autocast (each product cast)
+    and adapter dropout in training (the adapter reads another input than the base)."""
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(8, 6), rank=2, alpha=4.0, dropout=0.5).train()
+    nn.init.normal_(layer.lora_B)
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert layer.lora_A.grad.dtype == torch.float32 and layer.lora_A.grad.abs().sum() > 0
+    layer.zero_grad()
+    torch.manual_seed(1)
+    y = layer(x)
+    assert y.grad_fn.name() != "_LoRAProductBackward"
+    torch.manual_seed(1)
+    torch.testing.assert_close(y, _plain(layer, x))

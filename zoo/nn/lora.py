@@ -8,7 +8,8 @@ only trainable weights. B starts at zero, so a fresh adapter changes nothing. A 
 base weights load, save and convert as before; the adapter adds ``lora_A`` and ``lora_B`` beside them.
 A fused projection (``qkv_proj``) gets one adapter over its whole output, which equals one adapter per
 query/key/value projection with A shared and B split by rows. `merge_lora` folds the adapters back into
-plain ``nn.Linear`` layers (``W + (alpha / rank) · B A``).
+plain ``nn.Linear`` layers (``W + (alpha / rank) · B A``). Training without adapter dropout runs the
+layer as one autograd function whose backward orders the rank-r products for the BLAS (`_LoRAProduct`).
 """
 
 from __future__ import annotations
@@ -89,8 +90,14 @@ class LoRALinear(nn.Linear):
             self.reset_adapter()
 
     def forward(self, x: Tensor) -> Tensor:
-        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # (..., r) -> (..., out)
-        return F.linear(x, self.weight, self.bias) + update * self.scale
+        if (
+            (self.training and self.dropout.p > 0)  # the adapter reads a different input than the base
+            or torch.is_autocast_enabled(x.device.type)  # autograd casts each product for autocast
+            or torch.compiler.is_compiling()  # the compiler plans its own kernels
+        ):
+            update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # (..., r) -> (..., out)
+            return F.linear(x, self.weight, self.bias) + update * self.scale
+        return _LoRAProduct.apply(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale)
 
     def delta_weight(self) -> Tensor:
         """The update as a matrix, ``(alpha / rank) · B A``: (out_features, in_features)."""
@@ -115,6 +122,49 @@ class LoRALinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}"
+
+
+class _LoRAProduct(torch.autograd.Function):
+    """``x Wᵀ + b + s · (x Aᵀ) Bᵀ`` with a backward that lays out the rank-r products for the BLAS.
+
+    Autograd differentiates the two rank-r products as ``grad_y @ B`` and ``grad_yᵀ @ (x Aᵀ)``, and with
+    an output of r columns those run two to five times slower on a CPU than the same products written
+    as ``grad_y @ (Bᵀ contiguous)ᵀ`` and ``((x Aᵀ)ᵀ @ grad_y)ᵀ`` (measured on one core; a LoRA step of
+    MiniLM spent 14% of its time there). The update is added into the base product in place (one
+    ``addmm``) instead of a scale and an add over the whole output. Gradients are computed only for the
+    inputs that need them: with the base frozen, none for ``W`` and ``b``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scale):  # noqa: ANN001, ANN205
+        rows = x.reshape(-1, x.shape[-1])  # (N, in)
+        low = rows @ lora_A.t()  # (N, r)
+        out = rows @ weight.t() if bias is None else torch.addmm(bias, rows, weight.t())
+        out.addmm_(low, lora_B.t(), alpha=scale)  # (N, out)
+        ctx.save_for_backward(rows, weight, lora_A, lora_B, low)
+        ctx.scale, ctx.has_bias = scale, bias is not None
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        rows, weight, lora_A, lora_B, low = ctx.saved_tensors
+        need_x, need_w, need_b, need_a, need_b_lora = ctx.needs_input_grad[:5]
+        grad = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
+        grad_x = grad_w = grad_bias = grad_a = grad_b = None
+        if need_x or need_a:
+            grad_low = grad @ lora_B.t().contiguous().t()  # (N, r), scaled below
+            if need_a:
+                grad_a = (grad_low.t() @ rows).mul_(ctx.scale)  # (r, in)
+            if need_x:
+                grad_x = (grad @ weight).addmm_(grad_low, lora_A, alpha=ctx.scale)
+                grad_x = grad_x.view(*grad_out.shape[:-1], grad_x.shape[-1])
+        if need_b_lora:
+            grad_b = (low.t() @ grad).t().mul_(ctx.scale)  # (out, r)
+        if need_w:
+            grad_w = grad.t() @ rows
+        if need_b and ctx.has_bias:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_w, grad_bias, grad_a, grad_b, None
 
 
 def apply_lora(

@@ -17,6 +17,10 @@ Rows:
    must be identical.
 4. The shakespeare-char recipe in bf16-mixed through ``zoo fit``: the final val loss must reach the CPU fp32
    result, 1.866, within 0.02.
+5. GPT-2 training on packed documents (row 1's shape, each row cut into documents of 1/16 to 1/2 of it):
+   zoo's attention on CUDA with FlexAttention's block mask (the "zoo" column) against the same model with
+   SDPA and a dense block-diagonal mask (the "transformers" column; ``--rows packed``). The check: the
+   flex path ran, and its fp32 loss and gradients equal the dense mask's.
 
 MFU is the model's training FLOPs per token (``flops_per_token``: the same for both sides) times tokens/s
 over the device's peak dense FLOP/s (`zoo.tasks.monitor.peak_flops`; a CPU's is measured with a timed fp32
@@ -26,6 +30,7 @@ matrix product when the script starts). The script exits 1 when a row fails or a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gc
 import os
@@ -46,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from train_throughput import bert_batch, bert_models, gpt2_batch, gpt2_models, hf_gpt2_loss
 
+import zoo.nn.attention
 from zoo.tasks.base import BackboneTask, sdpa_backends, warmup_cosine
 from zoo.tasks.monitor import measure_matmul_flops, peak_flops
 
@@ -246,6 +252,94 @@ def training_rows(setup: Setup) -> list[Row]:
     return rows
 
 
+def packed_gpt2_batch(c: dict, g: torch.Generator) -> dict[str, Tensor]:
+    """`gpt2_batch` with each row cut into documents of ``seq/16`` to ``seq/2`` tokens: ``document_ids``
+    (B, T) and no target across a document's end (-100), as ``TextDataModule(pack_documents=True)``."""
+    batch = gpt2_batch(c, g)
+    B, T = batch["input_ids"].shape
+    starts = torch.zeros(B, T, dtype=torch.long)
+    for row in range(B):
+        at = 0
+        while (at := at + int(torch.randint(max(1, T // 16), max(2, T // 2), (1,), generator=g))) < T:
+            starts[row, at] = 1
+    document_ids = starts.cumsum(1)
+    labels = batch["labels"].clone()
+    labels[:, :-1][starts[:, 1:] == 1] = -100  # the last token of a document does not predict the next
+    return {**batch, "labels": labels, "document_ids": document_ids}
+
+
+@contextlib.contextmanager
+def dense_masks(flex_calls: list[int] | None = None):
+    """Within the block zoo's attention takes SDPA with a dense mask for packed rows (``flex_calls`` None),
+    or keeps its choice and counts the FlexAttention block masks it builds in ``flex_calls``."""
+    attention = zoo.nn.attention
+    original_applies, original_mask = attention.Attention._flex_applies, attention.document_block_mask
+
+    def counted(*args: object, **kwargs: object) -> object:
+        flex_calls.append(1)
+        return original_mask(*args, **kwargs)
+
+    if flex_calls is None:
+        attention.Attention._flex_applies = lambda self, q, bias: False
+    else:
+        attention.document_block_mask = counted
+    try:
+        yield
+    finally:
+        attention.Attention._flex_applies = original_applies
+        attention.document_block_mask = original_mask
+
+
+def packed_check(batch: dict[str, Tensor], setup: Setup) -> tuple[str, bool]:
+    """fp32 loss and gradients of one packed batch with zoo's choice of kernel and with the dense mask."""
+    c = setup.sizes["gpt2"]
+    torch.manual_seed(0)
+    task = gpt2_models(c)[0].to(setup.device).float()
+    on_device = {k: v.to(setup.device) for k, v in batch.items()}
+    results, calls = [], []
+    for context in (dense_masks(calls), dense_masks()):
+        task.zero_grad(set_to_none=True)
+        with context:
+            logits = task(on_device["input_ids"], document_ids=on_device["document_ids"])
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), on_device["labels"].flatten())
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in task.parameters() if p.grad is not None])
+        results.append((loss.item(), grads))
+    (loss_flex, g_flex), (loss_dense, g_dense) = results
+    cosine = float(nn.functional.cosine_similarity(g_flex, g_dense, dim=0))
+    flex = "yes" if calls else "no (not CUDA)"
+    ran = bool(calls) or setup.device.type != "cuda"
+    ok = abs(loss_flex - loss_dense) < 1e-3 and cosine > 0.999 and ran
+    return f"flex used: {flex}; loss {loss_flex:.4f} vs {loss_dense:.4f}, gradient cosine {cosine:.5f}", ok
+
+
+def packed_row(setup: Setup) -> Row:
+    """Row 5: packed documents, FlexAttention's block mask against SDPA's dense mask, zoo both sides."""
+    c = setup.sizes["gpt2"]
+    name = (
+        f"train GPT-2 {setup.sizes['label']} on packed documents, seq {c['seq']}, batch {c['batch']}, "
+        f"{setup.precision}: FlexAttention (zoo column) vs SDPA dense mask (transformers column)"
+    )
+
+    def run() -> Row:
+        batch = packed_gpt2_batch(c, torch.Generator().manual_seed(0))
+        check, ok = packed_check(batch, setup)
+        free()
+        seconds = []
+        for context in (contextlib.nullcontext(), dense_masks()):
+            torch.manual_seed(0)
+            task = gpt2_models(c)[0]
+            flops = task.flops_per_token(c["seq"])
+            with context:
+                seconds.append(zoo_step_seconds(task, batch, setup))
+            del task
+            free()
+        cells = train_cells(*seconds, c["batch"] * c["seq"], flops, setup.peak)
+        return Row(name, *cells, check, ok)
+
+    return guarded(name, run)
+
+
 def generation_rows(setup: Setup) -> list[Row]:
     """Row 3: greedy decoding, zoo's generate against transformers' on the same weights, tokens checked."""
     c = setup.sizes["generate"]
@@ -389,7 +483,9 @@ def main() -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="tiny sizes on the CPU: checks the script, in ~1 min"
     )
-    parser.add_argument("--rows", default="train,generate,recipe", help="comma-separated subset to run")
+    parser.add_argument(
+        "--rows", default="train,generate,recipe,packed", help="comma-separated subset to run"
+    )
     parser.add_argument("--shakespeare", type=Path, default=None, help="tinyshakespeare input.txt")
     parser.add_argument("--log-dir", type=Path, default=None, help="where recipe.log and table.md go")
     args = parser.parse_args()
@@ -409,6 +505,8 @@ def main() -> int:
     if "recipe" in wanted:
         text = args.shakespeare or default_text()
         rows.append(guarded("recipe shakespeare-char", lambda: recipe_row(setup, text)))
+    if "packed" in wanted:
+        rows.append(packed_row(setup))
     print()
     print(table(rows))
     (setup.log_dir / "table.md").write_text(table(rows) + "\n")

@@ -34,6 +34,7 @@ def test_gpu_benchmark_tiny_prints_every_row_and_its_checks_pass(stdlib_text_fil
         "greedy decoding GPT-2 tiny",
         "greedy decoding GPT-2 tiny",
         "recipe shakespeare-char",
+        "train GPT-2 tiny on packed documents",
     ], names
     assert names[0].endswith("eager") and "torch.compile" in names[1]
     measured = r"[\d,.]+ ms/step, [\d,]+ tok/s, MFU \d+\.\d%"
@@ -44,4 +45,8 @@ def test_gpu_benchmark_tiny_prints_every_row_and_its_checks_pass(stdlib_text_fil
     for name in names[3:5]:
         assert rows[name][3].strip(" |") == "same tokens: yes", rows[name]
     assert re.fullmatch(r"val loss \d+\.\d{3} in \d+ s", rows[names[5]][0]), rows[names[5]]
+    zoo, theirs, ratio, check = rows[names[6]]
+    assert re.fullmatch(measured, zoo) and re.fullmatch(measured, theirs), (zoo, theirs)
+    loss = re.search(r"flex used: no \(not CUDA\); loss (\S+) vs (\S+), gradient cosine (\S+)", check)
+    assert loss and loss[1] == loss[2] and float(loss[3]) > 0.999, check
     assert "recipe.log" in os.listdir(tmp_path / "logs")

@@ -53,7 +53,7 @@ RECIPES = {
         ["tinyshakespeare/input.txt"],
     ),
     "finetune/sst2-minilm.yaml": (MINILM, ["sst2/train.tsv"]),
-    "finetune/sst2-minilm-lora.yaml": (MINILM, ["sst2/train.tsv"]),  # LoRA adapters, packed rows
+    "finetune/sst2-minilm-lora.yaml": (MINILM, ["sst2/train.tsv"]),  # LoRA adapters
 }
 SLOW_RECIPES = {
     "finetune/conll2003-minilm-lora.yaml": (MINILM, ["conll2003/train.txt"]),
@@ -122,6 +122,23 @@ LONG_RECIPES = {
     "finetune/ud-pos-bert-base.yaml": (
         [*CPU_FP32, *MINILM, *MINILM_FOR_BERT_BASE],
         ["ud_en_ewt/en_ewt-ud-train.conllu"],
+    ),
+    "summarization/dialogsum-minilm.yaml": (
+        ["--data.init_args.max_tokens=512", "--data.init_args.eval_max_tokens=512"],
+        ["dialogsum/dialogsum.train.jsonl"],
+    ),
+    "qa/squad-minilm.yaml": ([*MINILM, "--data.init_args.train_articles=2:3"], ["squad/dev-v1.1.json"]),
+    "qa/squad-bert-base.yaml": (
+        [
+            *CPU_FP32,
+            *MINILM,
+            *MINILM_FOR_BERT_BASE,
+            f"--data.init_args.train_file={DATA}/squad/dev-v1.1.json",
+            "--data.init_args.train_articles=2:3",
+            "--data.init_args.val_articles=3:4",
+            "--data.init_args.max_seq_len=256",
+        ],
+        ["squad/dev-v1.1.json"],
     ),
 }
 

@@ -3,6 +3,8 @@
 from zoo.data.classification import TextClassificationDataModule
 from zoo.data.parallel import ParallelTextDataModule
 from zoo.data.pretraining import BertPretrainingDataModule
+from zoo.data.squad import QuestionAnsweringDataModule
+from zoo.data.summarization import SummarizationDataModule
 from zoo.data.tagging import TaggingDataModule
 from zoo.data.text import TextDataModule, TokenBlocks
 from zoo.data.token_budget import TokenBudgetSampler
@@ -10,6 +12,8 @@ from zoo.data.token_budget import TokenBudgetSampler
 __all__ = [
     "BertPretrainingDataModule",
     "ParallelTextDataModule",
+    "QuestionAnsweringDataModule",
+    "SummarizationDataModule",
     "TaggingDataModule",
     "TextClassificationDataModule",
     "TextDataModule",

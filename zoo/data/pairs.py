@@ -62,14 +62,20 @@ class TranslationCollator:
         pad_token_id: Padding id.
         bos_token_id: Start-of-target id.
         eos_token_id: End-of-sentence id.
+        source_start_id: An id put before every source as well (BERT2BERT: ``[CLS]``, so the encoder reads
+            ``[CLS] source [SEP]`` as BERT was trained to); ``None``: none.
     """
 
-    def __init__(self, *, pad_token_id: int, bos_token_id: int, eos_token_id: int) -> None:
+    def __init__(
+        self, *, pad_token_id: int, bos_token_id: int, eos_token_id: int, source_start_id: int | None = None
+    ) -> None:
         self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
+        self.source_start_id = source_start_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         eos, bos = torch.tensor([self.eos_token_id]), torch.tensor([self.bos_token_id])
-        source = [torch.cat([e["source"], eos]) for e in examples]
+        start = torch.tensor([] if self.source_start_id is None else [self.source_start_id], dtype=torch.long)
+        source = [torch.cat([start, e["source"], eos]) for e in examples]
         batch: dict[str, Any] = {
             "input_ids": _pad(source, self.pad_token_id),
             "attention_mask": _pad([torch.ones_like(s) for s in source], 0),

@@ -220,7 +220,7 @@ class ParallelTextDataModule(TokenizedDataModule):
         path = self.cache_dir / "tokenizers" / f"joint-bpe-{self.bpe_vocab_size}-{key}" / "tokenizer.json"
         if path.is_file():
             return Tokenizer.from_file(str(path))
-        source, target = read_pairs(files)
+        source, target = self._read(files)
         tok = train_joint_bpe(source + target, vocab_size=self.bpe_vocab_size)
         atomic_write_text(path, tok.to_str())
         return tok
@@ -241,7 +241,7 @@ class ParallelTextDataModule(TokenizedDataModule):
             directory = self._split_dir(files[split], train=split == "train")
             self.stats[split] = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
             rank_zero_info(f"{split} pairs ({', '.join(files[split])}): {self.stats[split]}")
-            references = None if split == "train" else read_pairs(self._files(files[split]))[1]
+            references = None if split == "train" else self._read(self._files(files[split]))[1]
             self.datasets[split] = _load(directory, references)
 
     def train_dataloader(self) -> DataLoader:
@@ -265,6 +265,27 @@ class ParallelTextDataModule(TokenizedDataModule):
         return TranslationCollator(
             pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id
         )
+
+    # -- what a subclass for another kind of pairs overrides (`zoo.data.summarization`) -------------
+    def _read(self, files: list[Path]) -> tuple[list[str], list[str]]:
+        """Source and target texts of one split's files."""
+        return read_pairs(files)
+
+    def _read_sources(self, path: Path) -> list[str]:
+        """The texts ``zoo predict`` reads from ``predict_file``."""
+        return _lines(path)
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        """Most tokens of a source and of a target, without the special tokens the collator adds."""
+        return self.max_seq_len - 1, self.max_seq_len - 1  # room for </s> after the source, <s> before
+
+    truncate_training: bool = False
+    """Training pairs over the limits are dropped (translation); ``True``: truncated like evaluation's."""
+
+    def _cache_tag(self) -> str:
+        """What besides the files and the tokenizer decides the encoded arrays."""
+        return str(self.max_seq_len)
 
     # -- internals ---------------------------------------------------------------------------------
     def _files(self, specs: list[str]) -> list[Path]:
@@ -297,32 +318,47 @@ class ParallelTextDataModule(TokenizedDataModule):
     def _split_dir(self, specs: list[str], *, train: bool) -> Path:
         files = self._files(specs)
         role = "train" if train else "eval"
-        key = digest(
-            files_digest(files), role, str(self.max_seq_len), self.tokenizer.to_str(), str(CACHE_VERSION)
-        )
+        tokenizer = self.tokenizer.to_str()
+        key = digest(files_digest(files), role, self._cache_tag(), tokenizer, str(CACHE_VERSION))
         directory = self.cache_dir / "parallel" / f"{role}-{key}"
         if not (directory / "meta.json").is_file():
-            source, target = read_pairs(files)
-            arrays, meta = _encode_split(files, source, target, self.tokenizer, self.max_seq_len, train=train)
+            source, target = self._read(files)
+            arrays, meta = _encode_split(
+                files,
+                source,
+                target,
+                self.tokenizer,
+                self.limits,
+                train=train,
+                truncate_training=self.truncate_training,
+            )
             _save(directory, arrays, meta)
         return directory
 
     def _predict_set(self) -> ParallelExamples:
         if self.predict_file is None:
             raise ValueError("set data.predict_file to the source text that `zoo predict` should translate")
-        lines = _lines(self._files([self.predict_file])[0])
+        lines = self._read_sources(self._files([self.predict_file])[0])
         ids, lengths = _encode(self.tokenizer, lines)
-        limit = self.max_seq_len - 1
+        limit = self.limits[0]
         if long := int((lengths > limit).sum()):
             rank_zero_info(f"{long} of {len(lines)} lines of {self.predict_file} truncated to {limit} tokens")
         return ParallelExamples(_select((ids, lengths), np.ones(len(lines), dtype=bool), limit, np.int32))
 
 
 def _encode_split(
-    files: list[Path], source: list[str], target: list[str], tok: Tokenizer, max_seq_len: int, *, train: bool
+    files: list[Path],
+    source: list[str],
+    target: list[str],
+    tok: Tokenizer,
+    limits: tuple[int, int],
+    *,
+    train: bool,
+    truncate_training: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Encode pairs: training drops empty and over-long pairs, evaluation refuses empty lines and
-    truncates long ones; returns the arrays and counts."""
+    """Encode pairs: training drops empty pairs and (unless ``truncate_training``) pairs over the
+    ``(source, target)`` token ``limits``, evaluation refuses empty lines; what is kept is truncated to the
+    limits. Returns the arrays and counts."""
     meta: dict[str, Any] = {"files": [str(f) for f in files], "pairs": len(source)}
     empty = [i for i, (s, t) in enumerate(zip(source, target)) if not s or not t]
     if empty and not train:
@@ -336,20 +372,21 @@ def _encode_split(
     src, tgt = _encode(tok, source), _encode(tok, target)
     keep = np.ones(len(source), dtype=bool)
     keep[empty] = False
-    limit = max_seq_len - 1  # room for </s> after the source and <s> before the target
-    too_long = (src[1] > limit) | (tgt[1] > limit)
-    if train:
+    src_limit, tgt_limit = limits
+    too_long = (src[1] > src_limit) | (tgt[1] > tgt_limit)
+    if train and not truncate_training:
         meta |= {"dropped_empty": len(empty), "dropped_too_long": int((too_long & keep).sum())}
         keep &= ~too_long
     else:
+        meta |= {"dropped_empty": len(empty)} if train else {}
         meta |= {
-            "truncated_sources": int((src[1] > limit).sum()),
-            "truncated_targets": int((tgt[1] > limit).sum()),
+            "truncated_sources": int(((src[1] > src_limit) & keep).sum()),
+            "truncated_targets": int(((tgt[1] > tgt_limit) & keep).sum()),
         }
     dtype = np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.int32
     (src_ids, src_offsets), (tgt_ids, tgt_offsets) = (
-        _select(src, keep, limit, dtype),
-        _select(tgt, keep, limit, dtype),
+        _select(src, keep, src_limit, dtype),
+        _select(tgt, keep, tgt_limit, dtype),
     )
     meta |= {"kept": int(keep.sum()), "source_tokens": len(src_ids), "target_tokens": len(tgt_ids)}
     return dict(source=src_ids, source_offsets=src_offsets, target=tgt_ids, target_offsets=tgt_offsets), meta

@@ -28,6 +28,7 @@ __all__ = [
     "MaskedLMEncoder",
     "PackedDecoder",
     "PackedHiddenStates",
+    "TokenEmbedder",
     "check_backbone",
     "missing_members",
     "protocol_members",
@@ -131,6 +132,20 @@ class PackedHiddenStates(HiddenStates, Protocol):
     def hidden_states(
         self, input_ids: Tensor, *, attention_mask: Tensor | None = None, document_ids: Tensor | None = None
     ) -> Tensor: ...
+
+
+@runtime_checkable
+class TokenEmbedder(Protocol):
+    """A network whose input ids pass through one token-embedding module, ``token_embedding``: ids (B, T)
+    -> vectors (B, T, C), before positions, segments or norms are added. The fine-tuning tasks'
+    ``adversarial`` option perturbs its output (`zoo.tasks.adversarial`); it is checked when that option
+    is set.
+
+    Implemented by: `zoo.models.bert.Bert`, `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama` (any
+    `zoo.nn.DecoderLM`).
+    """
+
+    token_embedding: Any
 
 
 @runtime_checkable

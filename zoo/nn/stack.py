@@ -238,6 +238,11 @@ class DecoderLM(nn.Module):
         return self.decoder.layers
 
     @property
+    def token_embedding(self) -> nn.Embedding:
+        """``tokens``, whose output adversarial training perturbs (`zoo.models.protocols.TokenEmbedder`)."""
+        return self.tokens
+
+    @property
     def embeddings(self) -> nn.ModuleList:
         """The input embeddings: the token table and the absolute positions, if any (what
         ``freeze_embeddings`` freezes)."""

@@ -19,6 +19,7 @@ from torchmetrics.classification import (
 
 from zoo.errors import check_probability
 from zoo.nn import LoRA, pool_first, pool_last, pool_mean, pool_packed, sequence_starts
+from zoo.tasks.adversarial import Adversarial
 from zoo.tasks.finetune import LR_SCHEDULER, OPTIMIZER, FinetuneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable
 
@@ -56,7 +57,8 @@ class SequenceClassification(FinetuneTask):
     (``regression``, ``num_labels=1``). See `zoo.data.TextClassificationDataModule`.
 
     Logged: ``{train,val,test}_loss``; ``val_acc``, ``val_f1`` (macro), ``val_mcc`` for classification,
-    ``val_mse``, ``val_pearson`` for regression (likewise ``test_*``).
+    ``val_mse``, ``val_pearson`` for regression (likewise ``test_*``); with ``adversarial.attack_eval`` the
+    same under attack as ``val_adv_*`` and ``test_adv_*`` (e.g. ``val_adv_acc``).
 
     Args:
         backbone: The network or its spec (``zoo.models.bert.Bert``, ``zoo.models.gpt2.GPT2``, ...).
@@ -80,6 +82,7 @@ class SequenceClassification(FinetuneTask):
         compile: See `BackboneTask`.
         activation_checkpointing: See `BackboneTask`.
         lora: See `BackboneTask`.
+        adversarial: See `FinetuneTask`.
 
     Raises:
         ValueError: ``num_labels`` not a positive integer (not 1 for regression), ``threshold`` or
@@ -105,6 +108,7 @@ class SequenceClassification(FinetuneTask):
         compile: bool = False,
         activation_checkpointing: bool = False,
         lora: LoRA | None = None,
+        adversarial: Adversarial | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -116,6 +120,7 @@ class SequenceClassification(FinetuneTask):
             compile=compile,
             activation_checkpointing=activation_checkpointing,
             lora=lora,
+            adversarial=adversarial,
         )
         check_probability(type(self).__name__, threshold=threshold)
         if problem_type == "regression" and num_labels != 1:
@@ -133,6 +138,10 @@ class SequenceClassification(FinetuneTask):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_metrics = _metrics(problem_type, num_labels, threshold).clone(prefix="val_")
         self.test_metrics = _metrics(problem_type, num_labels, threshold).clone(prefix="test_")
+        if self.attack_eval:  # the same metrics under the evaluation attack
+            self.val_adv_loss, self.test_adv_loss = MeanMetric(), MeanMetric()
+            self.val_adv_metrics = _metrics(problem_type, num_labels, threshold).clone(prefix="val_adv_")
+            self.test_adv_metrics = _metrics(problem_type, num_labels, threshold).clone(prefix="test_adv_")
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Logits (B, num_labels) of a batch (a dict as the data module yields; packed rows give one row
@@ -166,16 +175,9 @@ class SequenceClassification(FinetuneTask):
             return F.binary_cross_entropy_with_logits(logits, labels.float())
         return F.cross_entropy(logits, labels)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(self(batch), batch["labels"])
-        self.log("train_loss", loss, batch_size=len(batch["labels"]))
-        return loss
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_loss, self.val_metrics, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_loss, self.test_metrics, "test")
+    def batch_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """`loss` of the batch's logits and ``labels`` (`FinetuneTask.training_step` minimises it)."""
+        return self.loss(self(batch), batch["labels"])
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[Any]:
         """Per example, what the data module's ``format_prediction`` writes: ``(label name, probability)``
@@ -197,9 +199,10 @@ class SequenceClassification(FinetuneTask):
             out.append(pairs)
         return out
 
-    def _evaluate(
-        self, batch: dict[str, Tensor], loss: MeanMetric, metrics: MetricCollection, stage: str
-    ) -> None:
+    def evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+        """Update and log ``{stage}_loss`` and ``{stage}_*`` metrics (stages: see `FinetuneTask.evaluate`)."""
+        loss: MeanMetric = getattr(self, f"{stage}_loss")
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         logits = self(batch).float()
         labels = batch["labels"]
         n = len(labels)

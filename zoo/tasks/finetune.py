@@ -1,18 +1,25 @@
 """What every fine-tuning task shares: start from pretrained weights named in the YAML, optionally freeze
-the embeddings, and give lower layers smaller learning rates."""
+the embeddings, give lower layers smaller learning rates, and train (and evaluate) against adversarial
+perturbations of the token embeddings."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from zoo.errors import check_positive, check_probability
 from zoo.models.pretrained import load_pretrained
-from zoo.models.protocols import Encoder, HiddenStates
+from zoo.models.protocols import Encoder, HiddenStates, TokenEmbedder
 from zoo.nn import LoRA
 from zoo.nn.lora import base_layers
+from zoo.tasks.adversarial import Adversarial, attack, perturbed
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
@@ -27,7 +34,13 @@ class FinetuneTask(BackboneTask):
 
     The backbone is a `zoo.models.protocols.HiddenStates`: ``hidden_states(input_ids, *, attention_mask)
     -> (B, T, C)`` and ``embed_dim``; an `zoo.models.protocols.Encoder` (BERT) also gets the batch's
-    ``token_type_ids``. Freezing needs its ``embeddings``, layer-wise learning rates its ``layers``.
+    ``token_type_ids``. Freezing needs its ``embeddings``, layer-wise learning rates its ``layers``,
+    adversarial training its ``token_embedding`` (`zoo.models.protocols.TokenEmbedder`).
+
+    A subclass defines `batch_loss` (its training objective for a batch) and, for ``attack_eval``,
+    `evaluate` (its metrics for one batch and stage); `training_step`, `validation_step` and `test_step`
+    are this class's, so every task gets ``adversarial`` without code of its own. Logged in training:
+    ``train_loss`` (the clean loss) and, with ``adversarial``, ``train_adv_loss`` (the adversarial term).
 
     Args:
         backbone: The network or its spec; see `BackboneTask`.
@@ -48,9 +61,15 @@ class FinetuneTask(BackboneTask):
         compile: See `BackboneTask`.
         activation_checkpointing: See `BackboneTask`.
         lora: See `BackboneTask`.
+        adversarial: Adversarial training on the token embeddings (`zoo.tasks.adversarial.Adversarial`:
+            ``method`` fgm/pgd/freelb, ``epsilon``, ``norm``, ``steps``, ``step_size``, ``weight``,
+            ``attack_eval``); each step trains on ``L(e) + weight * L_adv``. ``None``: plain training.
+            See the adversarial-training page of the docs.
 
     Raises:
-        ValueError: ``layer_lr_decay`` outside (0, 1] (the message names it).
+        ValueError: ``layer_lr_decay`` outside (0, 1]; ``adversarial`` for a backbone without a
+            ``token_embedding``, or for a subclass without `batch_loss` (or `evaluate`, with
+            ``attack_eval``). The message names the argument.
     """
 
     backbone_protocol = HiddenStates
@@ -67,6 +86,7 @@ class FinetuneTask(BackboneTask):
         compile: bool = False,
         activation_checkpointing: bool = False,
         lora: LoRA | None = None,
+        adversarial: Adversarial | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -85,6 +105,28 @@ class FinetuneTask(BackboneTask):
             if not isinstance(embeddings, nn.Module):
                 raise ValueError(f"{type(self.backbone).__name__} has no `embeddings` module to freeze")
             embeddings.requires_grad_(False)
+        self.adversarial = self._adversarial(adversarial)
+
+    def _adversarial(self, adversarial: Adversarial | dict | None) -> Adversarial | None:
+        """``adversarial`` checked against the backbone and recorded as a plain dict in the hyper-parameters
+        (a checkpoint's plain dict comes back here), or left out of them by a subclass without it."""
+        adversarial = Adversarial(**adversarial) if isinstance(adversarial, dict) else adversarial
+        if adversarial is not None and not isinstance(self.backbone, TokenEmbedder):
+            raise ValueError(
+                f"adversarial perturbs the token embeddings, and {type(self.backbone).__name__} has no "
+                "token_embedding (zoo.models.protocols.TokenEmbedder)"
+            )
+        owner = type(self)
+        if adversarial is not None and adversarial.weight > 0 and owner.batch_loss is FinetuneTask.batch_loss:
+            raise ValueError(f"adversarial: {owner.__name__} defines no batch_loss to train against")
+        if adversarial is not None and adversarial.attack_eval and owner.evaluate is FinetuneTask.evaluate:
+            raise ValueError(f"adversarial.attack_eval: {owner.__name__} defines no evaluate to run attacked")
+        if "adversarial" in inspect.signature(owner.__init__).parameters:
+            plain = dataclasses.asdict(adversarial) if adversarial is not None else None
+            self.save_hyperparameters({"adversarial": plain})  # plain: weights_only loads
+        else:
+            self.hparams.pop("adversarial", None)
+        return adversarial
 
     @property
     def embed_dim(self) -> int:
@@ -126,6 +168,81 @@ class FinetuneTask(BackboneTask):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self._initialised = True
+
+    @property
+    def attack_eval(self) -> bool:
+        """Whether validation and test also run under attack (``adversarial.attack_eval``)."""
+        return self.adversarial is not None and self.adversarial.attack_eval
+
+    def batch_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The training loss of one batch, a scalar: what `training_step` minimises and the adversarial
+        methods maximise over the perturbation. Subclasses define it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no batch_loss")
+
+    def evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+        """Update and log the metrics of ``stage`` for one batch: ``val`` or ``test``, and ``val_adv`` /
+        ``test_adv`` (the same batch under attack) when `attack_eval`. Subclasses define it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no evaluate")
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        n = len(batch["sequence_spans"]) if "sequence_spans" in batch else len(batch["input_ids"])
+        adversarial = self.adversarial
+        if adversarial is None or adversarial.weight == 0:
+            loss = self.batch_loss(batch)
+            self.log("train_loss", loss, batch_size=n)
+            return loss
+        found = attack(
+            self.batch_loss,
+            batch,
+            embedding=self.backbone.token_embedding,
+            config=adversarial,
+            scale=self._loss_scale(),
+        )
+        self.log("train_loss", found.clean, batch_size=n)
+        self.log("train_adv_loss", found.adversarial, batch_size=n)
+        return found.clean + adversarial.weight * found.adversarial
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate_stage(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate_stage(batch, "test")
+
+    def _evaluate_stage(self, batch: dict[str, Tensor], stage: str) -> None:
+        self.evaluate(batch, stage)
+        if self.attack_eval:
+            with self.under_attack(batch) as attacked:
+                self.evaluate(attacked, f"{stage}_adv")
+
+    @contextlib.contextmanager
+    def under_attack(self, batch: dict[str, Tensor]) -> Iterator[dict[str, Tensor]]:
+        """Within the block, the backbone's token embeddings carry the evaluation attack found for
+        ``batch`` against the current weights (FGM for ``fgm``, PGD for ``pgd`` and ``freelb``; gradients
+        on even inside ``validate``'s inference mode); yields the batch to evaluate."""
+        config = self.adversarial
+        if config is None:
+            raise ValueError("under_attack needs the task's adversarial option")
+        method = "fgm" if config.method == "fgm" else "pgd"
+        with torch.inference_mode(False), torch.enable_grad():
+            # inference-mode tensors (validate/test) cannot be saved for backward: normal copies
+            batch = {k: v.clone() if isinstance(v, Tensor) else v for k, v in batch.items()}
+            found = attack(
+                self.batch_loss,
+                batch,
+                embedding=self.backbone.token_embedding,
+                config=config,
+                method=method,
+                scale=self._loss_scale(),
+                final_loss=False,
+            )
+        with perturbed(self.backbone.token_embedding, found.perturbations[-1]):
+            yield batch
+
+    def _loss_scale(self) -> Callable[[Tensor], Tensor] | None:
+        """The AMP gradient scaler's ``scale`` (16-mixed), for the gradients that steer the attack."""
+        plugin = self._trainer.precision_plugin if self._trainer is not None else None
+        scaler = getattr(plugin, "scaler", None)
+        return scaler.scale if scaler is not None else None
 
     def features(self, batch: dict[str, Tensor], output_positions: Tensor | None = None) -> Tensor:
         """Last-layer hidden states (B, T, C) of a batch with ``input_ids`` and ``attention_mask``; of packed

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.data.batch import IGNORE_INDEX
 from zoo.nn import LoRA
+from zoo.tasks.adversarial import Adversarial
 from zoo.tasks.finetune import LR_SCHEDULER, FinetuneTask
 from zoo.tasks.metrics import SpanF1
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw
@@ -31,7 +32,8 @@ class TokenClassification(FinetuneTask):
 
     Logged: ``{train,val,test}_loss``, ``val_acc`` (word accuracy) and, when the labels are IOB2 tags,
     entity-level ``val_f1``, ``val_precision``, ``val_recall`` and ``val_f1_<TYPE>`` per entity type
-    (`zoo.tasks.metrics.SpanF1`, equal to ``seqeval``'s).
+    (`zoo.tasks.metrics.SpanF1`, equal to ``seqeval``'s); likewise ``test_*``, and with
+    ``adversarial.attack_eval`` the same under attack as ``val_adv_*`` and ``test_adv_*``.
 
     Args:
         backbone: The network or its spec (``zoo.models.bert.Bert``, ``zoo.models.gpt2.GPT2``, ...).
@@ -51,6 +53,7 @@ class TokenClassification(FinetuneTask):
         compile: See `BackboneTask`.
         activation_checkpointing: See `BackboneTask`.
         lora: See `BackboneTask`.
+        adversarial: See `FinetuneTask`.
 
     Raises:
         ValueError: ``num_labels`` not a positive integer or ``classifier_dropout`` outside [0, 1] (the
@@ -73,6 +76,7 @@ class TokenClassification(FinetuneTask):
         compile: bool = False,
         activation_checkpointing: bool = False,
         lora: LoRA | None = None,
+        adversarial: Adversarial | None = None,
     ) -> None:
         super().__init__(
             backbone,
@@ -84,6 +88,7 @@ class TokenClassification(FinetuneTask):
             compile=compile,
             activation_checkpointing=activation_checkpointing,
             lora=lora,
+            adversarial=adversarial,
         )
         self.num_labels = num_labels
         self.label_names = label_names
@@ -94,6 +99,12 @@ class TokenClassification(FinetuneTask):
         self.test_acc = MulticlassAccuracy(num_labels, average="micro", ignore_index=IGNORE_INDEX)
         self.val_entities = SpanF1(label_names, mode=mode) if mode else None
         self.test_entities = SpanF1(label_names, mode=mode) if mode else None
+        if self.attack_eval:  # the same metrics under the evaluation attack
+            self.val_adv_loss, self.test_adv_loss = MeanMetric(), MeanMetric()
+            self.val_adv_acc = MulticlassAccuracy(num_labels, average="micro", ignore_index=IGNORE_INDEX)
+            self.test_adv_acc = MulticlassAccuracy(num_labels, average="micro", ignore_index=IGNORE_INDEX)
+            self.val_adv_entities = SpanF1(label_names, mode=mode) if mode else None
+            self.test_adv_entities = SpanF1(label_names, mode=mode) if mode else None
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Logits (B, T, num_labels) at every subword position."""
@@ -103,16 +114,9 @@ class TokenClassification(FinetuneTask):
         """Mean cross-entropy over the labelled (first-subword) positions."""
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(self(batch), batch["labels"])
-        self.log("train_loss", loss, batch_size=len(batch.get("sequence_spans", batch["input_ids"])))
-        return loss
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_loss, self.val_acc, self.val_entities)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_loss, self.test_acc, self.test_entities)
+    def batch_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """`loss` of the batch's logits and ``labels`` (`FinetuneTask.training_step` minimises it)."""
+        return self.loss(self(batch), batch["labels"])
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[list[str]]:
         """Per sentence, the predicted tag of each word that has a subword, in word order."""
@@ -124,14 +128,12 @@ class TokenClassification(FinetuneTask):
             out.append([tag for _, tag in tagged])
         return out
 
-    def _evaluate(
-        self,
-        batch: dict[str, Tensor],
-        stage: str,
-        loss: MeanMetric,
-        acc: MulticlassAccuracy,
-        entities: SpanF1 | None,
-    ) -> None:
+    def evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+        """Update and log ``{stage}_loss`` and ``{stage}_acc``, and count entities for ``{stage}_f1``
+        (stages: see `FinetuneTask.evaluate`)."""
+        loss: MeanMetric = getattr(self, f"{stage}_loss")
+        acc: MulticlassAccuracy = getattr(self, f"{stage}_acc")
+        entities: SpanF1 | None = getattr(self, f"{stage}_entities")
         logits = self(batch)
         labels = batch["labels"]
         words = int((labels != IGNORE_INDEX).sum())
@@ -146,9 +148,11 @@ class TokenClassification(FinetuneTask):
 
     def on_validation_epoch_end(self) -> None:
         self._log_entities("val", self.val_entities)
+        self._log_entities("val_adv", getattr(self, "val_adv_entities", None))
 
     def on_test_epoch_end(self) -> None:
         self._log_entities("test", self.test_entities)
+        self._log_entities("test_adv", getattr(self, "test_adv_entities", None))
 
     def _log_entities(self, stage: str, entities: SpanF1 | None) -> None:
         if entities is None or not entities.update_called:

@@ -1,17 +1,26 @@
-"""Translation: label-smoothed cross-entropy, inverse-square-root warm-up, beam search, sacreBLEU."""
+"""Translation: label-smoothed cross-entropy, inverse-square-root warm-up, beam search, sacreBLEU.
+
+`Seq2SeqTask` is what every source-to-target task shares (teacher-forced loss, decoding with the shared
+searches, a score of the decoded text against the references); `Translation` scores with sacreBLEU,
+`zoo.tasks.summarization.Summarization` with ROUGE.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.text import SacreBLEUScore
 
 from zoo.data.batch import IGNORE_INDEX
+from zoo.errors import check_non_negative
+from zoo.models.pretrained import load_pretrained
 from zoo.models.protocols import EncoderDecoder
 from zoo.nn import LoRA
+from zoo.nn.lora import base_layers
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.decoding import beam_search, greedy_search
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, inverse_sqrt_schedule
@@ -23,12 +32,205 @@ LR_SCHEDULER = inverse_sqrt_schedule(warmup_steps=4000)
 """`Translation`'s default ``lr_scheduler``: `zoo.tasks.optim.InverseSqrt` with 4000 warm-up steps."""
 
 
-def _metrics() -> nn.ModuleDict:
-    # token-weighted means and corpus BLEU: sums of counts, synchronised across ranks when computed
-    return nn.ModuleDict({"loss": MeanMetric(), "nll": MeanMetric(), "bleu": SacreBLEUScore(tokenize="13a")})
+class Seq2SeqTask(BackboneTask):
+    """Base class of the encoder-decoder tasks: train on (source, target) batches with label-smoothed
+    cross-entropy, decode with the shared searches (`zoo.tasks.decoding`), score the decoded text.
+
+    A subclass says how text is scored: `text_metric` builds the metric (updated with the decoded texts
+    and, per text, a list of raw references) and `text_scores` names what its ``compute()`` returns; each
+    name is logged as ``val_<name>`` / ``test_<name>``, times 100. The arguments are `Translation`'s. A
+    subclass that sets ``self.pretrained`` (weights to start from, as `zoo.tasks.FinetuneTask`'s
+    ``pretrained``, see `zoo.models.pretrained.load_pretrained`) gets them loaded in ``setup`` when
+    training starts, not when resuming or when a checkpoint is loaded.
+    """
+
+    backbone_protocol = EncoderDecoder
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        label_smoothing: float,
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None,
+        compile: bool,
+        activation_checkpointing: bool,
+        lora: LoRA | None,
+        beam_size: int,
+        val_beam_size: int,
+        length_penalty: float,
+        max_len_a: float,
+        max_len_b: int,
+        min_len: int,
+        no_repeat_ngram_size: int,
+        pad_token_id: int,
+        bos_token_id: int,
+        eos_token_id: int,
+    ) -> None:
+        super().__init__(
+            backbone,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            compile=compile,
+            activation_checkpointing=activation_checkpointing,
+            lora=lora,
+        )
+        check_non_negative(type(self).__name__, min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size)
+        self.label_smoothing = label_smoothing
+        self.beam_size = beam_size
+        self.val_beam_size = val_beam_size
+        self.length_penalty = length_penalty
+        self.max_len_a, self.max_len_b = max_len_a, max_len_b
+        self.min_len, self.no_repeat_ngram_size = min_len, no_repeat_ngram_size
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
+        self.pretrained: str | None = None  # a subclass that takes `pretrained` sets it
+        self._initialised = False
+        self.val_metrics = self._metrics()
+        self.test_metrics = self._metrics()
+
+    def text_metric(self) -> Metric:
+        """A fresh metric of decoded text: ``update(predictions, references)``, a list of strings and, for
+        each, a list of reference strings."""
+        raise NotImplementedError
+
+    def text_scores(self, computed: Any) -> dict[str, Tensor]:
+        """``{name: value in 0-1}`` from what the metric's ``compute()`` returned."""
+        raise NotImplementedError
+
+    def forward(
+        self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Teacher-forced logits (B, T, V)."""
+        return self.backbone(input_ids, decoder_input_ids, attention_mask=attention_mask)
+
+    def loss(self, logits: Tensor, labels: Tensor, label_smoothing: float | None = None) -> Tensor:
+        """Mean (label-smoothed) cross-entropy over the target tokens whose label is not ``-100``."""
+        smoothing = self.label_smoothing if label_smoothing is None else label_smoothing
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=smoothing,
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+        loss = self.loss(logits, batch["labels"])
+        self.log("train_loss", loss, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics, self.val_beam_size)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics, self.beam_size)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_text_scores("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_text_scores("test", self.test_metrics)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[list[int]]:
+        """Token ids of the output for every source in the batch (the data module's ``decode`` turns
+        them into text: see `zoo.tasks.callbacks.TextPredictionWriter`)."""
+        return self.generate(batch["input_ids"], batch.get("attention_mask"))
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # once per module: a later validate()/predict() must not undo the training, and weights restored
+        # from a checkpoint (on_load_checkpoint) win over the pretrained ones
+        if self.pretrained and not self._initialised and self.trainer.ckpt_path is None:
+            with base_layers(self.backbone):  # the pretrained weights have no adapters (lora)
+                load_pretrained(self.backbone, self.pretrained)
+            rank_zero_info(f"backbone initialised from {self.pretrained}")
+        self._initialised = True
+        data = self.trainer.datamodule
+        ours = {
+            "pad_token_id": self.pad_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+        }
+        theirs = {name: getattr(data, name, value) for name, value in ours.items()}
+        if theirs != ours:
+            raise ValueError(
+                f"the data's special tokens {theirs} differ from the model's {ours}: set them in "
+                "model.init_args to the data's"
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._initialised = True
+
+    def generate(
+        self, src_ids: Tensor, src_mask: Tensor | None = None, *, beam_size: int | None = None
+    ) -> list[list[int]]:
+        """Token ids (no special tokens) of the outputs for sources (B, S) with padding mask (B, S),
+        decoded with ``beam_size`` (default: the task's; 1 is greedy) and the task's length limits,
+        ``min_len`` and ``no_repeat_ngram_size``."""
+        beam_size = self.beam_size if beam_size is None else beam_size
+        args = dict(
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            banned_ids=(self.pad_token_id, self.bos_token_id),
+            max_len_a=self.max_len_a,
+            max_len_b=self.max_len_b,
+            min_len=self.min_len,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+        )
+        was_training = self.training
+        self.eval()
+        try:
+            if beam_size == 1:
+                hyps = greedy_search(self.backbone, src_ids, src_mask, **args)
+            else:
+                hyps = beam_search(
+                    self.backbone,
+                    src_ids,
+                    src_mask,
+                    beam_size=beam_size,
+                    length_penalty=self.length_penalty,
+                    **args,
+                )
+        finally:
+            self.train(was_training)
+        return [h.tokens for h in hyps]
+
+    def _evaluate(self, batch: dict[str, Any], stage: str, metrics: nn.ModuleDict, beam_size: int) -> None:
+        logits = self(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        tokens = int((labels != IGNORE_INDEX).sum())
+        metrics["loss"].update(self.loss(logits, labels), weight=tokens)
+        metrics["nll"].update(self.loss(logits, labels, label_smoothing=0.0), weight=tokens)
+        n = labels.shape[0]
+        self.log(f"{stage}_loss", metrics["loss"], prog_bar=True, batch_size=n)
+        self.log(f"{stage}_nll", metrics["nll"], batch_size=n)
+        if beam_size > 0:
+            decode = self._text_decoder()
+            hyps = self.generate(batch["input_ids"], batch["attention_mask"], beam_size=beam_size)
+            metrics["text"].update([decode(h) for h in hyps], [[r] for r in batch["references"]])
+
+    def _log_text_scores(self, stage: str, metrics: nn.ModuleDict) -> None:
+        if metrics["text"].update_called:
+            for name, value in self.text_scores(metrics["text"].compute()).items():
+                self.log(f"{stage}_{name}", 100 * value, prog_bar=True)
+            metrics["text"].reset()
+
+    def _metrics(self) -> nn.ModuleDict:
+        # token-weighted means and a corpus score: sums of counts, synchronised across ranks when computed
+        return nn.ModuleDict({"loss": MeanMetric(), "nll": MeanMetric(), "text": self.text_metric()})
+
+    def _text_decoder(self) -> Any:
+        data = getattr(self.trainer, "datamodule", None)
+        if data is None or not hasattr(data, "decode"):
+            raise RuntimeError(
+                f"{type(self).__name__} scores decoded text: it needs a data module with decode(ids) -> text "
+                "(or set val_beam_size: 0)"
+            )
+        return data.decode
 
 
-class Translation(BackboneTask):
+class Translation(Seq2SeqTask):
     """Train an encoder-decoder backbone on sentence pairs and translate with beam search.
 
     Batches hold ``input_ids`` and ``attention_mask`` (B, S) for the source, ``decoder_input_ids`` and
@@ -60,12 +262,12 @@ class Translation(BackboneTask):
         max_len_a: Outputs are at most ``max_len_a * source_length + max_len_b`` tokens (``</s>``
             included), and never longer than the backbone's positions.
         max_len_b: See ``max_len_a``.
+        min_len: Fewest tokens of an output, the end token not counted (0: no minimum).
+        no_repeat_ngram_size: No n-gram of this many tokens occurs twice in an output (0: off).
         pad_token_id: Padding id of the data's tokenizer (never generated).
         bos_token_id: Start-of-target id (fed first, never generated).
         eos_token_id: End-of-sentence id.
     """
-
-    backbone_protocol = EncoderDecoder
 
     def __init__(
         self,
@@ -82,133 +284,40 @@ class Translation(BackboneTask):
         length_penalty: float = 1.0,
         max_len_a: float = 1.2,
         max_len_b: int = 10,
+        min_len: int = 0,
+        no_repeat_ngram_size: int = 0,
         pad_token_id: int = 0,
         bos_token_id: int = 1,
         eos_token_id: int = 2,
     ) -> None:
         super().__init__(
             backbone,
+            label_smoothing=label_smoothing,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             compile=compile,
             activation_checkpointing=activation_checkpointing,
             lora=lora,
-        )
-        self.label_smoothing = label_smoothing
-        self.beam_size = beam_size
-        self.val_beam_size = val_beam_size
-        self.length_penalty = length_penalty
-        self.max_len_a, self.max_len_b = max_len_a, max_len_b
-        self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
-        self.val_metrics = _metrics()
-        self.test_metrics = _metrics()
-
-    def forward(
-        self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Tensor | None = None
-    ) -> Tensor:
-        """Teacher-forced logits (B, T, V)."""
-        return self.backbone(input_ids, decoder_input_ids, attention_mask=attention_mask)
-
-    def loss(self, logits: Tensor, labels: Tensor, label_smoothing: float | None = None) -> Tensor:
-        """Mean (label-smoothed) cross-entropy over the target tokens whose label is not ``-100``."""
-        smoothing = self.label_smoothing if label_smoothing is None else label_smoothing
-        return F.cross_entropy(
-            logits.flatten(0, 1).float(),
-            labels.flatten(),
-            ignore_index=IGNORE_INDEX,
-            label_smoothing=smoothing,
+            beam_size=beam_size,
+            val_beam_size=val_beam_size,
+            length_penalty=length_penalty,
+            max_len_a=max_len_a,
+            max_len_b=max_len_b,
+            min_len=min_len,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
         )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
-        loss = self.loss(logits, batch["labels"])
-        self.log("train_loss", loss, batch_size=batch["labels"].shape[0])
-        return loss
+    def text_metric(self) -> Metric:
+        return SacreBLEUScore(tokenize="13a")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics, self.val_beam_size)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics, self.beam_size)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_bleu("val", self.val_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_bleu("test", self.test_metrics)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[list[int]]:
-        """Token ids of the translation of every source in the batch (the data module's ``decode`` turns
-        them into text: see `zoo.tasks.callbacks.TextPredictionWriter`)."""
-        return self.translate(batch["input_ids"], batch.get("attention_mask"))
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        data = self.trainer.datamodule
-        ours = {
-            "pad_token_id": self.pad_token_id,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-        }
-        theirs = {name: getattr(data, name, value) for name, value in ours.items()}
-        if theirs != ours:
-            raise ValueError(
-                f"the data's special tokens {theirs} differ from the model's {ours}: set them in "
-                "model.init_args to the data's"
-            )
+    def text_scores(self, computed: Any) -> dict[str, Tensor]:
+        return {"bleu": computed}
 
     def translate(
         self, src_ids: Tensor, src_mask: Tensor | None = None, *, beam_size: int | None = None
     ) -> list[list[int]]:
-        """Token ids (no special tokens) of the translations of sources (B, S) with padding mask (B, S),
-        decoded with ``beam_size`` (default: the task's; 1 is greedy)."""
-        beam_size = self.beam_size if beam_size is None else beam_size
-        args = dict(
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
-            banned_ids=(self.pad_token_id, self.bos_token_id),
-            max_len_a=self.max_len_a,
-            max_len_b=self.max_len_b,
-        )
-        was_training = self.training
-        self.eval()
-        try:
-            if beam_size == 1:
-                hyps = greedy_search(self.backbone, src_ids, src_mask, **args)
-            else:
-                hyps = beam_search(
-                    self.backbone,
-                    src_ids,
-                    src_mask,
-                    beam_size=beam_size,
-                    length_penalty=self.length_penalty,
-                    **args,
-                )
-        finally:
-            self.train(was_training)
-        return [h.tokens for h in hyps]
-
-    def _evaluate(self, batch: dict[str, Any], stage: str, metrics: nn.ModuleDict, beam_size: int) -> None:
-        logits = self(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
-        labels = batch["labels"]
-        tokens = int((labels != IGNORE_INDEX).sum())
-        metrics["loss"].update(self.loss(logits, labels), weight=tokens)
-        metrics["nll"].update(self.loss(logits, labels, label_smoothing=0.0), weight=tokens)
-        n = labels.shape[0]
-        self.log(f"{stage}_loss", metrics["loss"], prog_bar=True, batch_size=n)
-        self.log(f"{stage}_nll", metrics["nll"], batch_size=n)
-        if beam_size > 0:
-            decode = self._text_decoder()
-            hyps = self.translate(batch["input_ids"], batch["attention_mask"], beam_size=beam_size)
-            metrics["bleu"].update([decode(h) for h in hyps], [[r] for r in batch["references"]])
-
-    def _log_bleu(self, stage: str, metrics: nn.ModuleDict) -> None:
-        if metrics["bleu"].update_called:
-            self.log(f"{stage}_bleu", 100 * metrics["bleu"].compute(), prog_bar=True)
-            metrics["bleu"].reset()
-
-    def _text_decoder(self) -> Any:
-        data = getattr(self.trainer, "datamodule", None)
-        if data is None or not hasattr(data, "decode"):
-            raise RuntimeError("BLEU needs a data module with decode(ids) -> text (or set val_beam_size: 0)")
-        return data.decode
+        """Token ids (no special tokens) of the translations of sources (B, S): `Seq2SeqTask.generate`."""
+        return self.generate(src_ids, src_mask, beam_size=beam_size)

@@ -79,23 +79,58 @@ class MaskedLMHead(nn.Module):
 
 
 def _block(
-    *, embed_dim: int, num_heads: int, hidden_dim: int, eps: float, dropout: float, attention_dropout: float
+    *,
+    embed_dim: int,
+    num_heads: int,
+    hidden_dim: int,
+    eps: float,
+    dropout: float,
+    attention_dropout: float,
+    decoder: bool = False,
 ) -> PostNormBlock:
-    """One BERT layer: fused-QKV self-attention and a GELU MLP, each followed by a residual LayerNorm."""
+    """One BERT layer: fused-QKV self-attention and a GELU MLP, each followed by a residual LayerNorm.
+
+    With ``decoder`` (BERT2BERT, `zoo.models.bert.BertEncoderDecoder`) the self-attention is causal and a
+    cross-attention sub-layer (queries, fused keys/values of the memory) with its own LayerNorm sits between
+    it and the MLP; the parts a BERT layer has keep their names, so its weights load into them.
+    """
+    heads = dict(num_heads=num_heads, head_dim=embed_dim // num_heads, dropout=attention_dropout)
     attn = Attention(
         qkv_proj=nn.Linear(embed_dim, 3 * embed_dim),  # one matmul; convert.py splits it for Hugging Face
         out_proj=nn.Linear(embed_dim, embed_dim),
-        num_heads=num_heads,
-        head_dim=embed_dim // num_heads,
-        dropout=attention_dropout,
+        causal=decoder,
+        **heads,
     )
+    cross_attn = cross_attn_norm = None
+    if decoder:
+        cross_attn = Attention(
+            q_proj=nn.Linear(embed_dim, embed_dim),
+            kv_proj=nn.Linear(embed_dim, 2 * embed_dim),
+            out_proj=nn.Linear(embed_dim, embed_dim),
+            **heads,
+        )
+        cross_attn_norm = nn.LayerNorm(embed_dim, eps=eps)
     return PostNormBlock(
         self_attn=attn,
         mlp=MLP(embed_dim=embed_dim, hidden_dim=hidden_dim, activation=nn.GELU(), dropout=dropout),
         self_attn_norm=nn.LayerNorm(embed_dim, eps=eps),
         mlp_norm=nn.LayerNorm(embed_dim, eps=eps),
+        cross_attn=cross_attn,
+        cross_attn_norm=cross_attn_norm,
         dropout=dropout,
     )
+
+
+def init_bert_weights(module: nn.Module) -> None:
+    """BERT's initialisation of every submodule of ``module``: N(0, 0.02) weights, zero biases, LayerNorm
+    ones/zeros."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.LayerNorm):
+            m.reset_parameters()
 
 
 class Bert(Configurable, HFConvertible, nn.Module):
@@ -203,15 +238,15 @@ class Bert(Configurable, HFConvertible, nn.Module):
         """The blocks, in order (``encoder.layers``; layer-wise learning rates count them)."""
         return self.encoder.layers
 
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The token table (``embeddings.tokens``), whose output adversarial training perturbs
+        (`zoo.models.protocols.TokenEmbedder`)."""
+        return self.embeddings.tokens
+
     def reset_parameters(self) -> None:
         """BERT initialisation: N(0, 0.02) weights, zero biases, LayerNorm ones/zeros, zero [PAD] row."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.LayerNorm):
-                module.reset_parameters()
+        init_bert_weights(self)
         if self.pad_token_id is not None:  # after the loop: the tied MLM decoder re-draws the same table
             with torch.no_grad():
                 self.embeddings.tokens.weight[self.pad_token_id].zero_()

@@ -10,8 +10,9 @@ for beam search. One adapter per backbone kind:
 - `Seq2SeqStep`, encoder-decoder (`zoo.models.protocols.EncoderDecoder`): the source is encoded once and
   the target decoded from the start token, with a cache (or re-read whole, ``use_cache=False``).
 
-An `Ending` says when a row ends: end tokens, a maximum length per row and, for encoder-decoders,
-banned ids and the end token forced at that length. `decode_one` (greedy or sampling) and
+An `Ending` says when a row ends and what it may produce: end tokens, a maximum length per row and, for
+encoder-decoders, banned ids, the end token forced at that length, a minimum length and no repeated
+n-grams (`block_repeated_ngrams`). `decode_one` (greedy or sampling) and
 `decode_beams` (beam search) take a step and an ending. The entry points build both: `generate` for
 decoder-only backbones (``num_beams > 1`` is beam search), and `greedy_search`, `sample_search` and
 `beam_search` for encoder-decoders.
@@ -30,6 +31,7 @@ from zoo.tasks.decoding.search import (
     DecoderStep,
     Ending,
     Hypothesis,
+    block_repeated_ngrams,
     check_sampling,
     decode_beams,
     decode_one,
@@ -47,6 +49,7 @@ __all__ = [
     "Hypothesis",
     "Seq2SeqStep",
     "beam_search",
+    "block_repeated_ngrams",
     "check_sampling",
     "decode_beams",
     "decode_one",
@@ -130,13 +133,24 @@ def _seq2seq(
     banned_ids: Sequence[int],
     max_len_a: float,
     max_len_b: int,
+    min_len: int = 0,
+    no_repeat_ngram_size: int = 0,
 ) -> tuple[Seq2SeqStep, Ending]:
     """The step and ending every encoder-decoder search uses: at most ``floor(max_len_a *
     source_length + max_len_b)`` tokens per sentence, the end token included (capped by the backbone's
-    positions); at that length only the end token is allowed, so every hypothesis is finished."""
+    positions); at that length only the end token is allowed, so every hypothesis is finished. Before
+    ``min_len`` tokens the end token is not allowed; no n-gram of ``no_repeat_ngram_size`` tokens repeats."""
     limits = max_lengths(src_ids, src_mask, a=max_len_a, b=max_len_b, limit=model.max_seq_len)
     step = Seq2SeqStep(model, src_ids, src_mask, bos_token_id=bos_token_id, max_new_tokens=int(limits.max()))
-    return step, Ending(limits, end_ids=(eos_token_id,), force_end=True, banned_ids=tuple(banned_ids))
+    ending = Ending(
+        limits,
+        end_ids=(eos_token_id,),
+        force_end=True,
+        banned_ids=tuple(banned_ids),
+        min_len=min_len,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+    )
+    return step, ending
 
 
 def greedy_search(
@@ -149,13 +163,17 @@ def greedy_search(
     banned_ids: Sequence[int] = (),
     max_len_a: float = 0.0,
     max_len_b: int = 200,
+    min_len: int = 0,
+    no_repeat_ngram_size: int = 0,
 ) -> list[Hypothesis]:
     """The most likely next token at every step, for a batch of sources (B, S) with padding mask (B, S)
     of an encoder-decoder; stops when every row has ended.
 
     Outputs are at most ``floor(max_len_a * source_length + max_len_b)`` tokens, ``eos_token_id``
     included (capped by ``model.max_seq_len``); at that length only ``eos_token_id`` is allowed.
-    ``banned_ids`` (padding, the start token) are never produced.
+    ``banned_ids`` (padding, the start token) are never produced. The end token is not allowed before
+    ``min_len`` tokens (its forced end at the maximum length still wins), and no n-gram of
+    ``no_repeat_ngram_size`` tokens (0: off) occurs twice in an output (`block_repeated_ngrams`).
     """
     step, ending = _seq2seq(
         model,
@@ -166,6 +184,8 @@ def greedy_search(
         banned_ids=banned_ids,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
+        min_len=min_len,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     return decode_one(step, ending=ending)
 
@@ -184,6 +204,8 @@ def sample_search(
     banned_ids: Sequence[int] = (),
     max_len_a: float = 0.0,
     max_len_b: int = 200,
+    min_len: int = 0,
+    no_repeat_ngram_size: int = 0,
 ) -> list[Hypothesis]:
     """`greedy_search` that samples each token instead (``temperature``, ``top_k``, ``top_p`` as in
     `pick_next`; ``temperature == 0`` is greedy) from the log-probabilities with banned and forced
@@ -202,6 +224,8 @@ def sample_search(
         banned_ids=banned_ids,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
+        min_len=min_len,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     pick = partial(pick_next, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     return decode_one(step, ending=ending, pick=pick)
@@ -219,9 +243,12 @@ def beam_search(
     banned_ids: Sequence[int] = (),
     max_len_a: float = 0.0,
     max_len_b: int = 200,
+    min_len: int = 0,
+    no_repeat_ngram_size: int = 0,
 ) -> list[Hypothesis]:
     """The best of ``beam_size`` hypotheses kept per sentence (`decode_beams`), for a batch of sources
-    (B, S) with padding mask (B, S) of an encoder-decoder; lengths and banned ids as in `greedy_search`.
+    (B, S) with padding mask (B, S) of an encoder-decoder; lengths, banned ids, ``min_len`` and
+    ``no_repeat_ngram_size`` as in `greedy_search`.
 
     Raises:
         ValueError: ``beam_size`` below 1.
@@ -235,5 +262,7 @@ def beam_search(
         banned_ids=banned_ids,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
+        min_len=min_len,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     return decode_beams(step, ending=ending, beam_size=beam_size, length_penalty=length_penalty)

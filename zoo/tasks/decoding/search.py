@@ -116,16 +116,37 @@ def step_log_probs(
     logp = torch.log_softmax(logits.float(), dim=-1)
     if banned_ids:
         logp[:, list(banned_ids)] = -math.inf
-    if force_eos is None:
+    return logp if force_eos is None else _only_eos(logp, logp, eos_token_id, force_eos)
+
+
+def _only_eos(logp: Tensor, raw: Tensor, eos_token_id: int | None, rows: Tensor) -> Tensor:
+    """``logp`` (N, V) where in ``rows`` (N,) only ``eos_token_id`` is left, at its ``raw`` (N, V) value."""
+    only_eos = torch.full_like(logp, -math.inf)  # (N, V)
+    only_eos[:, eos_token_id] = raw[:, eos_token_id]
+    return torch.where(rows[:, None], only_eos, logp)
+
+
+def block_repeated_ngrams(logp: Tensor, history: Tensor, n: int) -> Tensor:
+    """``logp`` (N, V) with ``-inf`` at every token that would complete an ``n``-gram already in its row's
+    ``history`` (N, t) (the tokens generated so far): no ``n``-gram then occurs twice in an output.
+    ``n < 1``, or a history too short to hold an n-gram, changes nothing."""
+    t = history.shape[1]
+    if n < 1 or t < n:
         return logp
-    only_eos = torch.full_like(logp[0], -math.inf)
-    only_eos[eos_token_id] = 0.0
-    return torch.where(force_eos[:, None], torch.where(only_eos == 0.0, logp, only_eos), logp)
+    if n == 1:
+        seen, last = history, torch.ones_like(history, dtype=torch.bool)  # (N, t): every token so far
+    else:
+        windows = history.unfold(1, n, 1)  # (N, W, n): every n-gram so far
+        prefix = history[:, t - n + 1 :]  # (N, n-1): the n-gram the next token would complete
+        seen, last = windows[..., -1], (windows[..., :-1] == prefix[:, None, :]).all(dim=-1)  # (N, W)
+    penalty = torch.where(last, -math.inf, 0.0).to(logp.dtype)  # (N, W); a token may be listed twice
+    blocked = torch.zeros_like(logp).scatter_reduce(1, seen, penalty, reduce="amin")  # (N, V)
+    return logp + blocked
 
 
 @dataclass
 class Ending:
-    """When a row ends, for the searches.
+    """When a row ends, and which tokens it may produce on the way, for the searches.
 
     Attributes:
         limits: (N,) most new tokens per row, a final end token included.
@@ -133,34 +154,47 @@ class Ending:
         force_end: At its limit a row may only produce ``end_ids[0]`` (encoder-decoders: every
             hypothesis then ends with it). Otherwise a row simply stops at its limit.
         banned_ids: Tokens never produced.
+        min_len: No end token before a row has this many tokens (the end token not counted); the forced
+            end at a row's limit still wins.
+        no_repeat_ngram_size: No n-gram of this many tokens occurs twice in a row's output (0: off;
+            `block_repeated_ngrams`).
     """
 
     limits: Tensor
     end_ids: tuple[int, ...] = ()
     force_end: bool = False
     banned_ids: tuple[int, ...] = ()
+    min_len: int = 0
+    no_repeat_ngram_size: int = 0
     _ends: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.force_end and not self.end_ids:
             raise ValueError("Ending: force_end needs an end token in end_ids")
+        check_non_negative("Ending", min_len=self.min_len, no_repeat_ngram_size=self.no_repeat_ngram_size)
         self._ends = torch.tensor(self.end_ids, dtype=torch.long, device=self.limits.device)
 
     @property
     def constrains(self) -> bool:
         """Whether some tokens are ruled out (banned or forced), so choices read log-probabilities."""
-        return self.force_end or bool(self.banned_ids)
+        return self.force_end or bool(self.banned_ids) or self.min_len > 0 or self.no_repeat_ngram_size > 0
 
-    def log_probs(self, logits: Tensor, t: int, limits: Tensor | None = None) -> Tensor:
-        """`step_log_probs` of logits (N, V) at step ``t`` (0 for the first new token); ``limits`` (N,)
-        replaces the rows' limits (beam search: one per beam)."""
+    def log_probs(
+        self, logits: Tensor, t: int, limits: Tensor | None = None, history: Tensor | None = None
+    ) -> Tensor:
+        """`step_log_probs` of logits (N, V) at step ``t`` (0 for the first new token), with the end tokens
+        ruled out before ``min_len`` and repeated n-grams of ``history`` (N, t), the rows' tokens so far,
+        blocked; ``limits`` (N,) replaces the rows' limits (beam search: one per beam)."""
         limits = self.limits if limits is None else limits
-        return step_log_probs(
-            logits,
-            eos_token_id=self.end_ids[0] if self.force_end else None,
-            banned_ids=self.banned_ids,
-            force_eos=t + 1 >= limits if self.force_end else None,
-        )
+        raw = step_log_probs(logits, banned_ids=self.banned_ids)  # (N, V)
+        logp = raw
+        if self.no_repeat_ngram_size and history is not None:
+            logp = block_repeated_ngrams(logp, history, self.no_repeat_ngram_size)
+        if t < self.min_len and self.end_ids:
+            logp = logp.index_fill(1, self._ends, -math.inf)
+        if not self.force_end:
+            return logp
+        return _only_eos(logp, raw, self.end_ids[0], t + 1 >= limits)
 
     def is_end(self, tokens: Tensor) -> Tensor:
         """Whether each token (any shape) is an end token."""
@@ -184,8 +218,9 @@ def decode_one(
     done = torch.zeros(N, dtype=torch.bool, device=device)
     log_prob = torch.zeros(N, dtype=torch.float32, device=device)
     fill, horizon, out = (ending.end_ids or (0,))[0], int(ending.limits.max()), []
+    history = torch.zeros((N, 0), dtype=torch.long, device=device)  # (N, t): each row's tokens so far
     for t in range(horizon):
-        logp = ending.log_probs(logits, t)  # (N, V)
+        logp = ending.log_probs(logits, t, history=history if ending.no_repeat_ngram_size else None)
         if pick is None:
             best, nxt = logp.max(dim=-1)  # (N,), (N,)
         else:
@@ -194,6 +229,8 @@ def decode_one(
         log_prob += best.masked_fill(done, 0.0)
         nxt = nxt.masked_fill(done, fill)
         out.append(nxt)
+        if ending.no_repeat_ngram_size:
+            history = torch.cat([history, nxt[:, None]], dim=1)  # (N, t+1)
         done |= ending.is_end(nxt) | (t + 1 >= ending.limits)
         # without end tokens no row ends before the last step: no need to wait for the device
         if ending.end_ids and bool(done.all()):
@@ -243,7 +280,7 @@ def decode_beams(
     search = _Finished(B, K, length_penalty, ending.limits.tolist())
     for t in range(int(ending.limits.max())):
         logits = first[rows] if t == 0 else step.advance(tokens[:, -1])
-        logp = ending.log_probs(logits, t, limits)  # (B*K, V)
+        logp = ending.log_probs(logits, t, limits, history=tokens)  # (B*K, V)
         candidates = (scores.view(B * K, 1) + logp).view(B, K * V)
         top, index = candidates.topk(C, dim=1)  # (B, C) each, best first
         beam, token = index // V, index % V

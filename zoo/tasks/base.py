@@ -28,9 +28,11 @@ from zoo.checkpoint import (
     task_family,
     upgrade_checkpoint,
 )
+from zoo.models.pretrained import load_pretrained
 from zoo.models.protocols import check_backbone
 from zoo.models.spec import from_spec, spec_of
 from zoo.nn import KVCache, LoRA, apply_lora
+from zoo.nn.lora import base_layers
 from zoo.strategies import declared_fsdp_units
 from zoo.tasks.optim import (
     LRSchedulerCallable,
@@ -241,6 +243,18 @@ class BackboneTask(L.LightningModule):
                 "they do not belong together (in YAML, leave vocab_size out: the CLI links it)"
             )
 
+    def load_pretrained_once(self) -> None:
+        """Load the task's ``pretrained`` weights (`zoo.models.pretrained.load_pretrained`) into the backbone
+        the first time it is set up for a fresh run, from the tasks' ``setup``. Once per module: a later
+        validate()/predict() must not undo the training, and weights restored from a checkpoint (resume,
+        ``load_from_checkpoint``: `on_load_checkpoint`) win over the pretrained ones."""
+        pretrained = getattr(self, "pretrained", None)
+        if pretrained and not getattr(self, "_initialised", False) and self.trainer.ckpt_path is None:
+            with base_layers(self.backbone):  # the pretrained weights have no adapters (lora)
+                load_pretrained(self.backbone, pretrained)
+            rank_zero_info(f"backbone initialised from {pretrained}")
+        self._initialised = True
+
     def on_validation_epoch_start(self) -> None:
         # Metric states made under validate()'s inference mode cannot be updated in place by fit()'s
         # no-grad validation loop; resetting makes fresh ones in whichever mode this loop runs.
@@ -353,6 +367,7 @@ class BackboneTask(L.LightningModule):
             raise CheckpointError(f"the checkpoint was written by a {written_by} task, not a {expected}")
         upgrade_checkpoint(checkpoint, self)  # an earlier zoo's weight names and optimizer order
         self._rng_to_restore = checkpoint.get("zoo_rng")
+        self._initialised = True  # the checkpoint's weights win over `pretrained` (load_pretrained_once)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Restored just before the first resumed step, after everything else the restore touched.

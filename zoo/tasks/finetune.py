@@ -11,14 +11,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from zoo.errors import check_positive, check_probability
-from zoo.models.pretrained import load_pretrained
 from zoo.models.protocols import Encoder, HiddenStates, TokenEmbedder
 from zoo.nn import LoRA
-from zoo.nn.lora import base_layers
 from zoo.tasks.adversarial import Adversarial, attack, perturbed
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
@@ -157,17 +154,7 @@ class FinetuneTask(BackboneTask):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        # Once per module: a later validate()/predict() must not undo the fine-tuning, and weights
-        # restored from a checkpoint (on_load_checkpoint) win over the pretrained ones.
-        if self.pretrained and not self._initialised and self.trainer.ckpt_path is None:
-            with base_layers(self.backbone):  # the pretrained weights have no adapters (lora)
-                load_pretrained(self.backbone, self.pretrained)
-            rank_zero_info(f"backbone initialised from {self.pretrained}")
-        self._initialised = True
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._initialised = True
+        self.load_pretrained_once()
 
     @property
     def attack_eval(self) -> bool:

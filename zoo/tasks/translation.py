@@ -10,17 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.text import SacreBLEUScore
 
 from zoo.data.batch import IGNORE_INDEX
 from zoo.errors import check_non_negative
-from zoo.models.pretrained import load_pretrained
 from zoo.models.protocols import EncoderDecoder
 from zoo.nn import LoRA
-from zoo.nn.lora import base_layers
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.decoding import beam_search, greedy_search
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, inverse_sqrt_schedule
@@ -138,13 +135,7 @@ class Seq2SeqTask(BackboneTask):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        # once per module: a later validate()/predict() must not undo the training, and weights restored
-        # from a checkpoint (on_load_checkpoint) win over the pretrained ones
-        if self.pretrained and not self._initialised and self.trainer.ckpt_path is None:
-            with base_layers(self.backbone):  # the pretrained weights have no adapters (lora)
-                load_pretrained(self.backbone, self.pretrained)
-            rank_zero_info(f"backbone initialised from {self.pretrained}")
-        self._initialised = True
+        self.load_pretrained_once()
         data = self.trainer.datamodule
         ours = {
             "pad_token_id": self.pad_token_id,
@@ -157,10 +148,6 @@ class Seq2SeqTask(BackboneTask):
                 f"the data's special tokens {theirs} differ from the model's {ours}: set them in "
                 "model.init_args to the data's"
             )
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._initialised = True
 
     def generate(
         self, src_ids: Tensor, src_mask: Tensor | None = None, *, beam_size: int | None = None

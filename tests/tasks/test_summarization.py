@@ -112,6 +112,29 @@ def test_tsv_with_named_columns_and_missing_file(tmp_path) -> None:
         data.prepare_data()
 
 
+def test_the_bpe_tokenizer_is_trained_on_the_fields_read(tmp_path) -> None:
+    """Two runs over one file that read different fields get different tokenizers, not the first run's
+    cached one: the cache key names the fields."""
+    records = [{"a": f"alpha{i} alpha", "b": f"beta{i} beta", "c": f"gamma{i} gamma"} for i in range(30)]
+    pairs = _jsonl(tmp_path / "pairs.jsonl", records)
+
+    def vocab(source_field: str, target_field: str) -> set[str]:
+        data = SummarizationDataModule(
+            pairs,
+            pairs,
+            source_field=source_field,
+            target_field=target_field,
+            cache_dir=str(tmp_path / "cache"),
+            bpe_vocab_size=300,
+        )
+        data.prepare_data()
+        return set(data.tokenizer.get_vocab())
+
+    first, second = vocab("a", "b"), vocab("a", "c")
+    assert "beta" in first and "beta" not in second
+    assert "gamma" in second and "gamma" not in first
+
+
 # -- the shared search's options -------------------------------------------------------------------
 class _Repetitive:
     """A `DecoderStep` whose logits strongly prefer tokens 3-5 (not the end token 2), from a seeded draw

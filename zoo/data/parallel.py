@@ -216,7 +216,7 @@ class ParallelTextDataModule(TokenizedDataModule):
         if self.tokenizer_spec != "bpe":
             return load_tokenizer(self.tokenizer_spec)
         files = self._files(self.train_files)
-        key = digest(files_digest(files), f"bpe-{self.bpe_vocab_size}", str(CACHE_VERSION))
+        key = digest(files_digest(files), self._text_tag(), f"bpe-{self.bpe_vocab_size}", str(CACHE_VERSION))
         path = self.cache_dir / "tokenizers" / f"joint-bpe-{self.bpe_vocab_size}-{key}" / "tokenizer.json"
         if path.is_file():
             return Tokenizer.from_file(str(path))
@@ -282,6 +282,10 @@ class ParallelTextDataModule(TokenizedDataModule):
 
     truncate_training: bool = False
     """Training pairs over the limits are dropped (translation); ``True``: truncated like evaluation's."""
+
+    def _text_tag(self) -> str:
+        """What besides the files decides the texts `_read` returns (and so the trained tokenizer)."""
+        return ""
 
     def _cache_tag(self) -> str:
         """What besides the files and the tokenizer decides the encoded arrays."""

@@ -194,5 +194,8 @@ class SummarizationDataModule(ParallelTextDataModule):
     def _read_sources(self, path: Path) -> list[str]:
         return [r[0] for r in read_records(path, (self.source_field,))]
 
+    def _text_tag(self) -> str:
+        return f"fields-{self.source_field}-{self.target_field}"
+
     def _cache_tag(self) -> str:
         return f"summaries-{self.source_field}-{self.target_field}-{self.limits}"

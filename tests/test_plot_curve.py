@@ -58,3 +58,29 @@ def test_missing_file_is_a_clear_error(tmp_path, capsys):
         plot_curve.main([str(tmp_path / "absent.csv"), "--out", str(tmp_path / "x.png")])
     assert exit_info.value.code == 2
     assert "absent.csv: no such metrics file" in capsys.readouterr().err
+
+
+def test_several_runs_share_one_axis(metrics_csv, tmp_path, capsys, monkeypatch):
+    other = tmp_path / "scratch" / "logs" / "version_0" / "metrics.csv"
+    other.parent.mkdir(parents=True)
+    other.write_text(CSV.replace("2.4", "2.9"), encoding="utf-8")
+    drawn = {}
+    monkeypatch.setattr(plot_curve, "plot", lambda series, out, title=None: drawn.update(series) or out)
+    plot_curve.main(
+        [str(metrics_csv), str(other), "--out", str(tmp_path / "x.png"), "--labels", "warm", "cold"]
+    )
+    assert drawn["warm"]["val_loss"] == ([19, 39], [3.2, 2.4])
+    assert drawn["cold"]["val_loss"] == ([19, 39], [3.2, 2.9])
+    drawn.clear()
+    plot_curve.main([str(other), str(metrics_csv), "--out", str(tmp_path / "x.png")])
+    assert list(drawn) == ["scratch", tmp_path.name]  # the run folder above logs/, else the file's folder
+    with pytest.raises(SystemExit) as exit_info:
+        plot_curve.main([str(metrics_csv), str(other), "--out", str(tmp_path / "y.png"), "--labels", "one"])
+    assert exit_info.value.code == 2
+    assert "--labels: 1 names for 2 metrics files" in capsys.readouterr().err
+
+
+def test_several_runs_write_a_png(metrics_csv, tmp_path):
+    out = tmp_path / "two.png"
+    plot_curve.main([str(metrics_csv), str(metrics_csv), "--labels", "a", "b", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,13 @@
     python tools/plot_curve.py runs/shakespeare-char/logs/version_0/metrics.csv \
         --out docs/img/shakespeare-char.png --title "GPT-2 shakespeare-char"
 
+Several files draw several runs on one axis, each metric in one colour and each run in its own line
+style, named by ``--labels`` (default: each run's folder, the ``default_root_dir`` above ``logs/``):
+
+    python tools/plot_curve.py runs/dialogsum-minilm/logs/version_0/metrics.csv \
+        runs/dialogsum-scratch/logs/version_0/metrics.csv --labels warm-start scratch \
+        --metrics val_rouge1 val_rougeL --out docs/img/dialogsum-minilm.png
+
 The CSV is sparse: every ``self.log`` call site writes its own rows, so a metric's column is empty on
 the rows of the others. Training metrics are drawn as thin lines, validation metrics with markers.
 """
@@ -43,14 +50,33 @@ def read_metrics(path: Path, names: list[str]) -> dict[str, tuple[list[int], lis
     return series
 
 
-def plot(series: dict[str, tuple[list[int], list[float]]], out: Path, title: str | None = None) -> Path:
-    """Draw every series on one axis and write a PNG to ``out`` (parent folders are created)."""
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def plot(
+    series: dict[str, tuple[list[int], list[float]]] | dict[str, dict[str, tuple[list[int], list[float]]]],
+    out: Path,
+    title: str | None = None,
+) -> Path:
+    """Draw every series on one axis and write a PNG to ``out`` (parent folders are created).
+
+    ``series`` is ``{metric: (steps, values)}`` for one run, or ``{run label: {metric: (steps,
+    values)}}`` for several: a metric keeps its colour across runs, a run its line style."""
+    runs = series if all(isinstance(v, dict) for v in series.values()) else {"": series}
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    for name, (steps, values) in series.items():
-        if name.startswith("val") or name.startswith("test"):
-            ax.plot(steps, values, marker="o", markersize=4, linewidth=1.5, label=name)
-        else:
-            ax.plot(steps, values, linewidth=0.8, alpha=0.8, label=name)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    metrics = list(dict.fromkeys(name for run in runs.values() for name in run))
+    for index, (label, run) in enumerate(runs.items()):
+        style = LINE_STYLES[index % len(LINE_STYLES)]
+        for name, (steps, values) in run.items():
+            colour = colours[metrics.index(name) % len(colours)]
+            shown = f"{label}: {name}" if label else name
+            if name.startswith("val") or name.startswith("test"):
+                ax.plot(
+                    steps, values, style, color=colour, marker="o", markersize=4, linewidth=1.5, label=shown
+                )
+            else:
+                ax.plot(steps, values, style, color=colour, linewidth=0.8, alpha=0.8, label=shown)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -65,18 +91,34 @@ def plot(series: dict[str, tuple[list[int], list[float]]], out: Path, title: str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("metrics_csv", type=Path, help="a CSVLogger metrics.csv")
+    parser.add_argument("metrics_csv", type=Path, nargs="+", help="CSVLogger metrics.csv files (one per run)")
+    parser.add_argument("--labels", nargs="+", default=None, help="a name per file (default: its run folder)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write, e.g. docs/img/NAME.png")
     parser.add_argument("--title", default=None, help="figure title")
     parser.add_argument(
         "--metrics", nargs="+", default=["train_loss", "val_loss"], help="columns to plot (default: losses)"
     )
     args = parser.parse_args(argv)
+    files = args.metrics_csv
+    if args.labels is not None and len(args.labels) != len(files):
+        parser.exit(2, f"error: --labels: {len(args.labels)} names for {len(files)} metrics files\n")
     try:
-        series = read_metrics(args.metrics_csv, args.metrics)
+        runs = [read_metrics(path, args.metrics) for path in files]
     except (FileNotFoundError, KeyError) as err:
         parser.exit(2, f"error: {err.args[0]}\n")
-    print(plot(series, args.out, args.title))
+    if len(files) == 1:
+        print(plot(runs[0], args.out, args.title))
+        return
+    labels = args.labels or [_run_name(path) for path in files]
+    if len(set(labels)) < len(labels):
+        parser.exit(2, f"error: two runs are both named {labels}; name them with --labels\n")
+    print(plot(dict(zip(labels, runs, strict=True)), args.out, args.title))
+
+
+def _run_name(metrics: Path) -> str:
+    """The run folder of ``RUN/logs/version_N/metrics.csv`` (else the file's folder)."""
+    parts = metrics.resolve().parts
+    return parts[-4] if len(parts) >= 4 and parts[-3] == "logs" else metrics.parent.name
 
 
 if __name__ == "__main__":

@@ -223,6 +223,32 @@ def test_summarization_generate_applies_the_options() -> None:
         Summarization(backbone, no_repeat_ngram_size=-1)
 
 
+def test_cross_attention_lr_scale_multiplies_only_the_cross_attention_rates() -> None:
+    from zoo.models.seq2seq import Transformer
+    from zoo.tasks.optim import adamw, build_optimizer
+
+    backbone = BertEncoderDecoder(vocab_size=40, max_seq_len=32, embed_dim=32, num_heads=4, num_layers=2)
+    task = Summarization(backbone, optimizer=adamw(lr=1e-3), cross_attention_lr_scale=8.0)
+    optimizer = build_optimizer(task.optimizer_spec, task.parameter_groups())
+    rate = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    assert len(rate) == sum(1 for _ in task.parameters())  # every parameter once
+    for name, p in backbone.named_parameters():
+        fresh = ".cross_attn." in name or ".cross_attn_norm." in name
+        assert rate[id(p)] == (8e-3 if fresh else 1e-3, 0.01 if p.dim() >= 2 else 0.0), name
+    assert sum(".cross_attn" in name for name, _ in backbone.named_parameters()) == 2 * 8  # 2 layers
+    plain = Summarization(backbone, optimizer=adamw(lr=1e-3))
+    assert {
+        g["lr"] for g in build_optimizer(plain.optimizer_spec, plain.parameter_groups()).param_groups
+    } == {1e-3}
+    transformer = Transformer(
+        vocab_size=40, embed_dim=32, num_heads=4, num_encoder_layers=1, num_decoder_layers=1
+    )
+    groups = Summarization(transformer, cross_attention_lr_scale=2.0).parameter_groups()
+    assert [g.get("lr_scale") for g in groups] == [None, 2.0, None, 2.0]
+    with pytest.raises(ValueError, match="cross_attention_lr_scale must be a number > 0, got 0"):
+        Summarization(backbone, cross_attention_lr_scale=0)
+
+
 # -- the recipe through the `zoo` command ----------------------------------------------------------
 def test_recipe_fits_logs_rouge_and_predicts(tmp_path, minilm_dir) -> None:
     train = _jsonl(tmp_path / "train.jsonl", _dev_records(48)[8:])

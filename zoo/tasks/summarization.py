@@ -59,6 +59,10 @@ class Summarization(Seq2SeqTask):
         pad_token_id: Padding id of the data's tokenizer (BERT's ``[PAD]``: 0).
         bos_token_id: Start-of-summary id, fed first (BERT2BERT: ``[CLS]``, 101 in BERT's vocabulary).
         eos_token_id: End-of-summary id (BERT2BERT: ``[SEP]``, 102).
+        cross_attention_lr_scale: Multiplies the learning rate (peak and schedule) of the decoder's
+            cross-attention sub-layers (every module named ``cross_attn`` or ``cross_attn_norm``): the
+            parts a BERT2BERT warm start leaves freshly initialised, which learn to read the document
+            only slowly at the rate that suits the pretrained rest.
     """
 
     def __init__(
@@ -82,7 +86,15 @@ class Summarization(Seq2SeqTask):
         pad_token_id: int = 0,
         bos_token_id: int = 101,
         eos_token_id: int = 102,
+        cross_attention_lr_scale: float = 1.0,
     ) -> None:
+        number = isinstance(cross_attention_lr_scale, int | float) and not isinstance(
+            cross_attention_lr_scale, bool
+        )
+        if not (number and cross_attention_lr_scale > 0):
+            raise ValueError(
+                f"cross_attention_lr_scale must be a number > 0, got {cross_attention_lr_scale!r}"
+            )
         super().__init__(
             backbone,
             label_smoothing=label_smoothing,
@@ -103,9 +115,39 @@ class Summarization(Seq2SeqTask):
             eos_token_id=eos_token_id,
         )
         self.pretrained = pretrained
+        self.cross_attention_lr_scale = cross_attention_lr_scale
+        if cross_attention_lr_scale != 1.0 and not _cross_attention(self.backbone):
+            raise ValueError(
+                f"cross_attention_lr_scale: {type(self.backbone).__name__} has no decoder blocks with a "
+                "cross_attn sub-layer whose learning rate it could scale"
+            )
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        groups = super().parameter_groups()
+        if self.cross_attention_lr_scale == 1.0:
+            return groups
+        cross = {id(p) for p in _cross_attention(self.backbone)}
+        split = []
+        for group in groups:
+            fresh = [p for p in group["params"] if id(p) in cross]
+            rest = [p for p in group["params"] if id(p) not in cross]
+            scale = group.get("lr_scale", 1.0)
+            split.append(group | {"params": rest})
+            split.append(group | {"params": fresh, "lr_scale": scale * self.cross_attention_lr_scale})
+        return split
 
     def text_metric(self) -> Metric:
         return ROUGEScore()
 
     def text_scores(self, computed: dict[str, Tensor]) -> dict[str, Any]:
         return computed  # rouge1, rouge2, rougeL
+
+
+def _cross_attention(backbone: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every module of ``backbone`` named ``cross_attn`` or ``cross_attn_norm`` (the
+    cross-attention sub-layers of `zoo.nn` decoder blocks), each once."""
+    found: dict[int, nn.Parameter] = {}
+    for name, module in backbone.named_modules():
+        if name.rsplit(".", 1)[-1] in ("cross_attn", "cross_attn_norm"):
+            found.update((id(p), p) for p in module.parameters())
+    return list(found.values())

@@ -28,6 +28,15 @@ def check_non_negative(owner: str, **values: Any) -> None:
             raise ValueError(f"{owner}: {name} must be >= 0, got {value!r}")
 
 
+def check_positive_number(owner: str, **values: Any) -> None:
+    """Every given value is a number > 0, float or int (``None`` passes)."""
+    for name, value in values.items():
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise ValueError(f"{owner}: {name} must be a number > 0, got {value!r}")
+
+
 def check_probability(owner: str, *, open_low: bool = False, **values: Any) -> None:
     """Every given value lies in [0, 1] (``(0, 1]`` with ``open_low``; ``None`` passes)."""
     for name, value in values.items():

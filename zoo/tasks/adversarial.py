@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.errors import check_non_negative, check_positive
+from zoo.errors import check_non_negative, check_positive, check_positive_number
 
 Method = Literal["fgm", "pgd", "freelb"]
 Norm = Literal["l2", "linf"]
@@ -75,11 +75,7 @@ class Adversarial:
             raise ValueError(f"adversarial: norm must be l2 or linf, got {self.norm!r}")
         check_positive("adversarial", steps=self.steps)
         check_non_negative("adversarial", weight=self.weight)
-        for name in ("epsilon", "step_size"):
-            value = getattr(self, name)
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if value is not None and not (number and value > 0):
-                raise ValueError(f"adversarial: {name} must be a number > 0, got {value!r}")
+        check_positive_number("adversarial", epsilon=self.epsilon, step_size=self.step_size)
         if self.method == "fgm" and (self.steps is not None or self.step_size is not None):
             given = "steps" if self.steps is not None else "step_size"
             raise ValueError(f"adversarial: {given} is for pgd and freelb; fgm takes one step of epsilon")

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from zoo.errors import check_positive_number
 from zoo.nn import LoRA
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 from zoo.tasks.rouge import ROUGEScore
@@ -88,13 +89,7 @@ class Summarization(Seq2SeqTask):
         eos_token_id: int = 102,
         cross_attention_lr_scale: float = 1.0,
     ) -> None:
-        number = isinstance(cross_attention_lr_scale, int | float) and not isinstance(
-            cross_attention_lr_scale, bool
-        )
-        if not (number and cross_attention_lr_scale > 0):
-            raise ValueError(
-                f"cross_attention_lr_scale must be a number > 0, got {cross_attention_lr_scale!r}"
-            )
+        check_positive_number(type(self).__name__, cross_attention_lr_scale=cross_attention_lr_scale)
         super().__init__(
             backbone,
             label_smoothing=label_smoothing,

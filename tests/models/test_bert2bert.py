@@ -69,6 +69,35 @@ def test_decoder_layers_are_berts_and_cross_attention_is_new(warm) -> None:
     torch.testing.assert_close(model.lm_head.weight, shared, atol=0, rtol=0)
 
 
+def test_cross_attention_can_start_as_a_copy_of_self_attention(minilm_dir) -> None:
+    torch.manual_seed(0)
+    model = BertEncoderDecoder(vocab_size=30522, **MINILM, cross_attention_init="self_attention")
+    load_pretrained(model, minilm_dir)  # the option travels through `pretrained:` loading
+    bert = Bert.from_hf(minilm_dir, with_pretraining_heads=False)
+    C = 384
+    for ours, theirs in zip(model.decoder.layers, bert.layers, strict=True):
+        qkv, cross = theirs.self_attn.qkv_proj, ours.cross_attn
+        torch.testing.assert_close(cross.q_proj.weight, qkv.weight[:C], atol=0, rtol=0)
+        torch.testing.assert_close(cross.q_proj.bias, qkv.bias[:C], atol=0, rtol=0)
+        torch.testing.assert_close(cross.kv_proj.weight, qkv.weight[C:], atol=0, rtol=0)
+        torch.testing.assert_close(cross.kv_proj.bias, qkv.bias[C:], atol=0, rtol=0)
+        torch.testing.assert_close(cross.out_proj.state_dict(), theirs.self_attn.out_proj.state_dict())
+        torch.testing.assert_close(ours.cross_attn_norm.state_dict(), theirs.self_attn_norm.state_dict())
+        assert cross.q_proj.weight.data_ptr() != qkv.weight.data_ptr()  # copies: they train apart
+    # cross-attention over a memory equal to the decoder's own input is then its (unmasked) self-attention
+    layer, x = model.decoder.layers[0].eval(), torch.randn(1, 5, C)
+    with torch.no_grad():
+        crossed, own = layer.cross_attn(x, memory=x), bert.layers[0].self_attn.eval()(x)
+    torch.testing.assert_close(crossed, own, atol=1e-5, rtol=0)
+    plain = BertEncoderDecoder(vocab_size=30522, **MINILM)
+    load_pretrained(plain, minilm_dir)  # the default stays the paper's fresh cross-attention
+    assert not torch.equal(plain.decoder.layers[0].cross_attn.q_proj.weight, layer.cross_attn.q_proj.weight)
+    with pytest.raises(
+        ValueError, match="cross_attention_init must be one of random, self_attention, got 'copy'"
+    ):
+        BertEncoderDecoder(cross_attention_init="copy")
+
+
 def test_decoder_is_causal_and_cached_decoding_matches(warm) -> None:
     model, _ = warm
     ids, mask = _source()

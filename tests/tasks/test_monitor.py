@@ -134,6 +134,60 @@ def test_frozen_weights_count_four_flops_per_token_not_six(tmp_path):
     assert per_token == pytest.approx(model.flops_per_token(16) - 2 * frozen, rel=1e-4)
 
 
+class _SummaryBatches(torch.utils.data.Dataset):
+    """Encoder-decoder examples of 12 source tokens (padded to 16) and 4 scored target tokens (of 8)."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(3, 40, (16,), generator=torch.Generator().manual_seed(i))
+        mask = (torch.arange(16) < 12).long()
+        target = torch.randint(3, 40, (8,), generator=torch.Generator().manual_seed(100 + i))
+        scored = torch.arange(8) < 4
+        return {
+            "input_ids": ids * mask,
+            "attention_mask": mask,
+            "decoder_input_ids": target * scored,
+            "labels": torch.where(scored, target, -100),
+        }
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_encoder_decoders_count_source_and_target_tokens_apart(tmp_path, lora):
+    """A summary is far shorter than its document: FLOPs counted per source token for both sides gave an
+    MFU above 100% on the DialogSum recipe."""
+    from zoo.models.bert import BertEncoderDecoder
+    from zoo.tasks.summarization import Summarization
+
+    torch.manual_seed(0)
+    model = BertEncoderDecoder(vocab_size=40, max_seq_len=16, embed_dim=32, num_heads=4, num_layers=2)
+    task = Summarization(model, lora=LoRA(rank=2, targets=["*.cross_attn.*"]) if lora else None)
+    assert model.flops_per_token(16) == model.source_flops_per_token(16) + model.target_flops_per_token(16)
+    encoder = {
+        id(m.weight): m.weight.numel() for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)
+    }
+    assert model.source_flops_per_token(16) == 6 * sum(encoder.values()) + 2 * 12 * 32 * 16  # 2 layers
+    trainer = cpu_trainer(
+        tmp_path,
+        max_steps=5,
+        enable_progress_bar=True,
+        callbacks=[ProgressMonitor(every_n_steps=5, peak_flops=2e11)],
+    )
+    trainer.fit(task, DataLoader(_SummaryBatches(), batch_size=4))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("throughput/")}
+    assert metrics["throughput/tokens_per_sec"] == pytest.approx(12 * metrics["throughput/samples_per_sec"])
+    frozen = frozen_linear_weights(task)
+    frozen_source = frozen_linear_weights(model.encoder)
+    assert (frozen > frozen_source > 0) == lora
+    per_source_token = metrics["throughput/tflops_per_device"] * 1e12 / metrics["throughput/tokens_per_sec"]
+    expected = (model.source_flops_per_token(16) - 2 * frozen_source) + 4 / 12 * (
+        model.target_flops_per_token(8) - 2 * (frozen - frozen_source)
+    )
+    assert per_source_token == pytest.approx(expected, rel=1e-4)
+    assert per_source_token < 0.65 * model.flops_per_token(16)  # what it counted before
+
+
 def test_without_a_flops_estimate_the_line_and_logs_leave_mfu_out(tmp_path, capsys):
     class NoEstimate(CausalLM):
         def flops_per_token(self, seq_len: int) -> None:

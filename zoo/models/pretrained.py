@@ -20,7 +20,7 @@ from zoo.checkpoint import upgrade_state_dict
 from zoo.models.spec import import_class, spec_of
 
 # Arguments that change no tensor shape or meaning of a weight: fine-tuning may choose them freely.
-_FREE_ARGS = {"dropout", "attention_dropout", "with_pretraining_heads"}
+_FREE_ARGS = {"dropout", "attention_dropout", "with_pretraining_heads", "cross_attention_init"}
 # Parts a pretraining checkpoint has and a fine-tuning backbone may leave out.
 _OPTIONAL_PREFIXES = ("mlm_head.", "nsp_head.", "lm_head.")
 
@@ -70,6 +70,8 @@ def _from_hf(cls: type, backbone: nn.Module, source: str | os.PathLike) -> tuple
     own = (spec_of(backbone) or {}).get("init_args", {})
     if "with_pretraining_heads" in inspect.signature(cls).parameters:  # from_hf takes what cls takes (Bert)
         kwargs["with_pretraining_heads"] = bool(own.get("with_pretraining_heads", False))
+    if "cross_attention_init" in own:  # how BertEncoderDecoder's warm start fills cross-attention
+        kwargs["cross_attention_init"] = own["cross_attention_init"]
     loaded = from_hf(source, **kwargs)
     return spec_of(loaded), loaded.state_dict()
 

@@ -8,7 +8,7 @@ from zoo.nn.lora import LoRA, LoRALinear, apply_lora, merge_lora
 from zoo.nn.mlp import MLP, GatedMLP
 from zoo.nn.norms import RMSNorm
 from zoo.nn.positions import ALiBiPositions, LearnedPositions, Positions, RotaryPositions
-from zoo.nn.stack import DecoderCache, DecoderLM, DecoderStack, EncoderStack
+from zoo.nn.stack import DecoderCache, DecoderLM, DecoderStack, EncoderStack, seq2seq_flops_per_token
 
 __all__ = [
     "MLP",
@@ -40,4 +40,5 @@ __all__ = [
     "pool_mean",
     "pool_packed",
     "sequence_starts",
+    "seq2seq_flops_per_token",
 ]

@@ -12,7 +12,7 @@ decoder-only family subclasses it. An encoder-decoder is an `EncoderStack` and a
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -356,3 +356,21 @@ class DecoderLM(nn.Module):
         if exclude_embeddings:
             n -= sum(p.numel() for p in self.embeddings.parameters())
         return n
+
+
+def seq2seq_flops_per_token(model: nn.Module, seq_len: int, *, side: Literal["source", "target"]) -> int:
+    """Training FLOPs (forward and backward) of an encoder-decoder per ``side`` token at length ``seq_len``,
+    nanoGPT's ``6N + 12·L·H·Q·T`` split by side: a source token passes the weights of ``model.encoder`` and
+    its self-attention; a target token the rest (the decoder, its output layer) and the decoder's self- and
+    cross-attention (the cross-attention counted at ``seq_len`` too). Their sum is the FLOPs of one source
+    and one target token, the ``flops_per_token`` of `zoo.models.seq2seq.Transformer` and
+    `zoo.models.bert.BertEncoderDecoder`.
+    """
+    linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
+    encoder = {id(m.weight) for m in model.encoder.modules() if isinstance(m, nn.Linear)}
+    attn = model.encoder.layers[0].self_attn
+    per_layer = 12 * attn.num_heads * attn.head_dim * seq_len
+    if side == "source":
+        return 6 * sum(linear[k] for k in encoder) + len(model.encoder.layers) * per_layer
+    decoder = sum(n for k, n in linear.items() if k not in encoder)
+    return 6 * decoder + 2 * len(model.decoder.layers) * per_layer

@@ -12,7 +12,11 @@ the device and read once per interval.
 MFU is the model's training FLOPs per second (the task's ``flops_per_token``, nanoGPT's
 ``6N + 12·L·H·Q·T``, times the tokens processed) over the device's peak dense FLOP/s (`peak_flops`). A
 frozen weight (LoRA's base layers, frozen embeddings tied to an output layer) gets no gradient, so it
-counts 4 FLOPs per token instead of 6 (`frozen_linear_weights`).
+counts 4 FLOPs per token instead of 6 (`frozen_linear_weights`). An encoder-decoder whose backbone splits
+its estimate (``source_flops_per_token`` and ``target_flops_per_token``, the ``encoder`` module's weights
+counted per source token) is counted per side: its source tokens (``input_ids``) and its target tokens
+(the scored ``labels``) differ in number: 186 and 36 word pieces on average for a DialogSum dialogue
+and its summary.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks.progress import ProgressBar
 from torch import Tensor, nn
 
+from zoo.data.batch import IGNORE_INDEX
 from zoo.errors import check_positive
 
 # Peak dense FLOP/s of one device, from the vendors' datasheets. Datasheets print most tensor-core figures
@@ -117,6 +122,17 @@ def frozen_linear_weights(module: nn.Module) -> int:
     return sum(w.numel() for w in weights.values() if not w.requires_grad)
 
 
+def count_target_tokens(batch: Any) -> tuple[Tensor, int] | None:
+    """``(tokens, seq_len)`` of an encoder-decoder batch's targets (its ``labels`` that are scored, a 0-dim
+    device tensor), ``None`` for a batch without ``decoder_input_ids``."""
+    if not (isinstance(batch, Mapping) and isinstance(batch.get("decoder_input_ids"), Tensor)):
+        return None
+    labels = batch.get("labels")
+    if not isinstance(labels, Tensor):
+        return None
+    return (labels != IGNORE_INDEX).sum(), labels.shape[-1]
+
+
 def count_tokens(batch: Any) -> tuple[Tensor | int | None, int, int]:
     """``(tokens, samples, seq_len)`` of a batch without reading anything back from the device.
 
@@ -161,7 +177,9 @@ class ProgressMonitor(ProgressBar):
         self.every_n_steps = every_n_steps
         self.peak_flops = peak_flops
         self._enabled = True
-        self._window: dict[int, Tensor | int] = {}  # seq_len -> tokens since the last line
+        # seq_len, or (side, seq_len) for an encoder-decoder counted per side -> tokens since the last line
+        self._window: dict[int | tuple[str, int], Tensor | int] = {}
+        self._per_side = False  # set in on_train_start
         self._samples = 0
 
     def disable(self) -> None:
@@ -181,12 +199,23 @@ class ProgressMonitor(ProgressBar):
             getattr(pl_module, "backbone", None), "flops_per_token", None
         )
         frozen = frozen_linear_weights(pl_module)
+        backbone = getattr(pl_module, "backbone", None)
+        sides = [getattr(backbone, f"{side}_flops_per_token", None) for side in ("source", "target")]
+        encoder = getattr(backbone, "encoder", None)
+        self._per_side = all(callable(f) for f in sides) and isinstance(encoder, nn.Module)
+        if self._per_side:
+            frozen_source = frozen_linear_weights(encoder)
+            frozen_by_side = {"source": frozen_source, "target": frozen - frozen_source}
+            by_side = dict(zip(("source", "target"), sides, strict=True))
 
-        def per_token(seq_len: int) -> int | None:
-            flops = estimate(seq_len)
+        def per_token(key: int | tuple[str, int]) -> int | None:
+            if isinstance(key, tuple):  # (side, seq_len)
+                side, seq_len = key
+                return by_side[side](seq_len) - 2 * frozen_by_side[side]
+            flops = estimate(key)
             return None if flops is None else flops - 2 * frozen
 
-        self._flops_per_token = per_token if estimate else None
+        self._flops_per_token = per_token if estimate or self._per_side else None
         self._peak = self.peak_flops or peak_flops(trainer.strategy.root_device, _compute_dtype(trainer))
         self._first_step, self._last_line_step = trainer.global_step, trainer.global_step
         self._start = self._mark = time.perf_counter()
@@ -198,8 +227,13 @@ class ProgressMonitor(ProgressBar):
     ) -> None:
         tokens, samples, seq_len = count_tokens(batch)
         self._samples += samples
+        targets = count_target_tokens(batch) if self._per_side else None
         if tokens is not None:
-            self._window[seq_len] = self._window.get(seq_len, 0) + tokens
+            key = seq_len if targets is None else ("source", seq_len)
+            self._window[key] = self._window.get(key, 0) + tokens
+        if targets is not None:
+            key = ("target", targets[1])
+            self._window[key] = self._window.get(key, 0) + targets[0]
         step = trainer.global_step
         if step == self._last_line_step or step % self._every:
             return
@@ -241,12 +275,12 @@ class ProgressMonitor(ProgressBar):
         world = trainer.world_size
         rates = {"samples_per_sec": self._samples * world / seconds}
         if counts:
-            tokens = sum(counts.values())
+            tokens = sum(n for key, n in counts.items() if not isinstance(key, tuple) or key[0] == "source")
             rates["tokens_per_sec"] = tokens * world / seconds
-            estimate = self._flops_per_token or (lambda seq_len: None)
-            per_token = {T: estimate(T) for T in counts}  # None: the model gives no estimate
+            estimate = self._flops_per_token or (lambda key: None)
+            per_token = {key: estimate(key) for key in counts}  # None: the model gives no estimate
             if None not in per_token.values():
-                flops = sum(n * per_token[T] for T, n in counts.items())
+                flops = sum(n * per_token[key] for key, n in counts.items())
                 rates["tflops_per_device"] = flops / seconds / 1e12
                 if self._peak:
                     rates["mfu"] = flops / seconds / self._peak

@@ -6,13 +6,17 @@ The encoder is a `zoo.models.bert.Bert`. The decoder is BERT's blocks (`zoo.nn.P
 embeddings (learned positions, segment 0, LayerNorm) that share the encoder's word table; the output
 projection is that table, transposed. `BertEncoderDecoder.warm_start` copies a BERT into every part both
 have: the whole encoder, the decoder's embeddings and, layer by layer, its self-attention, MLP and norms.
-Only cross-attention keeps its fresh initialisation. ``BertEncoderDecoder.from_hf`` (and a task's
-``pretrained:``) reads a Hugging Face BERT directory that way.
+Cross-attention, which a BERT lacks, keeps its fresh initialisation as in the paper, or with
+``cross_attention_init="self_attention"`` starts as a copy of its layer's self-attention (queries from the
+self-attention's queries, keys and values of the memory from its keys and values, the output projection
+and LayerNorm from its own), so that from the first step it attends to the source as the pretrained layer
+attends to its own context. ``BertEncoderDecoder.from_hf`` (and a task's ``pretrained:``) reads a Hugging
+Face BERT directory that way.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, NoReturn
+from typing import ClassVar, Literal, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -20,9 +24,10 @@ from torch import Tensor, nn
 from zoo.models.bert.model import Bert, _block, init_bert_weights
 from zoo.models.hf_io import HFConvertible, register_converter
 from zoo.models.spec import Configurable
-from zoo.nn import DecoderCache, DecoderStack, PostNormBlock, TokenEmbedding
+from zoo.nn import DecoderCache, DecoderStack, PostNormBlock, TokenEmbedding, seq2seq_flops_per_token
 
 _NEW_IN_DECODER = ("cross_attn.", "cross_attn_norm.")  # the parts of a decoder block a BERT layer lacks
+CROSS_ATTENTION_INITS = ("random", "self_attention")
 
 
 class BertEncoderDecoder(Configurable, HFConvertible, nn.Module):
@@ -46,9 +51,13 @@ class BertEncoderDecoder(Configurable, HFConvertible, nn.Module):
         type_vocab_size: Segment ids of the embeddings (both sides use segment 0).
         layer_norm_eps: LayerNorm epsilon.
         pad_token_id: Token id of [PAD]; its embedding starts at zero and gets no gradient.
+        cross_attention_init: What `warm_start` puts in each decoder layer's cross-attention: ``"random"``
+            (BERT's initialisation, as Rothe et al.) or ``"self_attention"`` (a copy of that layer's
+            pretrained self-attention and its LayerNorm). Not part of the architecture: it only says how
+            pretrained weights are read.
 
     Raises:
-        ValueError: As `Bert` (sizes, dropouts), naming the argument.
+        ValueError: As `Bert` (sizes, dropouts), naming the argument; an unknown ``cross_attention_init``.
     """
 
     fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PostNormBlock,)  # see zoo.strategies.FSDP
@@ -67,8 +76,15 @@ class BertEncoderDecoder(Configurable, HFConvertible, nn.Module):
         type_vocab_size: int = 2,
         layer_norm_eps: float = 1e-12,
         pad_token_id: int | None = 0,
+        cross_attention_init: Literal["random", "self_attention"] = "random",
     ) -> None:
         super().__init__()
+        if cross_attention_init not in CROSS_ATTENTION_INITS:
+            raise ValueError(
+                f"cross_attention_init must be one of {', '.join(CROSS_ATTENTION_INITS)}, "
+                f"got {cross_attention_init!r}"
+            )
+        self.cross_attention_init = cross_attention_init
         self.encoder = Bert(  # checks every size and dropout
             vocab_size=vocab_size,
             max_seq_len=max_seq_len,
@@ -111,7 +127,9 @@ class BertEncoderDecoder(Configurable, HFConvertible, nn.Module):
     def warm_start(self, bert: Bert) -> None:
         """Copy ``bert``'s weights into every part of this model that a BERT has (Rothe et al., 2020): the
         encoder, the decoder's embeddings, and the self-attention, MLP and norms of each decoder layer.
-        Cross-attention is left as it is (freshly initialised); pretraining heads of ``bert`` are unused.
+        Cross-attention is left as it is (freshly initialised), or with ``cross_attention_init=
+        "self_attention"`` becomes a copy of its layer's self-attention and LayerNorm; pretraining heads of
+        ``bert`` are unused.
 
         Raises:
             ValueError: ``bert`` has another architecture (the message names the differing shapes).
@@ -130,6 +148,9 @@ class BertEncoderDecoder(Configurable, HFConvertible, nn.Module):
                     raise RuntimeError(f"missing {new}, unexpected {result.unexpected_keys}")
         except RuntimeError as err:
             raise ValueError(f"the BERT does not fit this BertEncoderDecoder: {str(err)[:500]}") from err
+        if self.cross_attention_init == "self_attention":
+            for layer in self.decoder.layers:
+                _copy_self_attention(layer)
 
     def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
         """Teacher-forced logits (B, T, vocab_size): position ``t`` predicts target token ``t + 1``.
@@ -185,14 +206,34 @@ class BertEncoderDecoder(Configurable, HFConvertible, nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per source token for sources and targets of ``seq_len`` tokens (default
         ``max_seq_len``), as `zoo.models.seq2seq.Transformer.flops_per_token` counts them."""
-        attn = self.encoder.layers[0].self_attn
-        N = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
-        attention_layers = len(self.encoder.layers) + 2 * len(self.decoder.layers)
-        return 6 * N + 12 * attention_layers * attn.num_heads * attn.head_dim * (seq_len or self.max_seq_len)
+        return self.source_flops_per_token(seq_len) + self.target_flops_per_token(seq_len)
+
+    def source_flops_per_token(self, seq_len: int | None = None) -> int:
+        """The encoder's share of `flops_per_token`: per source token of a ``seq_len``-token source
+        (`zoo.nn.seq2seq_flops_per_token`; `zoo.tasks.monitor.ProgressMonitor` counts each side's tokens)."""
+        return seq2seq_flops_per_token(self, seq_len or self.max_seq_len, side="source")
+
+    def target_flops_per_token(self, seq_len: int | None = None) -> int:
+        """The decoder's share of `flops_per_token`: per target token of a ``seq_len``-token target."""
+        return seq2seq_flops_per_token(self, seq_len or self.max_seq_len, side="target")
 
     def num_parameters(self) -> int:
         """Parameter count, the shared word table counted once."""
         return sum(p.numel() for p in self.parameters())
+
+
+@torch.no_grad()
+def _copy_self_attention(layer: nn.Module) -> None:
+    """Set ``layer``'s cross-attention to its self-attention: the fused QKV projection's query rows become
+    the query projection, its key and value rows the memory's fused KV projection."""
+    self_attn, cross = layer.self_attn, layer.cross_attn
+    C = cross.q_proj.out_features
+    cross.q_proj.weight.copy_(self_attn.qkv_proj.weight[:C])
+    cross.q_proj.bias.copy_(self_attn.qkv_proj.bias[:C])
+    cross.kv_proj.weight.copy_(self_attn.qkv_proj.weight[C:])
+    cross.kv_proj.bias.copy_(self_attn.qkv_proj.bias[C:])
+    cross.out_proj.load_state_dict(self_attn.out_proj.state_dict())
+    layer.cross_attn_norm.load_state_dict(layer.self_attn_norm.state_dict())
 
 
 def load_hf(cls: type[BertEncoderDecoder], name_or_path: str, **overrides: object) -> BertEncoderDecoder:

@@ -16,7 +16,16 @@ from torch import Tensor, nn
 
 from zoo.errors import check_positive, check_probability
 from zoo.models.spec import Configurable
-from zoo.nn import MLP, Attention, DecoderCache, DecoderStack, EncoderStack, PostNormBlock, PreNormBlock
+from zoo.nn import (
+    MLP,
+    Attention,
+    DecoderCache,
+    DecoderStack,
+    EncoderStack,
+    PostNormBlock,
+    PreNormBlock,
+    seq2seq_flops_per_token,
+)
 from zoo.nn.embeddings import SinusoidalPositions
 
 TRANSFORMER_SIZES: dict[str, dict[str, int]] = {
@@ -251,10 +260,16 @@ class Transformer(Configurable, nn.Module):
         """Training FLOPs (forward and backward) per source token, for sources and targets of ``seq_len``
         tokens each (default ``max_seq_len``): one source and one target position, nanoGPT's
         ``6N + 12·L·H·Q·T`` with the encoder's self-attention and the decoder's self- and cross-attention."""
-        attn = self.encoder.layers[0].self_attn
-        N = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
-        attention_layers = len(self.encoder.layers) + 2 * len(self.decoder.layers)
-        return 6 * N + 12 * attention_layers * attn.num_heads * attn.head_dim * (seq_len or self.max_seq_len)
+        return self.source_flops_per_token(seq_len) + self.target_flops_per_token(seq_len)
+
+    def source_flops_per_token(self, seq_len: int | None = None) -> int:
+        """The encoder's share of `flops_per_token`: per source token of a ``seq_len``-token source
+        (`zoo.nn.seq2seq_flops_per_token`; `zoo.tasks.monitor.ProgressMonitor` counts each side's tokens)."""
+        return seq2seq_flops_per_token(self, seq_len or self.max_seq_len, side="source")
+
+    def target_flops_per_token(self, seq_len: int | None = None) -> int:
+        """The decoder's share of `flops_per_token`: per target token of a ``seq_len``-token target."""
+        return seq2seq_flops_per_token(self, seq_len or self.max_seq_len, side="target")
 
     def num_parameters(self) -> int:
         """Parameter count, shared and tied tables counted once."""

@@ -10,7 +10,9 @@ pretrained with.
 Special tokens follow the tokenizer: a BERT WordPiece vocabulary (it has ``[CLS]``) gives sources as
 ``[CLS] document [SEP]``, decoder input ``[CLS] summary`` and labels ``summary [SEP]``, padded with
 ``[PAD]`` (BERT2BERT's convention); any other tokenizer ``document </s>``, ``<s> summary``,
-``summary </s>`` and ``<pad>``, as for translation.
+``summary </s>`` and ``<pad>``, as for translation. BERT's WordPiece decoder writes a space on both sides
+of every punctuation mark (``# person1 # ' s car``); `tidy_wordpiece_text` closes the spaces that the
+text around a mark makes unambiguous (``#person1#'s car``) before a summary is scored or written.
 
 Input errors name the file and line: a line that is not a JSON object, a record without a field or with
 one that is not text, a TSV line with the wrong number of columns, a blank line inside a JSON Lines file,
@@ -20,6 +22,7 @@ an empty summary in an evaluation file. Empty training pairs are dropped and cou
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -31,6 +34,30 @@ from zoo.data.parallel import BOS, EOS, PAD, ParallelTextDataModule
 from zoo.errors import check_positive
 
 BERT_SPECIALS = ("[PAD]", "[CLS]", "[SEP]")
+
+# (pattern, replacement) in order; each joins only what the marks' usual spelling allows
+_WORDPIECE_SPACING = [
+    (re.compile(r"# (\w+) #"), r"#\1#"),  # tags such as DialogSum's #Person1#
+    (re.compile(r"([\w#]) ' (s|t|m|d|ll|re|ve)\b"), r"\1'\2"),  # contractions and possessives: she's, isn't
+    (re.compile(r" ([.,!?;:%)\]}])"), r"\1"),  # no space before closing marks
+    (re.compile(r"([(\[{$]) "), r"\1"),  # nor after opening marks
+    (re.compile(r"(\d)([.,:]) (?=\d)"), r"\1\2"),  # 5.00, 1,000, 5:30
+    (re.compile(r"(\d) / (?=\d)"), r"\1/"),  # 2/3
+    (re.compile(r"\b(\w)\. (?=\w\.)"), r"\1."),  # p.m., u.s.
+    (re.compile(r"(\w) - (?=\w)"), r"\1-"),  # well-done, re-do
+    (re.compile(r"(\ws) ' (?=\w)"), r"\1' "),  # plural possessives: friends' gossip
+]
+
+
+def tidy_wordpiece_text(text: str) -> str:
+    """``text`` as BERT's WordPiece decoder writes it, with the spaces around punctuation closed where
+    the usual spelling leaves little doubt: ``# person1 # ' s well - done steak ( $ 5. 00 )`` becomes
+    ``#person1#'s well-done steak ($5.00)``. Only spaces next to non-alphanumeric characters are removed,
+    so the ``a-z0-9`` words that ROUGE reads (`zoo.tasks.rouge.rouge_tokens`) stay the same. A spaced
+    dash between two words is joined as a hyphen: WordPiece's output cannot tell them apart."""
+    for pattern, replacement in _WORDPIECE_SPACING:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def read_records(path: Path, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -181,6 +208,11 @@ class SummarizationDataModule(ParallelTextDataModule):
     @property
     def limits(self) -> tuple[int, int]:
         return self.max_source_len - (2 if self.bert_style else 1), self.max_target_len - 1
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids`` (special tokens left out); for a BERT vocabulary, `tidy_wordpiece_text` of it."""
+        text = super().decode(ids)
+        return tidy_wordpiece_text(text) if self.bert_style else text
 
     def _build_tokenizer(self) -> Tokenizer:
         if self.tokenizer_spec == "bpe":

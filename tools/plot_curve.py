@@ -79,7 +79,11 @@ def plot(
                 ax.plot(steps, values, style, color=colour, linewidth=0.8, alpha=0.8, label=shown)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if len(ax.get_lines()) > 4:  # beside the axis, where it hides no line
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+        fig.set_size_inches(10, 4)
+    else:
+        ax.legend()
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -8,7 +8,7 @@ from zoo.nn.lora import LoRA, LoRALinear, apply_lora, merge_lora
 from zoo.nn.mlp import MLP, GatedMLP
 from zoo.nn.norms import RMSNorm
 from zoo.nn.positions import ALiBiPositions, LearnedPositions, Positions, RotaryPositions
-from zoo.nn.stack import DecoderCache, DecoderLM, DecoderStack, EncoderStack, seq2seq_flops_per_token
+from zoo.nn.stack import DecoderCache, DecoderLM, DecoderStack, EncoderDecoderFlops, EncoderStack
 
 __all__ = [
     "MLP",
@@ -17,6 +17,7 @@ __all__ = [
     "DecoderCache",
     "DecoderLM",
     "DecoderStack",
+    "EncoderDecoderFlops",
     "EncoderStack",
     "GatedMLP",
     "KVCache",
@@ -40,5 +41,4 @@ __all__ = [
     "pool_mean",
     "pool_packed",
     "sequence_starts",
-    "seq2seq_flops_per_token",
 ]

@@ -12,7 +12,7 @@ decoder-only family subclasses it. An encoder-decoder is an `EncoderStack` and a
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -358,19 +358,37 @@ class DecoderLM(nn.Module):
         return n
 
 
-def seq2seq_flops_per_token(model: nn.Module, seq_len: int, *, side: Literal["source", "target"]) -> int:
-    """Training FLOPs (forward and backward) of an encoder-decoder per ``side`` token at length ``seq_len``,
-    nanoGPT's ``6N + 12·L·H·Q·T`` split by side: a source token passes the weights of ``model.encoder`` and
-    its self-attention; a target token the rest (the decoder, its output layer) and the decoder's self- and
-    cross-attention (the cross-attention counted at ``seq_len`` too). Their sum is the FLOPs of one source
-    and one target token, the ``flops_per_token`` of `zoo.models.seq2seq.Transformer` and
-    `zoo.models.bert.BertEncoderDecoder`.
+class EncoderDecoderFlops:
+    """FLOPs estimates for an encoder-decoder ``nn.Module`` with ``encoder`` and ``decoder`` stacks (each
+    with ``layers`` whose ``self_attn`` is a `zoo.nn.Attention`) and ``max_seq_len``: mixed into
+    `zoo.models.seq2seq.Transformer` and `zoo.models.bert.BertEncoderDecoder`.
+
+    nanoGPT's ``6N + 12·L·H·Q·T``, split by side: a source token passes the weights of ``encoder`` and its
+    self-attention; a target token the rest (the decoder, its output layer) and the decoder's self- and
+    cross-attention (the cross-attention counted at the target's length too).
+    `zoo.tasks.monitor.ProgressMonitor` counts each side's tokens with its own estimate.
     """
-    linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
-    encoder = {id(m.weight) for m in model.encoder.modules() if isinstance(m, nn.Linear)}
-    attn = model.encoder.layers[0].self_attn
-    per_layer = 12 * attn.num_heads * attn.head_dim * seq_len
-    if side == "source":
-        return 6 * sum(linear[k] for k in encoder) + len(model.encoder.layers) * per_layer
-    decoder = sum(n for k, n in linear.items() if k not in encoder)
-    return 6 * decoder + 2 * len(model.decoder.layers) * per_layer
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs (forward and backward) of one source and one target token, for sources and
+        targets of ``seq_len`` tokens each (default ``max_seq_len``)."""
+        return self.source_flops_per_token(seq_len) + self.target_flops_per_token(seq_len)
+
+    def source_flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per source token of a ``seq_len``-token source: the encoder's share."""
+        return self._side_flops(seq_len, source=True)
+
+    def target_flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per target token of a ``seq_len``-token target: the decoder's share."""
+        return self._side_flops(seq_len, source=False)
+
+    def _side_flops(self, seq_len: int | None, *, source: bool) -> int:
+        model: Any = self
+        linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
+        encoder = {id(m.weight) for m in model.encoder.modules() if isinstance(m, nn.Linear)}
+        attn = model.encoder.layers[0].self_attn
+        per_layer = 12 * attn.num_heads * attn.head_dim * (seq_len or model.max_seq_len)
+        if source:
+            return 6 * sum(linear[k] for k in encoder) + len(model.encoder.layers) * per_layer
+        decoder = sum(n for k, n in linear.items() if k not in encoder)
+        return 6 * decoder + 2 * len(model.decoder.layers) * per_layer

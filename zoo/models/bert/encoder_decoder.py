@@ -24,13 +24,13 @@ from torch import Tensor, nn
 from zoo.models.bert.model import Bert, _block, init_bert_weights
 from zoo.models.hf_io import HFConvertible, register_converter
 from zoo.models.spec import Configurable
-from zoo.nn import DecoderCache, DecoderStack, PostNormBlock, TokenEmbedding, seq2seq_flops_per_token
+from zoo.nn import DecoderCache, DecoderStack, EncoderDecoderFlops, PostNormBlock, TokenEmbedding
 
 _NEW_IN_DECODER = ("cross_attn.", "cross_attn_norm.")  # the parts of a decoder block a BERT layer lacks
 CROSS_ATTENTION_INITS = ("random", "self_attention")
 
 
-class BertEncoderDecoder(Configurable, HFConvertible, nn.Module):
+class BertEncoderDecoder(EncoderDecoderFlops, Configurable, HFConvertible, nn.Module):
     """A BERT encoder and a BERT-shaped causal decoder with cross-attention (an
     `zoo.models.protocols.EncoderDecoder`, for `zoo.tasks.translation.Translation` and
     `zoo.tasks.summarization.Summarization`).
@@ -202,20 +202,6 @@ class BertEncoderDecoder(Configurable, HFConvertible, nn.Module):
             dtype=dtype or weight.dtype,
             device=device or weight.device,
         )
-
-    def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per source token for sources and targets of ``seq_len`` tokens (default
-        ``max_seq_len``), as `zoo.models.seq2seq.Transformer.flops_per_token` counts them."""
-        return self.source_flops_per_token(seq_len) + self.target_flops_per_token(seq_len)
-
-    def source_flops_per_token(self, seq_len: int | None = None) -> int:
-        """The encoder's share of `flops_per_token`: per source token of a ``seq_len``-token source
-        (`zoo.nn.seq2seq_flops_per_token`; `zoo.tasks.monitor.ProgressMonitor` counts each side's tokens)."""
-        return seq2seq_flops_per_token(self, seq_len or self.max_seq_len, side="source")
-
-    def target_flops_per_token(self, seq_len: int | None = None) -> int:
-        """The decoder's share of `flops_per_token`: per target token of a ``seq_len``-token target."""
-        return seq2seq_flops_per_token(self, seq_len or self.max_seq_len, side="target")
 
     def num_parameters(self) -> int:
         """Parameter count, the shared word table counted once."""

@@ -21,10 +21,10 @@ from zoo.nn import (
     Attention,
     DecoderCache,
     DecoderStack,
+    EncoderDecoderFlops,
     EncoderStack,
     PostNormBlock,
     PreNormBlock,
-    seq2seq_flops_per_token,
 )
 from zoo.nn.embeddings import SinusoidalPositions
 
@@ -72,7 +72,7 @@ class InputEmbedding(nn.Module):
         return self.dropout(self.tokens(ids) * self.scale + self.positions(position_ids))
 
 
-class Transformer(Configurable, nn.Module):
+class Transformer(EncoderDecoderFlops, Configurable, nn.Module):
     """Encoder-decoder Transformer: source ids and target prefix in, next-target-token logits out.
 
     Args:
@@ -255,21 +255,6 @@ class Transformer(Configurable, nn.Module):
             dtype=dtype or weight.dtype,
             device=device or weight.device,
         )
-
-    def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs (forward and backward) per source token, for sources and targets of ``seq_len``
-        tokens each (default ``max_seq_len``): one source and one target position, nanoGPT's
-        ``6N + 12·L·H·Q·T`` with the encoder's self-attention and the decoder's self- and cross-attention."""
-        return self.source_flops_per_token(seq_len) + self.target_flops_per_token(seq_len)
-
-    def source_flops_per_token(self, seq_len: int | None = None) -> int:
-        """The encoder's share of `flops_per_token`: per source token of a ``seq_len``-token source
-        (`zoo.nn.seq2seq_flops_per_token`; `zoo.tasks.monitor.ProgressMonitor` counts each side's tokens)."""
-        return seq2seq_flops_per_token(self, seq_len or self.max_seq_len, side="source")
-
-    def target_flops_per_token(self, seq_len: int | None = None) -> int:
-        """The decoder's share of `flops_per_token`: per target token of a ``seq_len``-token target."""
-        return seq2seq_flops_per_token(self, seq_len or self.max_seq_len, side="target")
 
     def num_parameters(self) -> int:
         """Parameter count, shared and tied tables counted once."""

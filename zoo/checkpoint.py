@@ -22,9 +22,12 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from zoo.io import atomic_write
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` with write-to-temporary + fsync + atomic rename for local paths."""
+    """``TorchCheckpointIO`` with write-to-temporary + fsync + atomic rename for local paths
+    (`zoo.io.atomic_write`: the file's mode follows the umask, as Lightning's own writer's does)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
@@ -32,20 +35,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)  # remote: fsspec semantics
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         for stale in target.parent.glob(f".{target.name}.partial-*"):  # left by a killed writer
             stale.unlink(missing_ok=True)
-        tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
+        atomic_write(target, lambda f: torch.save(checkpoint, f))
 
 
 class CheckpointError(ValueError):
@@ -236,19 +228,6 @@ def permute_optimizer_state(
                 new_state[position] = old_state[old_index[id(p)]]
             position += 1
     state["state"] = new_state
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def install_atomic_checkpoint_io(trainer: Any) -> None:

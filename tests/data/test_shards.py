@@ -87,7 +87,7 @@ def test_sharded_prepare_equals_one_process_tokenization(tmp_path, source, token
     assert not (tmp_path / "sharded" / "tokens").exists()
 
 
-def test_shards_hold_whole_documents(tmp_path):
+def test_shards_hold_at_most_shard_tokens_cut_between_documents(tmp_path):
     corpus = _docs_corpus(tmp_path)
     dm = _dm([corpus], tmp_path, tokenizer="bpe", bpe_vocab_size=300, shard_tokens=300, chunk_bytes=200)
     dm.prepare_data()
@@ -97,20 +97,45 @@ def test_shards_hold_whole_documents(tmp_path):
     assert set(tokens.offsets[1:]) <= set(ends), "a shard ends inside a document"
     assert np.array_equal(tokens.documents(), np.concatenate([[0], ends[:-1]]))
     index = json.loads((tmp_path / "cache" / "shards").glob("*/index.json").__next__().read_text())
-    assert all(s["tokens"] >= 300 for s in index["shards"][:-1])
+    sizes = [s["tokens"] for s in index["shards"]]
+    assert max(sizes) <= 300 and min(sizes[:-1]) >= 150, sizes
 
 
-def test_a_shard_closes_at_the_first_document_end_that_fills_it(tmp_path):
+def test_a_shard_ends_at_its_last_document_start_in_its_second_half(tmp_path):
     writer = ShardWriter(tmp_path, dtype=np.uint16, shard_tokens=10, eot=0)
-    writer.write(np.array([5, 5, 0, 6, 6, 6, 6, 6]), new_document=True)  # 8 tokens: below 10
-    writer.write(np.array([6, 6, 6, 0, 7, 7]), new_document=False)  # the document ending at 12 fills it
-    writer.write(np.arange(1, 13), new_document=True)  # 2 + 12: no document end in this piece
-    writer.write(np.arange(1, 13), new_document=False)  # so it was cut at the piece's end
+    writer.write(np.array([1, 1, 1, 1, 1, 0, 2, 2]), new_document=True)  # 8 tokens; a document at 6
+    # 16 > 10, and no document starts in this piece at 5..10: shard 0 ends at 6, [2, 2] move on
+    writer.write(np.array([2, 2, 2, 2, 2, 0, 3, 0]), new_document=False)
+    writer.write(np.array([4, 4, 0]), new_document=True)  # a file starts at 10: shard 1 ends there
+    writer.write(np.arange(5, 20), new_document=True)  # no document start at 5..10: cut at 10 exactly
     shards = writer.close()
-    assert [(s["tokens"], s["documents"]) for s in shards] == [(12, 2), (14, 2), (12, 1)]
-    assert np.fromfile(tmp_path / "documents.int64", dtype=np.int64).tolist() == [0, 3, 12, 14, 26]
+    assert [(s["tokens"], s["documents"]) for s in shards] == [(6, 1), (10, 2), (10, 2), (8, 1)]
+    assert np.fromfile(tmp_path / "documents.int64", dtype=np.int64).tolist() == [0, 6, 14, 16, 19, 26]
     stream = np.concatenate([np.fromfile(tmp_path / s["file"], dtype=np.uint16) for s in shards])
-    assert stream.tolist() == [5, 5, 0, 6, 6, 6, 6, 6, 6, 6, 6, 0, 7, 7, *range(1, 13), *range(1, 13)]
+    assert stream.tolist() == [1, 1, 1, 1, 1, 0, 2, 2, 2, 2, 2, 2, 2, 0, 3, 0, 4, 4, 0, *range(5, 20)]
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == [s["file"] for s in shards]
+
+
+@pytest.mark.parametrize("shard_tokens", [7, 64, 300])
+@pytest.mark.parametrize("vocab, piece", [(4, 200), (40, 20)], ids=["short-documents", "long-documents"])
+def test_shards_of_random_documents_keep_every_token_within_the_bound(tmp_path, shard_tokens, vocab, piece):
+    writer = ShardWriter(tmp_path, dtype=np.uint16, shard_tokens=shard_tokens, eot=0)
+    rng = np.random.default_rng(shard_tokens)
+    pieces = [rng.integers(0, vocab, size=rng.integers(1, piece)) for _ in range(200)]  # 0: a document end
+    for i, ids in enumerate(pieces):
+        writer.write(ids, new_document=i % 10 == 0)  # every 10th piece starts a file
+    shards = writer.close()
+    sizes = [s["tokens"] for s in shards]
+    assert max(sizes) <= shard_tokens and min(sizes[:-1]) * 2 >= shard_tokens
+    stream = np.concatenate([np.fromfile(tmp_path / s["file"], dtype=np.uint16) for s in shards])
+    assert stream.tolist() == np.concatenate(pieces).tolist()
+    file_starts = np.cumsum([0, *map(len, pieces)])[:-1][::10]
+    shard_starts = np.cumsum([0, *sizes])[:-1]
+    expected = np.union1d(np.union1d(np.flatnonzero(stream == 0) + 1, file_starts), shard_starts)
+    documents = np.fromfile(tmp_path / "documents.int64", dtype=np.int64)
+    assert documents.tolist() == expected[expected < len(stream)].tolist()
+    per_shard = np.histogram(documents, [*shard_starts, len(stream)])[0]
+    assert [s["documents"] for s in shards] == per_shard.tolist()
 
 
 def test_an_interrupted_prepare_leaves_nothing_usable_and_the_next_run_completes(tmp_path, monkeypatch):
@@ -333,3 +358,45 @@ def test_a_corpus_prepared_by_the_command_is_read_from_its_folder(tmp_path, caps
         ValueError, match=rf"tokenizer '{other}' \(vocab \d+\) is not the one {out} was prepared"
     ):
         _ = _dm([out], tmp_path, "reader", tokenizer=str(other)).tokenizer
+
+
+# -- a damaged corpus is found before training -----------------------------------------------------------
+
+
+def test_a_missing_or_cut_cache_shard_is_named_at_setup(tmp_path):
+    dm, tokens = _stream(tmp_path)
+    (folder,) = (tmp_path / "cache" / "shards").iterdir()
+    shard = folder / tokens.names[1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-2])
+    fresh = _dm([tmp_path / "docs.txt"], tmp_path, tokenizer="bpe", bpe_vocab_size=300, shard_tokens=300)
+    with pytest.raises(ValueError) as cut:
+        fresh.setup("fit")
+    assert str(cut.value) == (
+        f"{shard} has {len(data) - 2:,} bytes, but index.json records {len(data) // 2:,} tokens "
+        f"({len(data):,} bytes); delete the folder {folder} and run again: prepare_data prepares it anew"
+    )
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"^{shard} is missing \(index.json lists it with [\d,]+ "
+                       rf"tokens\); delete the folder {folder} and run again"):  # fmt: skip
+        fresh.setup("fit")
+
+
+def test_a_missing_shard_of_a_prepared_or_remote_corpus_is_named_at_setup(tmp_path):
+    import fsspec
+
+    local, tokens = _stream(tmp_path)
+    (folder,) = (tmp_path / "cache" / "shards").iterdir()
+    (folder / tokens.names[-1]).unlink()
+    dm = _dm([folder], tmp_path, "reader", shard_tokens=None)
+    with pytest.raises(FileNotFoundError, match=rf"{tokens.names[-1]} is missing .*; restore it, or prepare"):
+        dm.setup("fit")
+    fs = fsspec.filesystem("memory")
+    fs.put(str(folder), "/bucket/broken", recursive=True)
+    try:
+        remote = _dm(["memory://bucket/broken"], tmp_path, "remote", shard_tokens=None)
+        missing = rf"^memory://bucket/broken/{tokens.names[-1]} is missing"
+        with pytest.raises(FileNotFoundError, match=missing):
+            remote.setup("fit")
+    finally:
+        fs.rm("/bucket", recursive=True)

@@ -6,13 +6,14 @@ import glob
 import hashlib
 import os
 import sysconfig
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from zoo.io import atomic_write
 
 KNOWN_CORPORA = {
     "tinyshakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
@@ -23,9 +24,13 @@ KNOWN_CORPORA = {
 def resolve_files(specs: list[str], *, cache_dir: Path) -> list[Path]:
     """Expand corpus specs into an ordered list of existing files.
 
-    A spec is a path or glob (``data/*.txt``); ``stdlib:GLOB``, a glob inside the running Python's
-    standard library (a corpus every installation has); an ``http(s)://`` URL or a name from
-    ``KNOWN_CORPORA``, downloaded once into ``cache_dir``.
+    A spec is a path or glob (``data/*.txt``); a folder, meaning the ``*.txt`` files directly in it;
+    ``stdlib:GLOB``, a glob inside the running Python's standard library (a corpus every installation
+    has); an ``http(s)://`` URL or a name from ``KNOWN_CORPORA``, downloaded once into ``cache_dir``.
+
+    Raises:
+        FileNotFoundError: ``"corpus spec 'data/*.txt' matches no file"``, or ``"corpus folder 'data'
+            holds no *.txt file"``.
     """
     if not specs:
         raise ValueError("no corpus files given")
@@ -39,6 +44,12 @@ def resolve_files(specs: list[str], *, cache_dir: Path) -> list[Path]:
             pattern = str(Path(sysconfig.get_paths()["stdlib"]) / spec.removeprefix("stdlib:"))
         else:
             pattern = os.path.expanduser(spec)
+        if not glob.has_magic(pattern) and Path(pattern).is_dir():
+            files = sorted(p for p in Path(pattern).glob("*.txt") if p.is_file())
+            if not files:
+                raise FileNotFoundError(f"corpus folder {spec!r} holds no *.txt file")
+            out.extend(files)
+            continue
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         files = [Path(m) for m in matches if Path(m).is_file()]
         if not files:
@@ -64,12 +75,11 @@ def download(url: str, *, cache_dir: Path) -> Path:
             f"could not download {url} ({err}). Offline? Download it elsewhere and point `files` at the "
             "local copy (e.g. ../shared/data/tinyshakespeare/input.txt)."
         ) from err
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, target)
-    return target
+    return atomic_write(target, data)
 
+
+BOM = "\ufeff"
+"""The byte-order mark (EF BB BF in UTF-8) that `read_text` drops from the start of a file."""
 
 MAX_CONTROL_SHARE = 0.1
 """A file whose bytes are more than this share of control bytes (NUL, ESC, ...; not tab, newline, carriage
@@ -81,7 +91,9 @@ _CONTROL_BYTES[[*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F]] = True
 
 
 def read_text(path: Path) -> str:
-    """Read a UTF-8 text file, with universal newlines (``\\r\\n`` and ``\\r`` read as ``\\n``).
+    """Read a UTF-8 text file, with universal newlines (``\\r\\n`` and ``\\r`` read as ``\\n``) and
+    without the byte-order mark some editors write first (Excel's "CSV UTF-8", Notepad): every table,
+    document and corpus reader of zoo.data reads through this function or `read_text_blocks`.
 
     Raises:
         ValueError: The file is not UTF-8 (names the byte offset), or it decodes but is mostly control
@@ -94,7 +106,7 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from err
     check_not_binary(path, data)
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.removeprefix(BOM).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def check_not_binary(path: Path, data: bytes, *, line: int = 1, byte: int = 0) -> None:
@@ -125,7 +137,7 @@ def read_text_blocks(path: Path, block_bytes: int = 1 << 22) -> Iterator[str]:
     Joined, the pieces are exactly ``read_text(path)``: a piece never ends inside a UTF-8 character or
     between ``\\r`` and ``\\n`` because it ends right after a ``\\n`` byte (or at the end of the file). A
     line longer than ``block_bytes`` is one longer piece. The binary check applies to each block
-    (`check_not_binary`, with the block's file line and byte offset).
+    (`check_not_binary`, with the block's file line and byte offset); a byte-order mark is dropped.
 
     Raises:
         ValueError: As `read_text`, with the byte offset (and line) in the whole file.
@@ -147,6 +159,8 @@ def read_text_blocks(path: Path, block_bytes: int = 1 << 22) -> Iterator[str]:
             except UnicodeDecodeError as err:
                 raise ValueError(f"{path}: not UTF-8 text (byte {offset + err.start}: {err.reason})") from err
             check_not_binary(path, data, line=line, byte=offset)
+            if offset == 0:
+                text = text.removeprefix(BOM)
             line += data.count(b"\n")
             offset += len(data)
             yield text.replace("\r\n", "\n").replace("\r", "\n")
@@ -178,12 +192,3 @@ def files_digest(files: list[Path]) -> str:
 def digest(*parts: str) -> str:
     """Short sha256 of the parts: the cache key of a derived file."""
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
 
 from zoo.data.base import TokenizedDataModule
-from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
+from zoo.data.corpus import digest, files_digest, read_text, resolve_files
 from zoo.data.pairs import ParallelExamples, TranslationCollator
 from zoo.data.token_budget import TokenBudgetSampler
 from zoo.data.tokenizers import load_tokenizer
 from zoo.errors import check_non_negative, check_positive
+from zoo.io import atomic_write
 
 CACHE_VERSION = 1
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
@@ -222,7 +221,7 @@ class ParallelTextDataModule(TokenizedDataModule):
             return Tokenizer.from_file(str(path))
         source, target = self._read(files)
         tok = train_joint_bpe(source + target, vocab_size=self.bpe_vocab_size)
-        atomic_write_text(path, tok.to_str())
+        atomic_write(path, tok.to_str())
         return tok
 
     # -- Lightning hooks ---------------------------------------------------------------------------
@@ -399,13 +398,9 @@ def _encode_split(
 def _save(directory: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write ``{name}.npy`` files, each through a temporary file and a rename, then ``meta.json``, whose
     presence marks the directory complete."""
-    directory.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}-")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, directory / f"{name}.npy")
-    atomic_write_text(directory / "meta.json", json.dumps(meta, indent=1))
+        atomic_write(directory / f"{name}.npy", lambda f, array=array: np.save(f, array))
+    atomic_write(directory / "meta.json", json.dumps(meta, indent=1))
 
 
 def _load(directory: Path, references: list[str] | None) -> ParallelExamples:

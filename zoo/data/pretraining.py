@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
@@ -39,12 +36,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
 from zoo.data.collate import pad_batch
-from zoo.data.corpus import atomic_write_text, digest, files_digest, read_text, resolve_files
+from zoo.data.corpus import digest, files_digest, read_text, resolve_files
 from zoo.data.labelled import Examples
 from zoo.data.masking import MLMCollator, PackedMLMCollator, check_mlm_probability
 from zoo.data.resumable import ResumableSampler
 from zoo.data.wordpiece import CONTINUING_SUBWORD_PREFIX, load_wordpiece, special_token_ids, train_wordpiece
 from zoo.errors import check_non_negative, check_positive, check_probability
+from zoo.io import atomic_directory, atomic_write
 
 CACHE_VERSION = 1
 DocumentFormat = Literal["auto", "blank_lines", "wikitext", "conllu"]
@@ -595,7 +593,7 @@ class BertPretrainingDataModule(TokenizedDataModule):
             return Tokenizer.from_file(str(path))
         sentences = (s for d in self._documents(self.files) for s in d)
         tokenizer = train_wordpiece(sentences, vocab_size=self.wordpiece_vocab_size, lowercase=self.lowercase)
-        atomic_write_text(path, tokenizer.to_str())
+        atomic_write(path, tokenizer.to_str())
         return tokenizer
 
     def _instance_dir(self) -> Path:
@@ -720,20 +718,13 @@ def _summary(documents: list[list[np.ndarray]], arrays: dict[str, np.ndarray]) -
 
 
 def _save_atomically(directory: Path, splits: dict[str, dict[str, np.ndarray]], meta: dict[str, Any]) -> None:
-    """Write ``{split}-{name}.npy`` files and ``meta.json`` into a temporary directory, then rename it."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".instances-"))
-    try:
+    """Write ``{split}-{name}.npy`` files and ``meta.json`` into a temporary directory, then rename it; a
+    directory that another process completed first is kept (`zoo.io.atomic_directory`)."""
+    with atomic_directory(directory, replace=False) as tmp:
         for split, arrays in splits.items():
             for name, array in arrays.items():
                 np.save(tmp / f"{split}-{name}.npy", array)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        os.replace(tmp, directory)
-    except OSError:
-        if not (directory / "meta.json").is_file():  # unless another process won the race
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_examples(directory: Path, split: str) -> PretrainingExamples:

@@ -6,8 +6,8 @@ A sharded corpus is a directory::
     index.json         written last (atomically): dtype, each shard's token and document counts
     tokenizer.json     the tokenizer that wrote it
     documents.int64    where each document starts in the token stream (the shards one after another)
-    shard-00000.uint16 token ids of whole documents, about ``shard_tokens`` of them per shard
-    shard-00001.uint16 ...
+    shard-00000.uint16 token ids, at most ``shard_tokens`` of them per shard, cut between documents
+    shard-00001.uint16 ...            where one ends in the shard's second half (`ShardWriter`)
 
 Its token stream is exactly what `zoo.data.text.TextDataModule` writes into its single token file for the
 same files and tokenizer: the same chunks are encoded (`stream_chunks`), only in worker processes.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,8 +29,9 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from zoo.data.corpus import atomic_write_text, digest, read_text_blocks
+from zoo.data.corpus import digest, read_text_blocks
 from zoo.data.tokenizers import ENCODE_CHARS, UnknownTally, eot_id, stream_chunks, unk_id
+from zoo.io import atomic_write
 
 INDEX = "index.json"
 TOKENIZER = "tokenizer.json"
@@ -125,12 +127,15 @@ def encode_pieces(pieces: Iterator[Piece], tok: Tokenizer, dtype: type, num_proc
 
 
 class ShardWriter:
-    """Writes a token stream into shards of whole documents, about ``shard_tokens`` tokens each.
+    """Writes a token stream into shards of at most ``shard_tokens`` tokens, cut between documents.
 
-    A document starts at each file's start and after each ``eot``. A shard is closed at the first document
-    end that brings it to ``shard_tokens``; when the piece that brings it there ends inside a document,
-    the shard ends with that piece and the document's rest starts the next shard. Document starts go to
-    ``documents.int64`` shard by shard, so memory does not grow with the number of documents.
+    A document starts at each file's start and after each ``eot``. A shard that the next piece would take
+    past ``shard_tokens`` ends at its last document start in ``[shard_tokens / 2, shard_tokens]``; when
+    that start lies in an earlier piece, the shard's tokens after it move into the next shard. With no
+    document start there (a document longer than half a shard), the shard ends at exactly
+    ``shard_tokens`` and the document goes on in the next one. So every shard but the last holds between
+    half and all of ``shard_tokens``. Document starts go to ``documents.int64`` shard by shard, so memory
+    does not grow with the number of documents.
     """
 
     def __init__(self, out_dir: Path, *, dtype: type, shard_tokens: int, eot: int | None) -> None:
@@ -140,24 +145,22 @@ class ShardWriter:
         self._offset = 0  # stream position of the open shard's first token
         self._out: Any = None
         self._count = 0
-        self._starts: list[np.ndarray] = []
+        self._starts: list[np.ndarray] = []  # document starts in the open shard, in its positions
 
     def write(self, ids: np.ndarray, *, new_document: bool) -> None:
         """Append one piece's ids; ``new_document``: a file starts with them."""
         bounds = np.flatnonzero(ids == self.eot) + 1 if self.eot is not None else np.zeros(0, np.int64)
-        self._write(ids, np.concatenate([[0], bounds]) if new_document else bounds)
-
-    def _write(self, ids: np.ndarray, bounds: np.ndarray) -> None:
-        if self._count + len(ids) < self.shard_tokens:
-            self._append(ids, bounds)
-            return
-        # the first document end that fills the shard; none in this piece: the piece's end
-        reach = bounds[self._count + bounds >= self.shard_tokens]
-        cut = int(reach[0]) if len(reach) else len(ids)
-        self._append(ids[:cut], bounds[bounds < cut])
-        self._close()
-        if cut < len(ids):
-            self._write(ids[cut:], bounds[bounds >= cut] - cut)
+        bounds = np.concatenate([[0], bounds]) if new_document else bounds
+        while self._count + len(ids) > self.shard_tokens:
+            end = self._shard_end(bounds)
+            if end < self._count:
+                self._carry(end)
+                continue
+            cut = end - self._count
+            self._append(ids[:cut], bounds[bounds < cut])
+            self._close()
+            ids, bounds = ids[cut:], bounds[bounds >= cut] - cut
+        self._append(ids, bounds)
 
     def close(self) -> list[dict[str, Any]]:
         """Close the last shard; the shards' entries for the index."""
@@ -165,16 +168,41 @@ class ShardWriter:
         self._documents.close()
         return self.shards
 
+    def _shard_end(self, bounds: np.ndarray) -> int:
+        """Where the open shard ends, in its positions, when a piece with document starts ``bounds``
+        overflows it: its last document start in the second half of a shard, else ``shard_tokens``."""
+        starts = np.concatenate([*self._starts, bounds + self._count])
+        fits = starts[(2 * starts >= self.shard_tokens) & (starts <= self.shard_tokens) & (starts > 0)]
+        return int(fits.max()) if len(fits) else self.shard_tokens
+
     def _append(self, ids: np.ndarray, bounds: np.ndarray) -> None:
         if not len(ids):
             return
         if self._out is None:
-            name = f"shard-{len(self.shards):05d}.{self.dtype.name}"
-            self._out = open(self.out_dir / name, "wb")  # noqa: SIM115 (closed in _close)
+            self._out = open(self.out_dir / self._name(len(self.shards)), "wb")  # noqa: SIM115 (closed in _close)
             self._starts = [np.zeros(1, np.int64)]
         self._starts.append(bounds.astype(np.int64) + self._count)
         self._out.write(ids.astype(self.dtype, copy=False).tobytes())
         self._count += len(ids)
+
+    def _carry(self, at: int) -> None:
+        """End the open shard at its position ``at`` (a document start); its tokens from there on, copied
+        a block at a time, start the next shard."""
+        starts = np.unique(np.concatenate(self._starts))
+        tail, size = self._count - at, self.dtype.itemsize
+        self._out.flush()
+        following = self.out_dir / self._name(len(self.shards) + 1)
+        with open(self._out.name, "rb") as source, open(following, "wb") as target:
+            source.seek(at * size)
+            shutil.copyfileobj(source, target, 1 << 20)
+        self._out.truncate(at * size)
+        self._count, self._starts = at, [starts[starts < at]]
+        self._close()
+        self._out = open(following, "ab")  # noqa: SIM115 (closed in _close)
+        self._count, self._starts = tail, [starts[starts >= at] - at]
+
+    def _name(self, shard: int) -> str:
+        return f"shard-{shard:05d}.{self.dtype.name}"
 
     def _close(self) -> None:
         if self._out is None:
@@ -207,19 +235,28 @@ def prepare_shards(
 
     Returns:
         The unknown text of the corpus (also saved in the index).
+
+    Raises:
+        ValueError: ``"FILE, ...: the corpus is empty: no text to tokenize"`` (nothing is left in
+            ``out_dir``); a file's reading error (`read_text_blocks`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / INDEX).unlink(missing_ok=True)  # first: from here on the folder is not a corpus
     for stale in out_dir.glob("shard-*"):
         stale.unlink()
-    writer = ShardWriter(out_dir, dtype=dtype, shard_tokens=shard_tokens, eot=eot_id(tok))
+    eot = eot_id(tok)
+    writer = ShardWriter(out_dir, dtype=dtype, shard_tokens=shard_tokens, eot=eot)
     tally = UnknownTally(unk_id(tok))
+    text_tokens = 0  # tokens other than the <|endoftext|> zoo adds after each file
     for encoded in encode_pieces(file_pieces(files, chunk_bytes), tok, dtype, num_proc):
         writer.write(encoded.ids, new_document=encoded.first)
+        text_tokens += len(encoded.ids) if eot is None else int(np.count_nonzero(encoded.ids != eot))
         if encoded.tally is not None:
             tally.update(encoded.tally)
     shards = writer.close()
-    atomic_write_text(out_dir / TOKENIZER, tok.to_str())
+    if not text_tokens:
+        raise _empty_corpus(files, out_dir, shards)
+    atomic_write(out_dir / TOKENIZER, tok.to_str())
     index = {
         "version": SHARD_VERSION,
         "dtype": np.dtype(dtype).name,
@@ -228,8 +265,16 @@ def prepare_shards(
         "unknown": tally.as_dict(),
         "shards": shards,
     }
-    atomic_write_text(out_dir / INDEX, json.dumps(index))
+    atomic_write(out_dir / INDEX, json.dumps(index))
     return tally
+
+
+def _empty_corpus(files: list[Path], out_dir: Path, shards: list[dict[str, Any]]) -> ValueError:
+    """Remove what was written for a corpus without text; the error that names its files."""
+    for name in [s["file"] for s in shards] + [DOCUMENTS]:
+        (out_dir / name).unlink(missing_ok=True)
+    more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+    return ValueError(f"{', '.join(map(str, files[:3]))}{more}: the corpus is empty: no text to tokenize")
 
 
 def is_shard_url(spec: str) -> bool:
@@ -272,6 +317,13 @@ class ShardStore:
     def read_text(self, name: str) -> str:
         return self.read_bytes(name).decode("utf-8")
 
+    def sizes(self) -> dict[str, int]:
+        """The size in bytes of each file of the corpus folder, by name (one listing, also remote)."""
+        if self.local_root is not None:
+            return {p.name: p.stat().st_size for p in self.local_root.iterdir() if p.is_file()}
+        listing = self.fs.ls(self.root, detail=True)
+        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["size"] for e in listing if e["type"] == "file"}
+
     def path(self, name: str) -> Path:
         """A local path of shard ``name``, fetched first if the corpus is remote."""
         if self.local_root is not None:
@@ -280,10 +332,7 @@ class ShardStore:
         self._cached[name] = None
         self._cached.move_to_end(name)
         if not local.is_file():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{name}.{os.getpid()}.partial")
-            self.fs.get_file(f"{self.root.rstrip('/')}/{name}", str(tmp))
-            os.replace(tmp, local)
+            atomic_write(local, lambda f: self.fs.get_file(f"{self.root.rstrip('/')}/{name}", f.name))
         while len(self._cached) > self.max_cached:
             old, _ = self._cached.popitem(last=False)
             (self.cache / old).unlink(missing_ok=True)  # an open memory map of it stays valid
@@ -344,12 +393,44 @@ class ShardedTokens:
         return {**self.__dict__, "_maps": OrderedDict()}
 
 
-def open_shards(url: str, *, cache_dir: Path, max_cached: int = 4) -> tuple[ShardedTokens, Tokenizer]:
-    """A prepared corpus (a directory or ``fsspec`` URL with ``index.json``) and its tokenizer."""
+REPREPARE = "restore it, or prepare the corpus again (python -m zoo.data.prepare_corpus)"
+
+
+def open_shards(
+    url: str, *, cache_dir: Path, max_cached: int = 4, remedy: str = REPREPARE
+) -> tuple[ShardedTokens, Tokenizer]:
+    """A prepared corpus (a directory or ``fsspec`` URL with ``index.json``) and its tokenizer, once
+    `check_shards` has found every file it lists (``remedy``: what its error tells the user to do)."""
     store = ShardStore(url, cache_dir=cache_dir, max_cached=max_cached)
     index = json.loads(store.read_text(INDEX))
     tokenizer = Tokenizer.from_str(store.read_text(TOKENIZER))
+    check_shards(store, index, remedy=remedy)
     return ShardedTokens(store, index, max_open=max_cached), tokenizer
+
+
+def check_shards(store: ShardStore, index: dict[str, Any], *, remedy: str = REPREPARE) -> None:
+    """Every shard of ``index`` (and ``documents.int64``) is present with the size the index records, so
+    that a deleted or cut file is found before training, not at the step that first reads it.
+
+    Raises:
+        FileNotFoundError: ``"URL/shard-00003.uint16 is missing (index.json lists it with N tokens);
+            REMEDY"``.
+        ValueError: ``"URL/shard-00003.uint16 has B bytes, but index.json records N tokens (E bytes);
+            REMEDY"``.
+    """
+    sizes = store.sizes()
+    itemsize = np.dtype(index["dtype"]).itemsize
+    expected = {s["file"]: (s["tokens"] * itemsize, f"{s['tokens']:,} tokens") for s in index["shards"]}
+    documents = sum(s["documents"] for s in index["shards"])
+    expected[DOCUMENTS] = (documents * 8, f"{documents:,} documents")
+    for name, (size, what) in expected.items():
+        where = f"{store.url.rstrip('/')}/{name}"
+        if name not in sizes:
+            raise FileNotFoundError(f"{where} is missing (index.json lists it with {what}); {remedy}")
+        if sizes[name] != size:
+            raise ValueError(
+                f"{where} has {sizes[name]:,} bytes, but index.json records {what} ({size:,} bytes); {remedy}"
+            )
 
 
 class DocumentStream:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.data.base import TokenizedDataModule
 from zoo.data.batch import IGNORE_INDEX
 from zoo.data.corpus import (
-    atomic_write_text,
     digest,
     files_digest,
     read_text,
@@ -58,6 +56,7 @@ from zoo.data.tokenizers import (
     unk_id,
 )
 from zoo.errors import check_non_negative, check_positive
+from zoo.io import atomic_write
 
 CACHE_VERSION = 1
 DEFAULT_SHARD_TOKENS = 1 << 24
@@ -343,7 +342,7 @@ class TextDataModule(TokenizedDataModule):
             if any(str(err).startswith(str(f)) for f in files):
                 raise
             raise ValueError(f"{', '.join(str(f) for f in files)}: {err}") from err
-        atomic_write_text(path, tok.to_str())
+        atomic_write(path, tok.to_str())
         return tok
 
     # -- Lightning hooks ---------------------------------------------------------------------------
@@ -537,7 +536,10 @@ class TextDataModule(TokenizedDataModule):
                 chunk_bytes=self.chunk_bytes,
             )
         self._report_unknown(specs, tally)
-        return open_shards(str(out), cache_dir=self.cache_dir, max_cached=self.max_cached_shards)[0]
+        remedy = f"delete the folder {out} and run again: prepare_data prepares it anew"
+        return open_shards(
+            str(out), cache_dir=self.cache_dir, max_cached=self.max_cached_shards, remedy=remedy
+        )[0]
 
     def _corpus_tokenizer(self) -> Tokenizer:
         """The tokenizer saved with the prepared corpus ``files``; a ``tokenizer`` path must be the same."""
@@ -651,28 +653,22 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 
 def _encode_to_file(files: list[Path], tok: Tokenizer, dtype: type, path: Path) -> UnknownTally:
-    """Encode ``files`` in batches, streaming ids to a temporary file renamed into place when complete
-    (after its metadata: files, token count, unknown text)."""
+    """Encode ``files`` in batches, streaming ids into ``path`` (atomically: a temporary file renamed into
+    place when complete), then its metadata (files, token count, unknown text); both mark it complete."""
     eot = eot_id(tok)
     tally = UnknownTally(unk_id(tok))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokens-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for file in files:
-                _encode_file(out, file, tok, dtype, tally)
-                if eot is not None:
-                    out.write(np.array([eot], dtype=dtype).tobytes())
-        meta = {
-            "files": [str(f) for f in files],
-            "tokens": Path(tmp).stat().st_size // np.dtype(dtype).itemsize,
-            "unknown": tally.as_dict(),
-        }
-        atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(meta, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    written: dict[str, int] = {}
+
+    def write(out: Any) -> None:
+        for file in files:
+            _encode_file(out, file, tok, dtype, tally)
+            if eot is not None:
+                out.write(np.array([eot], dtype=dtype).tobytes())
+        written["tokens"] = out.tell() // np.dtype(dtype).itemsize
+
+    atomic_write(path, write)
+    meta = {"files": [str(f) for f in files], "tokens": written["tokens"], "unknown": tally.as_dict()}
+    atomic_write(path.with_suffix(path.suffix + ".json"), json.dumps(meta, indent=1))
     return tally
 
 

@@ -105,7 +105,7 @@ def train_wordpiece(
 
 def _read_vocab(path: Path) -> dict[str, int]:
     # one token per line, id = line number; only the newline is stripped (a few vocabularies hold " ")
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first token
         return {line.rstrip("\n"): i for i, line in enumerate(f)}
 
 
@@ -114,7 +114,7 @@ def _tokenizer_config(directory: Path) -> dict:
     if not config_path.is_file():
         return {}
     try:
-        return json.loads(config_path.read_text(encoding="utf-8"))
+        return json.loads(config_path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path}:{err.lineno}: invalid JSON ({err.msg})") from err
 

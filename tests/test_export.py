@@ -365,7 +365,9 @@ def test_translation_is_refused_with_the_reason(tmp_path, capsys):
     ckpt = _saved_untrained(tmp_path, Translation(backbone))
     out = tmp_path / "exported"
     error = _export_fails(["--ckpt_path", str(ckpt), "--output", str(out)], capsys)
-    assert error.startswith(f"error: {ckpt}: a Translation checkpoint; transformers has no class")
+    assert error.startswith(
+        f"error: {ckpt}: a Translation checkpoint over Transformer; transformers has no class"
+    )
     assert not out.exists()
 
 

@@ -4,31 +4,43 @@ The directory holds ``model.safetensors`` and ``config.json`` for the transforme
 what the checkpoint's task computes, and the run's tokenizer (``tokenizer.json`` + ``tokenizer_config.json``,
 loadable with ``AutoTokenizer``). It is written atomically: complete, or not at all.
 
-- ``CausalLM`` over ``GPT2``: ``GPT2LMHeadModel``.
+- ``CausalLM``: ``GPT2LMHeadModel`` (``GPT2``) or ``LlamaForCausalLM`` (``Llama``).
 - ``MaskedLM`` over ``Bert``: ``BertForPreTraining`` (``nsp: true``) or ``BertForMaskedLM`` (``nsp: false``).
-- ``SequenceClassification``: ``BertForSequenceClassification`` (``pooling: pooler``) or
-  ``GPT2ForSequenceClassification`` (``pooling: last`` and a head whose bias is zero).
-- ``TokenClassification``: ``BertForTokenClassification`` or ``GPT2ForTokenClassification``.
+- ``SequenceClassification``: ``BertForSequenceClassification`` (``pooling: pooler``), or
+  ``GPT2ForSequenceClassification`` / ``LlamaForSequenceClassification`` (``pooling: last`` and a head
+  whose bias is zero). ``pooling: first`` becomes the family's ``*ForTokenClassification``, whose logits
+  at the first token (``logits[:, 0]``, BERT's [CLS]) are the task's: no transformers sequence classifier
+  reads that hidden state directly (BERT's passes it through its pooler, ``tanh(Linear(h))``, first).
+- ``TokenClassification``: ``BertForTokenClassification``, ``GPT2ForTokenClassification`` or
+  ``LlamaForTokenClassification``.
+- ``QuestionAnswering``: ``BertForQuestionAnswering``, ``GPT2ForQuestionAnswering`` or
+  ``LlamaForQuestionAnswering`` (start and end logits; zoo sets them to the lowest value at padding).
+- ``Summarization`` / ``Translation`` over ``BertEncoderDecoder`` (BERT2BERT): ``EncoderDecoderModel`` with
+  a ``BertModel`` encoder and a ``BertGenerationDecoder``.
 
-A classification head transformers cannot reproduce (another pooling, a GPT-2 head with a bias) is not
-exported: the directory then holds the backbone (``BertModel`` / ``GPT2Model``) and the printed line says
-why. Translation checkpoints are refused: no transformers class matches zoo's encoder-decoder.
+A classification head transformers cannot reproduce (``pooling: mean``, a GPT-2 or Llama ``last`` head
+with a bias) is not exported: the directory then holds the backbone (``BertModel`` / ``GPT2Model`` /
+``LlamaModel``) and the printed line says why. Refused with a one-line error that says why: an
+encoder-decoder over ``zoo.models.seq2seq.Transformer`` (no transformers class computes it), a GPT-2 with
+``bias: false``, a Llama with positions other than rotary, another backbone class, and a task subclass with
+modules of its own.
 
 A checkpoint trained with LoRA adapters (a task's ``lora``) is exported with the adapters merged into
 plain weights. With ``--peft`` the directory also gets ``adapter/``: the adapters in PEFT's format
 (``adapter_config.json``, ``adapter_model.safetensors``), which ``peft.PeftModel.from_pretrained`` puts
-on the *base* transformers model (the weights training started from, not the merged ones). zoo's fused
-query/key/value adapter becomes one adapter per projection of BERT (A shared, B split by rows); a task's
-own head is saved whole (PEFT's ``modules_to_save``).
+on the *base* transformers model (the weights training started from, loaded in the class of the export,
+not the merged weights). zoo's fused query/key/value adapter becomes one adapter per projection of BERT
+(A shared, B split by rows); a task's own head is saved whole (PEFT's ``modules_to_save``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
-import shutil
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from types import ModuleType
@@ -42,17 +54,36 @@ from zoo.checkpoint import CheckpointError, read_checkpoint, upgrade_state_dict
 from zoo.data.labelled import pad_token_id
 from zoo.data.tokenizers import EOT, UNK
 from zoo.data.wordpiece import special_token_ids
-from zoo.models.bert import Bert
+from zoo.io import atomic_directory
+from zoo.models.bert import Bert, BertEncoderDecoder
 from zoo.models.bert import convert as bert_convert
 from zoo.models.gpt2 import GPT2
 from zoo.models.gpt2 import convert as gpt2_convert
-from zoo.models.hf_io import LabelHead, read_config, tokenizer_files
+from zoo.models.hf_io import LabelHead, SpanHead, read_config, tokenizer_files
+from zoo.models.llama import Llama
+from zoo.models.llama import convert as llama_convert
 from zoo.models.spec import import_class
 from zoo.nn.lora import lora_layers, merge_lora
-from zoo.tasks import CausalLM, MaskedLM, SequenceClassification, TokenClassification, Translation
+from zoo.runs import checkpoint_in
+from zoo.tasks import (
+    CausalLM,
+    MaskedLM,
+    QuestionAnswering,
+    Seq2SeqTask,
+    SequenceClassification,
+    TokenClassification,
+)
 from zoo.tasks.base import BackboneTask
 
-_CONVERTERS: dict[type[nn.Module], ModuleType] = {GPT2: gpt2_convert, Bert: bert_convert}
+_CONVERTERS: dict[type[nn.Module], ModuleType] = {
+    GPT2: gpt2_convert,
+    Bert: bert_convert,
+    Llama: llama_convert,
+}
+_FIRST_TOKEN_NOTE = (
+    "pooling='first' is exported per token: no transformers sequence classifier reads the first token's "
+    "hidden state directly (BERT's adds its tanh pooler), so take logits[:, 0], zoo's logits"
+)
 
 
 def main(argv: list[str]) -> None:
@@ -76,6 +107,20 @@ def main(argv: list[str]) -> None:
     export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite, peft=args.peft)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How a task's backbone is written: ``save(backbone, directory, files=..., **kwargs)``, the inputs its
+    transformers class takes (what the tokenizer returns), the family's ``convert`` module and ``head``
+    (for ``--peft``; ``None`` for an encoder-decoder), and a note for the printed line."""
+
+    save: Callable[..., Path]
+    kwargs: dict[str, Any]
+    input_names: tuple[str, ...]
+    convert: ModuleType | None = None
+    head: Any = None
+    note: str | None = None
+
+
 def export_checkpoint(
     ckpt_path: str | os.PathLike, output: str | os.PathLike, *, overwrite: bool = False, peft: bool = False
 ) -> Path:
@@ -92,28 +137,23 @@ def export_checkpoint(
         The written directory (absolute).
 
     Raises:
-        FileNotFoundError: No file at ``ckpt_path``.
+        FileNotFoundError: No file at ``ckpt_path`` (a run folder means its ``last.ckpt``:
+            `zoo.runs.checkpoint_in`).
         FileExistsError: ``output`` is a file, or a non-empty directory without ``overwrite``.
         CheckpointError: The file is not a loadable zoo checkpoint (truncated, not PyTorch, another
             program's, weights that do not fit its task).
         ValueError: The task or backbone has no transformers class (the message says which and why);
             ``peft`` for a checkpoint without adapters or with an adapter transformers has no layer for.
     """
-    source, target = Path(ckpt_path).expanduser(), Path(output).expanduser()
+    source, target = Path(checkpoint_in(Path(ckpt_path).expanduser())), Path(output).expanduser()
     if not source.is_file():
         raise FileNotFoundError(f"checkpoint {source} not found")
     _check_output(target, source, overwrite)
     checkpoint = read_checkpoint(source)
     task = _rebuild_task(checkpoint, source)
-    convert = _CONVERTERS.get(type(task.backbone))
-    if convert is None:
-        raise ValueError(
-            f"{source}: the backbone is a {type(task.backbone).__qualname__}; zoo export writes "
-            "zoo.models.gpt2.GPT2 and zoo.models.bert.Bert backbones only"
-        )
     tokenizer, saved_labels = _saved_data_state(checkpoint)
-    head, note = _head(task, convert, saved_labels, source)
-    adapter = _peft_adapter(task, convert, head, source) if peft else None
+    plan = _plan(task, tokenizer, saved_labels, source)
+    adapter = _peft_adapter(task, plan, source) if peft else None
     merge_lora(task.backbone)  # plain weights: what transformers computes
     files = None
     if tokenizer is not None:
@@ -121,12 +161,10 @@ def export_checkpoint(
             tokenizer.to_str(),
             special_tokens=_special_tokens(tokenizer),
             max_seq_len=task.backbone.max_seq_len,
-            input_names=convert.INPUT_NAMES,
+            input_names=plan.input_names,
         )
     try:
-        path = convert.save_hf(
-            task.backbone, target, head=head, files=files, **_token_ids(task, tokenizer, head)
-        )
+        path = plan.save(task.backbone, target, files=files, **plan.kwargs)
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from err
     if adapter is not None:
@@ -141,7 +179,7 @@ def export_checkpoint(
         what += " (LoRA merged), PEFT adapter for the base model in adapter/"
     elif getattr(task, "lora", None) is not None:
         what += " (LoRA merged)"
-    print(f"exported {source} as {what} to {target}" + (f"; {note}" if note else ""))
+    print(f"exported {source} as {what} to {target}" + (f"; {plan.note}" if plan.note else ""))
     return path
 
 
@@ -169,12 +207,6 @@ def _rebuild_task(checkpoint: dict[str, Any], source: Path) -> BackboneTask:
         raise CheckpointError(f"{source}: written by a task that does not import here ({err})") from err
     if not (isinstance(cls, type) and issubclass(cls, BackboneTask)):
         raise CheckpointError(f"{source}: 'zoo_task' names {family}, which is not a zoo task")
-    if issubclass(cls, Translation):
-        raise ValueError(
-            f"{source}: a Translation checkpoint; transformers has no class that computes zoo's "
-            "encoder-decoder Transformer (its norm placement, positions and shared embeddings are not "
-            "BART's, T5's or Marian's), so it cannot be exported"
-        )
     hparams = checkpoint.get("hyper_parameters") or {}
     if not isinstance(hparams.get("backbone"), dict):
         raise CheckpointError(f"{source}: the checkpoint does not record its backbone's class and arguments")
@@ -199,15 +231,48 @@ def _saved_data_state(checkpoint: dict[str, Any]) -> tuple[Tokenizer | None, lis
     return None, None
 
 
+def _plan(
+    task: BackboneTask, tokenizer: Tokenizer | None, saved_labels: list[str] | None, source: Path
+) -> _Plan:
+    """What to write for ``task``; a `ValueError` names a backbone or task that transformers has no class
+    for, and why."""
+    backbone = type(task.backbone)
+    if isinstance(task, Seq2SeqTask):
+        if backbone is not BertEncoderDecoder:
+            raise ValueError(
+                f"{source}: a {type(task).__name__} checkpoint over {backbone.__qualname__}; transformers "
+                "has no class that computes zoo's encoder-decoder Transformer (its norm placement, positions "
+                "and shared embeddings are not BART's, T5's or Marian's), so it cannot be exported; a "
+                "BertEncoderDecoder (BERT2BERT) backbone exports as EncoderDecoderModel"
+            )
+        ids = {"pad_token_id": task.pad_token_id, "decoder_start_token_id": task.bos_token_id}
+        ids["eos_token_id"] = task.eos_token_id
+        return _Plan(bert_convert.save_encoder_decoder_hf, ids, bert_convert.INPUT_NAMES)
+    convert = _CONVERTERS.get(backbone)
+    if convert is None:
+        raise ValueError(
+            f"{source}: the backbone is a {backbone.__qualname__}; zoo export writes zoo.models.gpt2.GPT2, "
+            "zoo.models.bert.Bert, zoo.models.llama.Llama and zoo.models.bert.BertEncoderDecoder backbones "
+            "only"
+        )
+    head, note = _head(task, convert, saved_labels, source)
+    kwargs = {"head": head, **_token_ids(task, convert, tokenizer, head)}
+    return _Plan(convert.save_hf, kwargs, convert.INPUT_NAMES, convert, head, note)
+
+
 def _head(
     task: BackboneTask, convert: ModuleType, saved_labels: list[str] | None, source: Path
 ) -> tuple[Any, str | None]:
-    """What ``convert.save_hf`` exports as the head, and a note when the task's head is left out."""
+    """What ``convert.save_hf`` exports as the head, and a note for the printed line (a head left out, or
+    read at the first token only)."""
     backbone = type(task.backbone).__name__
-    if isinstance(task, CausalLM) and convert is gpt2_convert:
+    if isinstance(task, CausalLM) and convert is not bert_convert:
         return "lm", None
     if isinstance(task, MaskedLM) and convert is bert_convert:
         return ("pretraining" if task.nsp else "mlm"), None
+    if isinstance(task, QuestionAnswering):
+        linear = task.head[-1]
+        return SpanHead(weight=linear.weight.detach(), bias=linear.bias.detach()), None
     if not isinstance(task, SequenceClassification | TokenClassification):
         raise ValueError(f"{source}: no transformers class for a {type(task).__name__} over {backbone}")
     linear = task.head[-1]
@@ -220,20 +285,26 @@ def _head(
         problem_type=getattr(task, "problem_type", "single_label"),
         dropout=float(task.head[0].p),
     )
+    if head.pooling == "first":  # the same layer at every token; its first row is the task's
+        return dataclasses.replace(head, pooling=None), _FIRST_TOKEN_NOTE
     problem = convert.head_mismatch(head)
     if problem is None:
         return head, None
     return "none", f"the classification head was not exported (the directory holds the backbone): {problem}"
 
 
-def _peft_adapter(
-    task: BackboneTask, convert: ModuleType, head: Any, source: Path
-) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def _peft_adapter(task: BackboneTask, plan: _Plan, source: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """PEFT's ``adapter_config.json`` dict and ``adapter_model.safetensors`` tensors for the task's
-    adapters on the transformers model `convert.save_hf` writes for ``head``."""
+    adapters on the transformers model ``plan`` writes."""
     layers, lora = lora_layers(task.backbone), getattr(task, "lora", None)
     if not layers or lora is None:
         raise ValueError(f"{source}: --peft: the checkpoint has no LoRA adapters (trained without `lora`)")
+    convert, head = plan.convert, plan.head
+    if convert is None:
+        raise ValueError(
+            f"{source}: --peft: PEFT adapters are written for GPT2, Bert and Llama backbones, not a "
+            f"{type(task.backbone).__name__}; export without --peft (the merged weights include them)"
+        )
     tensors: dict[str, Tensor] = {}
     targets: list[str] = []
     for name, layer in layers.items():
@@ -250,11 +321,10 @@ def _peft_adapter(
             tensors[f"base_model.model.{module}.lora_B.weight"] = b.clone()
             targets.append(module)
     saved = None
-    if isinstance(head, LabelHead):  # the task's head trained whole
-        saved = [convert.hf_head_name(head)]
-        tensors[f"base_model.model.{saved[0]}.weight"] = head.weight.clone()
-        if saved[0] != "score":  # GPT2ForSequenceClassification's score has no bias
-            tensors[f"base_model.model.{saved[0]}.bias"] = head.bias.clone()
+    if isinstance(head, LabelHead | SpanHead):  # the task's head trained whole
+        weights = convert.head_to_hf(head)
+        saved = sorted({key.rsplit(".", 1)[0] for key in weights})
+        tensors.update({f"base_model.model.{key}": value.clone() for key, value in weights.items()})
     config = {
         "peft_type": "LORA",
         "task_type": None,
@@ -272,13 +342,11 @@ def _peft_adapter(
 
 
 def _write_adapter(directory: Path, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-    """Write a PEFT adapter directory: to a temporary name first, renamed when complete."""
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    (partial / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial / "adapter_model.safetensors"))
-    os.replace(partial, directory)
+    """Write a PEFT adapter directory: to a temporary name first, renamed when complete (`zoo.io`)."""
+    with atomic_directory(directory) as partial:
+        (partial / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        weights = {k: v.contiguous() for k, v in tensors.items()}
+        save_file(weights, str(partial / "adapter_model.safetensors"))
 
 
 def _special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
@@ -296,10 +364,12 @@ def _special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
     return {role: token for role, token in roles.items() if token in special}
 
 
-def _token_ids(task: BackboneTask, tokenizer: Tokenizer | None, head: Any) -> dict[str, int | None]:
-    """GPT-2's config ids: ``<|endoftext|>``, and the id zoo padded with (how transformers' sequence
-    classifier finds each row's last token). BERT's come with the model."""
-    if not isinstance(task.backbone, GPT2) or tokenizer is None:
+def _token_ids(
+    task: BackboneTask, convert: ModuleType, tokenizer: Tokenizer | None, head: Any
+) -> dict[str, int | None]:
+    """A decoder's (GPT-2's, Llama's) config ids: the tokenizer's ``<|endoftext|>``, and the id zoo padded
+    with (how transformers' sequence classifier finds each row's last token). BERT's come with the model."""
+    if convert is bert_convert or tokenizer is None:
         return {}
     pad = pad_token_id(tokenizer)
     sequence_head = isinstance(head, LabelHead) and head.pooling is not None

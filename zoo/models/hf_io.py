@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from zoo.io import atomic_directory
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -189,9 +189,7 @@ def write_model_dir(
     from safetensors.torch import save_file
 
     target = Path(directory).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:  # modes follow the umask (zoo.io)
         (tmp / "config.json").write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
@@ -201,16 +199,6 @@ def write_model_dir(
             (tmp / name).write_text(text, encoding="utf-8")
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -242,6 +230,20 @@ class LabelHead:
     pooling: str | None
     problem_type: str = "single_label"
     dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class SpanHead:
+    """A question-answering task's output layer: ``Linear(C, 2)`` at every token, a start and an end logit
+    (what transformers' ``*ForQuestionAnswering`` calls ``qa_outputs``).
+
+    Attributes:
+        weight: (2, C): the start row, then the end row.
+        bias: (2,).
+    """
+
+    weight: Tensor
+    bias: Tensor
 
 
 def label_config(head: LabelHead) -> dict[str, Any]:
@@ -291,3 +293,41 @@ def tokenizer_files(
         "tokenizer.json": tokenizer_json,
         "tokenizer_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n",
     }
+
+
+def decoder_head_mismatch(head: LabelHead, family: str) -> str | None:
+    """Why ``head`` has no faithful transformers class of the decoder ``family`` (``"GPT2"``,
+    ``"Llama"``), or ``None`` when one fits: their ``*ForTokenClassification`` is dropout + Linear at every
+    position, their ``*ForSequenceClassification`` a Linear without bias on the last non-padding token."""
+    if head.pooling is None:
+        return None
+    name = f"{family}ForSequenceClassification"
+    if head.pooling != "last":
+        return (
+            f"{name} classifies the last non-padding token; pooling={head.pooling!r} has no transformers "
+            "equivalent"
+        )
+    if bool(head.bias.any()):
+        return f"{name}'s score layer has no bias, and this head's bias is not zero"
+    return None
+
+
+def decoder_architecture(head: Any, config: dict[str, Any], *, family: str, lm: str) -> str:
+    """The transformers class of a decoder ``family`` that computes a task's ``head``: ``"lm"`` is ``lm``,
+    ``"none"`` the bare ``{family}Model``, a `SpanHead` question answering, a `LabelHead` token or
+    sequence classification (its labels go into ``config``).
+
+    Raises:
+        ValueError: A head transformers cannot reproduce (`decoder_head_mismatch`), or an unknown one.
+    """
+    if isinstance(head, SpanHead):
+        return f"{family}ForQuestionAnswering"
+    if isinstance(head, LabelHead):
+        problem = decoder_head_mismatch(head, family)
+        if problem is not None:
+            raise ValueError(f"cannot export this head: {problem}")
+        config.update(label_config(head))
+        return f"{family}For{'Token' if head.pooling is None else 'Sequence'}Classification"
+    if head not in ("lm", "none"):
+        raise ValueError(f"head must be 'lm', 'none', a LabelHead or a SpanHead, got {head!r}")
+    return lm if head == "lm" else f"{family}Model"

@@ -17,9 +17,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from zoo.models.bert.encoder_decoder import BertEncoderDecoder
+from zoo.models.bert.encoder_decoder import load_hf as load_encoder_decoder_hf
 from zoo.models.bert.model import Bert
 from zoo.models.hf_io import (
     LabelHead,
+    SpanHead,
     config_value,
     label_config,
     read_config,
@@ -60,6 +63,16 @@ _MLM_KEYS = {
     "mlm_head.decoder.bias": "cls.predictions.bias",
 }
 _NSP_KEYS = {"nsp_head.weight": "cls.seq_relationship.weight", "nsp_head.bias": "cls.seq_relationship.bias"}
+# BERT2BERT's decoder layers (BertGenerationDecoder's ``bert.encoder.layer.{i}.``): BERT's keys plus these
+_CROSS_KV = ("crossattention.self.key", "crossattention.self.value")  # zoo's fused kv_proj, in this order
+_CROSS_KEYS = {
+    "cross_attn.q_proj.weight": "crossattention.self.query.weight",
+    "cross_attn.q_proj.bias": "crossattention.self.query.bias",
+    "cross_attn.out_proj.weight": "crossattention.output.dense.weight",
+    "cross_attn.out_proj.bias": "crossattention.output.dense.bias",
+    "cross_attn_norm.weight": "crossattention.output.LayerNorm.weight",
+    "cross_attn_norm.bias": "crossattention.output.LayerNorm.bias",
+}
 # Buffers of some transformers versions, and the decoder weight/bias that alias the word embedding and
 # ``cls.predictions.bias`` (older checkpoints store the aliases too).
 _IGNORED = {
@@ -241,7 +254,7 @@ PEFT_FAN_IN_FAN_OUT = False
 """transformers' BERT layers are ``nn.Linear``, like zoo's."""
 
 
-def hf_linear_names(name: str, *, head: LabelHead | str) -> tuple[str, ...]:
+def hf_linear_names(name: str, *, head: LabelHead | SpanHead | str) -> tuple[str, ...]:
     """The transformers modules computing Bert's linear layer ``name`` (e.g.
     ``encoder.layers.0.self_attn.qkv_proj``) in the model `save_hf` writes for ``head``: the fused
     query/key/value projection is three (its output rows, in this order).
@@ -257,8 +270,7 @@ def hf_linear_names(name: str, *, head: LabelHead | str) -> tuple[str, ...]:
         theirs = _LAYER_KEYS.get(f"{rest}.weight")
         if theirs is not None:
             return (f"{prefix}encoder.layer.{index}.{theirs.removesuffix('.weight')}",)
-    per_token = isinstance(head, LabelHead) and head.pooling is None
-    if name + ".weight" in _POOLER_KEYS and head != "mlm" and not per_token:
+    if name + ".weight" in _POOLER_KEYS and _has_pooler(head):
         return (prefix + _POOLER_KEYS[name + ".weight"].removesuffix(".weight"),)
     heads = {"pretraining": {**_MLM_KEYS, **_NSP_KEYS}, "mlm": _MLM_KEYS}
     heads = heads.get(head, {}) if isinstance(head, str) else {}
@@ -267,9 +279,21 @@ def hf_linear_names(name: str, *, head: LabelHead | str) -> tuple[str, ...]:
     raise KeyError(name)
 
 
-def hf_head_name(head: LabelHead) -> str:
-    """The module `save_hf` writes a `LabelHead` as."""
-    return "classifier"
+def _has_pooler(head: LabelHead | SpanHead | str) -> bool:
+    """Whether the model `save_hf` writes for ``head`` has BERT's pooler (only a sequence classifier reads
+    it; ``BertForMaskedLM`` and the per-token heads have none)."""
+    if isinstance(head, SpanHead):
+        return False
+    if isinstance(head, LabelHead):
+        return head.pooling is not None
+    return head in ("pretraining", "none")
+
+
+def head_to_hf(head: LabelHead | SpanHead) -> dict[str, Tensor]:
+    """A task's head by the names `save_hf` writes it under: ``classifier`` (``BertFor{Sequence,Token}
+    Classification``) or ``qa_outputs`` (``BertForQuestionAnswering``)."""
+    name = "qa_outputs" if isinstance(head, SpanHead) else "classifier"
+    return {f"{name}.weight": head.weight, f"{name}.bias": head.bias}
 
 
 def _encoder_to_hf(model: Bert, num_layers: int, *, pooler: bool) -> dict[str, Tensor]:
@@ -291,7 +315,7 @@ def save_hf(
     model: Bert,
     directory: str | os.PathLike,
     *,
-    head: LabelHead | Literal["pretraining", "mlm", "none"] | None = None,
+    head: LabelHead | SpanHead | Literal["pretraining", "mlm", "none"] | None = None,
     files: Mapping[str, str] | None = None,
 ) -> Path:
     """``Bert.to_hf``: write ``model`` as a Hugging Face directory (safetensors, atomic; see
@@ -303,8 +327,8 @@ def save_hf(
         head: ``"pretraining"``: ``BertForPreTraining`` (MLM + NSP heads); ``"mlm"``: ``BertForMaskedLM``
             (no pooler, no NSP head); ``"none"``: the bare ``BertModel`` (with the pooler); a `LabelHead`:
             ``BertForTokenClassification`` (``pooling=None``) or ``BertForSequenceClassification``
-            (``pooling="pooler"``; see `head_mismatch`). ``None``: ``"pretraining"`` when the model has
-            the pretraining heads, else ``"none"``.
+            (``pooling="pooler"``; see `head_mismatch`); a `SpanHead`: ``BertForQuestionAnswering``.
+            ``None``: ``"pretraining"`` when the model has the pretraining heads, else ``"none"``.
         files: Tokenizer files and the like, written in the same atomic step.
 
     Raises:
@@ -317,20 +341,17 @@ def save_hf(
     head = head or ("pretraining" if has_heads else "none")
     config = config_to_hf(args)
     num_layers = args["num_layers"]
-    if isinstance(head, LabelHead):
-        problem = head_mismatch(head)
-        if problem is not None:
-            raise ValueError(f"cannot export this head: {problem}")
-        per_token = head.pooling is None
-        config.update(label_config(head))
-        architecture = "BertForTokenClassification" if per_token else "BertForSequenceClassification"
-        config["architectures"] = [architecture]
-        encoder = _encoder_to_hf(model, num_layers, pooler=not per_token)  # only the sequence head reads it
-        theirs = {f"bert.{k}": v for k, v in encoder.items()}
-        theirs.update({"classifier.weight": head.weight, "classifier.bias": head.bias})
+    if isinstance(head, LabelHead | SpanHead):
+        config["architectures"] = [_task_architecture(head)]
+        if isinstance(head, LabelHead):
+            config.update(label_config(head))
+        encoder = _encoder_to_hf(model, num_layers, pooler=_has_pooler(head))
+        theirs = {f"bert.{k}": v for k, v in encoder.items()} | head_to_hf(head)
         return write_model_dir(directory, config, theirs, files=files)
     if head not in _ARCHITECTURES:
-        raise ValueError(f"head must be 'pretraining', 'mlm', 'none' or a LabelHead, got {head!r}")
+        raise ValueError(
+            f"head must be 'pretraining', 'mlm', 'none', a LabelHead or a SpanHead, got {head!r}"
+        )
     if head != "none" and not has_heads:
         raise ValueError(f"head={head!r}: this Bert has no MLM head (with_pretraining_heads=False)")
     config["architectures"] = [_ARCHITECTURES[head]]
@@ -344,4 +365,106 @@ def save_hf(
     return write_model_dir(directory, config, theirs, files=files)
 
 
+def _task_architecture(head: LabelHead | SpanHead) -> str:
+    if isinstance(head, SpanHead):
+        return "BertForQuestionAnswering"
+    problem = head_mismatch(head)
+    if problem is not None:
+        raise ValueError(f"cannot export this head: {problem}")
+    return "BertForTokenClassification" if head.pooling is None else "BertForSequenceClassification"
+
+
+# -- BERT2BERT: transformers' EncoderDecoderModel ----------------------------------------------------------
+def encoder_decoder_config_to_hf(
+    args: dict[str, Any], *, pad_token_id: int, decoder_start_token_id: int, eos_token_id: int
+) -> dict[str, Any]:
+    """An ``EncoderDecoderModel`` ``config.json`` dict for `BertEncoderDecoder` init arguments: a
+    ``BertModel`` encoder and a ``BertGenerationDecoder`` (``model_type: bert-generation``) decoder.
+
+    Not ``BertLMHeadModel``: its output layer reads BERT's MLM transform (dense, GELU, LayerNorm) first,
+    which zoo's decoder does not have; ``BertGenerationDecoder`` projects the hidden states directly onto
+    the (tied) word table, as zoo does.
+    """
+    encoder = config_to_hf({**args, "with_pretraining_heads": False})
+    decoder = {k: v for k, v in encoder.items() if k not in ("type_vocab_size", "position_embedding_type")}
+    decoder.update(
+        architectures=["BertGenerationDecoder"],
+        model_type="bert-generation",
+        is_decoder=True,
+        add_cross_attention=True,
+        bos_token_id=decoder_start_token_id,
+        eos_token_id=eos_token_id,
+    )
+    return {
+        "architectures": ["EncoderDecoderModel"],
+        "model_type": "encoder-decoder",
+        "is_encoder_decoder": True,
+        "encoder": encoder,
+        "decoder": decoder,
+        "pad_token_id": pad_token_id,
+        "decoder_start_token_id": decoder_start_token_id,
+        "bos_token_id": decoder_start_token_id,
+        "eos_token_id": eos_token_id,
+    }
+
+
+def _decoder_to_hf(model: BertEncoderDecoder, num_layers: int) -> dict[str, Tensor]:
+    """BERT2BERT's decoder by ``BertGenerationDecoder``'s names (its output layer tied to the word table)."""
+    ours = model.state_dict()
+    embeddings = "decoder_embeddings."
+    positions = ours[f"{embeddings}positions.weight"]
+    segments = ours.get(f"{embeddings}segments.weight")
+    if segments is not None:  # BertGeneration has no segments; zoo adds segment 0 at every position
+        positions = positions + segments[0]
+    theirs = {
+        "bert.embeddings.word_embeddings.weight": ours[f"{embeddings}tokens.weight"].clone(),  # shared in zoo
+        "bert.embeddings.position_embeddings.weight": positions,
+        "bert.embeddings.LayerNorm.weight": ours[f"{embeddings}norm.weight"],
+        "bert.embeddings.LayerNorm.bias": ours[f"{embeddings}norm.bias"],
+        "lm_head.bias": torch.zeros(model.vocab_size),  # zoo's output layer has no bias
+    }
+    for i in range(num_layers):
+        mine, layer = f"decoder.layers.{i}.", f"bert.encoder.layer.{i}."
+        for suffix in ("weight", "bias"):
+            qkv = ours[f"{mine}self_attn.qkv_proj.{suffix}"].chunk(3, dim=0)  # 3 x (C, C) / (C,)
+            kv = ours[f"{mine}cross_attn.kv_proj.{suffix}"].chunk(2, dim=0)  # 2 x (C, C) / (C,)
+            split = zip(_QKV + _CROSS_KV, qkv + kv)
+            theirs.update({f"{layer}{name}.{suffix}": t.clone() for name, t in split})
+        theirs.update({layer + t: ours[mine + m] for m, t in {**_LAYER_KEYS, **_CROSS_KEYS}.items()})
+    return theirs
+
+
+def save_encoder_decoder_hf(
+    model: BertEncoderDecoder,
+    directory: str | os.PathLike,
+    *,
+    pad_token_id: int = 0,
+    decoder_start_token_id: int = 101,
+    eos_token_id: int = 102,
+    files: Mapping[str, str] | None = None,
+) -> Path:
+    """``BertEncoderDecoder.to_hf``: write BERT2BERT as a Hugging Face directory that transformers'
+    ``EncoderDecoderModel`` loads (a ``BertModel`` encoder with its pooler, a ``BertGenerationDecoder``;
+    see `encoder_decoder_config_to_hf`), with the same logits. Safetensors, atomic (`write_model_dir`).
+
+    Args:
+        model: The BERT2BERT.
+        directory: Target directory, replaced whole.
+        pad_token_id: Padding id (``config.pad_token_id``: transformers pads shifted labels with it).
+        decoder_start_token_id: The token decoding starts from (BERT2BERT: ``[CLS]``).
+        eos_token_id: The token that ends a generated sequence (BERT2BERT: ``[SEP]``).
+        files: Tokenizer files and the like, written in the same atomic step.
+    """
+    args = model.spec["init_args"] if model.spec else None
+    if args is None:
+        raise ValueError("this BertEncoderDecoder has non-plain arguments; cannot write its config.json")
+    ids = dict(pad_token_id=pad_token_id, decoder_start_token_id=decoder_start_token_id)
+    config = encoder_decoder_config_to_hf(args, **ids, eos_token_id=eos_token_id)
+    num_layers = args["num_layers"]
+    theirs = {f"encoder.{k}": v for k, v in _encoder_to_hf(model.encoder, num_layers, pooler=True).items()}
+    theirs.update({f"decoder.{k}": v for k, v in _decoder_to_hf(model, num_layers).items()})
+    return write_model_dir(directory, config, theirs, files=files)
+
+
 register_converter(Bert, load=load_hf, save=save_hf)
+register_converter(BertEncoderDecoder, load=load_encoder_decoder_hf, save=save_encoder_decoder_hf)

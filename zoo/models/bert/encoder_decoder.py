@@ -11,18 +11,18 @@ Cross-attention, which a BERT lacks, keeps its fresh initialisation as in the pa
 self-attention's queries, keys and values of the memory from its keys and values, the output projection
 and LayerNorm from its own), so that from the first step it attends to the source as the pretrained layer
 attends to its own context. ``BertEncoderDecoder.from_hf`` (and a task's ``pretrained:``) reads a Hugging
-Face BERT directory that way.
+Face BERT directory that way; ``to_hf`` writes transformers' ``EncoderDecoderModel`` (``convert.py``).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, NoReturn
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from zoo.models.bert.model import Bert, _block, init_bert_weights
-from zoo.models.hf_io import HFConvertible, register_converter
+from zoo.models.hf_io import HFConvertible
 from zoo.models.spec import Configurable
 from zoo.nn import DecoderCache, DecoderStack, EncoderDecoderFlops, PostNormBlock, TokenEmbedding
 
@@ -230,14 +230,3 @@ def load_hf(cls: type[BertEncoderDecoder], name_or_path: str, **overrides: objec
     model = cls(**{**args, **overrides})
     model.warm_start(bert)
     return model
-
-
-def save_hf(model: BertEncoderDecoder, directory: object, **kwargs: object) -> NoReturn:
-    """Not supported yet: raises `ValueError`."""
-    raise ValueError(
-        "a BertEncoderDecoder has no Hugging Face export yet (transformers' EncoderDecoderModel names are "
-        "not mapped); save the zoo checkpoint instead"
-    )
-
-
-register_converter(BertEncoderDecoder, load=load_hf, save=save_hf)

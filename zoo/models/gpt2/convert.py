@@ -16,8 +16,10 @@ from torch import Tensor
 from zoo.models.gpt2.model import GPT2
 from zoo.models.hf_io import (
     LabelHead,
+    SpanHead,
     config_value,
-    label_config,
+    decoder_architecture,
+    decoder_head_mismatch,
     load_decoder,
     register_converter,
     write_model_dir,
@@ -116,23 +118,14 @@ embeddings (``wte``) to the input, which zoo's GPT-2 never does."""
 
 def head_mismatch(head: LabelHead) -> str | None:
     """Why ``head`` has no faithful transformers GPT-2 class, or ``None`` when it has one."""
-    if head.pooling is None:
-        return None  # GPT2ForTokenClassification: dropout + Linear at every position
-    if head.pooling != "last":
-        return (
-            f"GPT2ForSequenceClassification classifies the last non-padding token; pooling={head.pooling!r} "
-            "has no transformers equivalent"
-        )
-    if bool(head.bias.any()):
-        return "GPT2ForSequenceClassification's score layer has no bias, and this head's bias is not zero"
-    return None
+    return decoder_head_mismatch(head, "GPT2")
 
 
 PEFT_FAN_IN_FAN_OUT = True
 """transformers' GPT-2 layers are ``Conv1D`` (weights stored (in, out)): PEFT's ``fan_in_fan_out``."""
 
 
-def hf_linear_names(name: str, *, head: LabelHead | str) -> tuple[str, ...]:
+def hf_linear_names(name: str, *, head: LabelHead | SpanHead | str) -> tuple[str, ...]:
     """The transformers module computing GPT2's linear layer ``name`` (e.g.
     ``decoder.layers.0.self_attn.qkv_proj``) in the model `save_hf` writes for ``head``.
 
@@ -147,9 +140,15 @@ def hf_linear_names(name: str, *, head: LabelHead | str) -> tuple[str, ...]:
     return (f"{prefix}h.{index}.{theirs[0].removesuffix('.weight')}",)
 
 
-def hf_head_name(head: LabelHead) -> str:
-    """The module `save_hf` writes ``head`` as (``GPT2ForTokenClassification``: classifier, else score)."""
-    return "classifier" if head.pooling is None else "score"
+def head_to_hf(head: LabelHead | SpanHead) -> dict[str, Tensor]:
+    """A task's head by the names `save_hf` writes it under: ``classifier`` (``GPT2ForTokenClassification``),
+    ``score`` (``GPT2ForSequenceClassification``, no bias) or ``qa_outputs``
+    (``GPT2ForQuestionAnswering``)."""
+    if isinstance(head, SpanHead):
+        return {"qa_outputs.weight": head.weight, "qa_outputs.bias": head.bias}
+    if head.pooling is None:
+        return {"classifier.weight": head.weight, "classifier.bias": head.bias}
+    return {"score.weight": head.weight}
 
 
 def config_to_hf(
@@ -204,7 +203,7 @@ def save_hf(
     model: GPT2,
     directory: str | os.PathLike,
     *,
-    head: LabelHead | Literal["lm", "none"] = "lm",
+    head: LabelHead | SpanHead | Literal["lm", "none"] = "lm",
     eot_token_id: int | None = None,
     pad_token_id: int | None = None,
     files: Mapping[str, str] | None = None,
@@ -216,7 +215,8 @@ def save_hf(
         directory: Target directory, replaced whole.
         head: ``"lm"``: ``GPT2LMHeadModel``; ``"none"``: the bare ``GPT2Model``; a `LabelHead`:
             ``GPT2ForTokenClassification`` (``pooling=None``) or ``GPT2ForSequenceClassification``
-            (``pooling="last"`` with a zero bias; see `head_mismatch`).
+            (``pooling="last"`` with a zero bias; see `head_mismatch`); a `SpanHead`:
+            ``GPT2ForQuestionAnswering``.
         eot_token_id: Id of the tokenizer's ``<|endoftext|>`` (config's begin/end-of-text id).
         pad_token_id: Padding id; ``GPT2ForSequenceClassification`` finds each row's last token with it.
         files: Tokenizer files and the like, written in the same atomic step.
@@ -232,23 +232,12 @@ def save_hf(
     if head == "none":
         config["architectures"] = ["GPT2Model"]
         return write_model_dir(directory, config, backbone, files=files)
+    config["architectures"] = [decoder_architecture(head, config, family="GPT2", lm="GPT2LMHeadModel")]
     theirs = {f"transformer.{k}": v for k, v in backbone.items()}
-    if head == "lm":
-        if not args["tie_weights"]:
-            theirs["lm_head.weight"] = model.state_dict()["lm_head.weight"]
-    elif isinstance(head, LabelHead):
-        problem = head_mismatch(head)
-        if problem is not None:
-            raise ValueError(f"cannot export this head: {problem}")
-        config.update(label_config(head))
-        if head.pooling is None:
-            config["architectures"] = ["GPT2ForTokenClassification"]
-            theirs.update({"classifier.weight": head.weight, "classifier.bias": head.bias})
-        else:
-            config["architectures"] = ["GPT2ForSequenceClassification"]
-            theirs["score.weight"] = head.weight
-    else:
-        raise ValueError(f"head must be 'lm', 'none' or a LabelHead, got {head!r}")
+    if isinstance(head, LabelHead | SpanHead):
+        theirs.update(head_to_hf(head))
+    elif not args["tie_weights"]:
+        theirs["lm_head.weight"] = model.state_dict()["lm_head.weight"]
     return write_model_dir(directory, config, theirs, files=files)
 
 

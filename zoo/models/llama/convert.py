@@ -8,12 +8,22 @@ zoo's Llama does not compute (biases, rope scaling, another activation).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
-from zoo.models.hf_io import config_value, load_decoder, register_converter, write_model_dir
+from zoo.models.hf_io import (
+    LabelHead,
+    SpanHead,
+    config_value,
+    decoder_architecture,
+    decoder_head_mismatch,
+    load_decoder,
+    register_converter,
+    write_model_dir,
+)
 from zoo.models.llama.model import Llama
 
 # ours -> theirs, per layer (both use nn.Linear's (out, in) layout)
@@ -29,6 +39,7 @@ _LAYER_KEYS = {
     "mlp.down_proj.weight": "mlp.down_proj.weight",
 }
 _TOP_KEYS = {"tokens.weight": "model.embed_tokens.weight", "decoder.norm.weight": "model.norm.weight"}
+_PREFIX = "model."  # LlamaForCausalLM's and the classifiers' base model; LlamaModel has none
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)  # a buffer some old checkpoints saved
 
 
@@ -103,10 +114,13 @@ def load_hf(cls: type[Llama], name_or_path: str | os.PathLike) -> Llama:
     )
 
 
-def config_to_hf(model: Llama, args: dict[str, Any]) -> dict[str, Any]:
-    """A ``config.json`` dict for ``LlamaForCausalLM`` from ``Llama`` init arguments."""
+def config_to_hf(
+    model: Llama, args: dict[str, Any], *, eot_token_id: int | None = None, pad_token_id: int | None = None
+) -> dict[str, Any]:
+    """A ``config.json`` dict for ``LlamaForCausalLM`` from ``Llama`` init arguments; ``eot_token_id``
+    (the tokenizer's end-of-text token), when given, becomes the begin/end-of-text id."""
     attn = model.decoder.layers[0].self_attn
-    return {
+    config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": args["vocab_size"],
@@ -127,26 +141,109 @@ def config_to_hf(model: Llama, args: dict[str, Any]) -> dict[str, Any]:
         "tie_word_embeddings": args["tie_weights"],
         "initializer_range": 0.02,
     }
+    if eot_token_id is not None:
+        config.update(bos_token_id=eot_token_id, eos_token_id=eot_token_id)
+    if pad_token_id is not None:
+        config["pad_token_id"] = pad_token_id
+    return config
 
 
-def save_hf(model: Llama, directory: str | os.PathLike) -> Path:
-    """Write ``model`` as a Hugging Face ``LlamaForCausalLM`` directory (safetensors, atomic)."""
-    args = model.spec["init_args"] if model.spec else None
+INPUT_NAMES = ("input_ids", "attention_mask")
+"""What Hugging Face's Llama is called with (and what its exported tokenizer returns)."""
+
+PEFT_FAN_IN_FAN_OUT = False
+"""transformers' Llama layers are ``nn.Linear``, like zoo's."""
+
+
+def head_mismatch(head: LabelHead) -> str | None:
+    """Why ``head`` has no faithful transformers Llama class, or ``None`` when it has one."""
+    return decoder_head_mismatch(head, "Llama")
+
+
+def _prefix(head: LabelHead | SpanHead | str) -> str:
+    if isinstance(head, SpanHead):
+        return "transformer."  # LlamaForQuestionAnswering's base model, by its older name
+    return "" if head == "none" else _PREFIX
+
+
+def hf_linear_names(name: str, *, head: LabelHead | SpanHead | str) -> tuple[str, ...]:
+    """The transformers module computing Llama's linear layer ``name`` (e.g.
+    ``decoder.layers.0.self_attn.q_proj``) in the model `save_hf` writes for ``head``.
+
+    Raises:
+        KeyError: ``name`` has no counterpart there.
+    """
+    if name == "lm_head" and head == "lm":
+        return ("lm_head",)
+    index, _, rest = name.removeprefix("decoder.layers.").partition(".")
+    theirs = _LAYER_KEYS.get(f"{rest}.weight") if name.startswith("decoder.layers.") else None
+    if theirs is None or not index.isdigit():
+        raise KeyError(name)
+    return (f"{_prefix(head)}layers.{index}.{theirs.removesuffix('.weight')}",)
+
+
+def head_to_hf(head: LabelHead | SpanHead) -> dict[str, Tensor]:
+    """A task's head by the names `save_hf` writes it under: ``qa_outputs`` (``LlamaForQuestionAnswering``)
+    or ``score`` (``LlamaForTokenClassification``; ``LlamaForSequenceClassification``'s has no bias)."""
+    if isinstance(head, SpanHead):
+        return {"qa_outputs.weight": head.weight, "qa_outputs.bias": head.bias}
+    if head.pooling is None:
+        return {"score.weight": head.weight, "score.bias": head.bias}
+    return {"score.weight": head.weight}
+
+
+def _check_exportable(args: dict[str, Any] | None) -> dict[str, Any]:
     if args is None:
         raise ValueError("this Llama was built with non-plain arguments; cannot write its config.json")
-    if args.get("positions") is not None:
-        raise ValueError(
-            "LlamaForCausalLM has rotary positions only; this Llama uses "
-            f"{args['positions'].get('class_path', args['positions'])}, so it cannot be exported"
-        )
-    ours = model.state_dict()
-    theirs = {t: ours[m] for m, t in _TOP_KEYS.items()}
+    for key in ("positions", "absolute_positions"):
+        if args.get(key) is not None:
+            part = args[key].get("class_path", args[key]) if isinstance(args[key], dict) else args[key]
+            raise ValueError(
+                f"transformers' Llama has rotary positions only; this Llama's {key} is {part}, so it cannot "
+                "be exported"
+            )
+    return args
+
+
+def save_hf(
+    model: Llama,
+    directory: str | os.PathLike,
+    *,
+    head: LabelHead | SpanHead | Literal["lm", "none"] = "lm",
+    eot_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    files: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``model`` as a Hugging Face directory (safetensors, atomic; see `write_model_dir`).
+
+    Args:
+        model: The Llama.
+        directory: Target directory, replaced whole.
+        head: ``"lm"``: ``LlamaForCausalLM``; ``"none"``: the bare ``LlamaModel``; a `LabelHead`:
+            ``LlamaForTokenClassification`` (``pooling=None``) or ``LlamaForSequenceClassification``
+            (``pooling="last"`` with a zero bias; see `head_mismatch`); a `SpanHead`:
+            ``LlamaForQuestionAnswering``.
+        eot_token_id: Id of the tokenizer's end-of-text token (config's begin/end-of-text id).
+        pad_token_id: Padding id; ``LlamaForSequenceClassification`` finds each row's last token with it.
+        files: Tokenizer files and the like, written in the same atomic step.
+
+    Raises:
+        ValueError: Positions other than rotary, or a head transformers cannot reproduce (the message says
+            why).
+    """
+    args = _check_exportable(model.spec["init_args"] if model.spec else None)
+    config = config_to_hf(model, args, eot_token_id=eot_token_id, pad_token_id=pad_token_id)
+    config["architectures"] = [decoder_architecture(head, config, family="Llama", lm="LlamaForCausalLM")]
+    ours, prefix = model.state_dict(), _prefix(head)
+    theirs = {prefix + t.removeprefix(_PREFIX): ours[m] for m, t in _TOP_KEYS.items()}
     for i in range(args["num_layers"]):
         for mine, t in _LAYER_KEYS.items():
-            theirs[f"model.layers.{i}.{t}"] = ours[f"decoder.layers.{i}.{mine}"]
-    if not args["tie_weights"]:
+            theirs[f"{prefix}layers.{i}.{t}"] = ours[f"decoder.layers.{i}.{mine}"]
+    if isinstance(head, LabelHead | SpanHead):
+        theirs.update(head_to_hf(head))
+    elif head == "lm" and not args["tie_weights"]:
         theirs["lm_head.weight"] = ours["lm_head.weight"]
-    return write_model_dir(directory, config_to_hf(model, args), theirs)
+    return write_model_dir(directory, config, theirs, files=files)
 
 
 register_converter(Llama, load=load_hf, save=save_hf)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 
 from zoo.cli import ZooCLI, main
 from zoo.tasks import TokenClassification
@@ -100,9 +102,8 @@ def test_finetune_recipe_fit_then_zoo_predict_writes_one_tag_per_word(
             str(last),
         ]
     )
-    written = (
-        (tmp_path / "runs" / "conll2003-minilm" / "predictions.txt").read_text().strip("\n").split("\n\n")
-    )
+    predictions = tmp_path / "runs" / "conll2003-minilm" / "logs" / "version_1" / "predictions.txt"
+    written = predictions.read_text().strip("\n").split("\n\n")
     rows = [[line.split() for line in block.splitlines()] for block in written]
     assert [[r[0] for r in block] for block in rows] == [
         ["Peter", "Blackburn", "flew", "to", "Brussels"],
@@ -126,6 +127,47 @@ def test_finetune_recipe_fit_then_zoo_predict_writes_one_tag_per_word(
     )
     out = capsys.readouterr().out
     assert "val_acc" in out and "val_f1" not in out
+
+
+def test_each_run_writes_samples_and_predictions_in_its_own_version_folder(tmp_path, capsys):
+    """Runs in one default_root_dir keep their own files: fit's samples.txt beside its config.yaml in
+    version_0, each `zoo predict` its predictions.txt in the version folder it opens (two runs, two files,
+    each with its own prompts); without a logger, default_root_dir. The last line printed names the file."""
+    text = shared_file("tinyshakespeare/input.txt")
+    root = tmp_path / "run"
+    small = [
+        "--config",
+        str(REPO / "recipes" / "gpt2" / "shakespeare-char.yaml"),
+        f"--data.init_args.files=[{text}]",
+        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2",
+        "--trainer.limit_val_batches=1",
+        "--model.init_args.max_new_tokens=8",
+        "--model.init_args.backbone.init_args.num_layers=1",
+        "--model.init_args.backbone.init_args.embed_dim=32",
+        "--model.init_args.backbone.init_args.num_heads=2",
+    ]
+    main(["fit", *small])
+    fitted = root / "logs" / "version_0"
+    assert {"config.yaml", "samples.txt"} <= {p.name for p in fitted.iterdir()}
+    assert f"zoo: wrote 2 samples to {fitted / 'samples.txt'}" in capsys.readouterr().err
+
+    for version, prompt in (("version_1", "ROMEO:"), ("version_2", "JULIET:")):
+        main(["predict", *small, f"--data.init_args.prompts={json.dumps([prompt])}", "--ckpt_path", "last"])
+        written = root / "logs" / version / "predictions.txt"
+        assert capsys.readouterr().err.splitlines()[-1] == f"zoo: wrote 1 predictions to {written}"
+        assert (written.parent / "config.yaml").is_file()
+    first, second = (root / "logs" / v / "predictions.txt" for v in ("version_1", "version_2"))
+    assert first.read_text().startswith("ROMEO:") and second.read_text().startswith("JULIET:")
+    assert not list(root.glob("*.txt"))
+
+    last = fitted / "checkpoints" / "last.ckpt"
+    main(["predict", *small, "--trainer.logger=false", "--ckpt_path", str(last)])
+    unlogged = root / "predictions.txt"
+    assert capsys.readouterr().err.splitlines()[-1] == f"zoo: wrote 2 predictions to {unlogged}"
+    assert first.read_text().startswith("ROMEO:"), "the earlier runs' files are left alone"
 
 
 def test_top_level_help_answers_without_lightning_and_lists_every_subcommand():

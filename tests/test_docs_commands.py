@@ -260,8 +260,9 @@ def _zoo(argv: list[str]) -> subprocess.CompletedProcess:
 
 def test_quickstart_sequence_runs_as_printed(tmp_path):
     """docs/quickstart.md's commands in order, as printed plus size overrides and a tmp root: fit writes
-    samples and last.ckpt, predict writes predictions.txt, fit --ckpt_path last continues version_0 (same
-    metrics.csv), export writes a directory that transformers loads with zoo's logits."""
+    last.ckpt and samples.txt beside its config.yaml in version_0, predict writes predictions.txt in its
+    own version_1, fit --ckpt_path last continues version_0 (same metrics.csv), export writes a directory
+    that transformers loads with zoo's logits."""
     shared_file("tinyshakespeare/input.txt")
     commands = [c.argv for c in doc_commands([REPO / "docs" / "quickstart.md"])]
     kinds = [" ".join([c[0], *(["--ckpt_path", "last"] if "last" in c else [])]) for c in commands]
@@ -273,18 +274,24 @@ def test_quickstart_sequence_runs_as_printed(tmp_path):
 
     trained = _zoo([*fit, *small])
     assert "---------- sample 1 ----------" in trained.stdout
-    assert f"zoo: wrote 2 samples to {root / 'samples.txt'}" in trained.stderr
+    samples = root / "logs" / "version_0" / "samples.txt"
+    assert f"zoo: wrote 2 samples to {samples}" in trained.stderr
+    assert (samples.parent / "config.yaml").is_file()
     assert torch.load(last, weights_only=True)["global_step"] == 6
 
     sampled = _zoo([*predict, *small])
     assert f"zoo: --ckpt_path last: resuming from {last}" in sampled.stderr
-    assert f"zoo: wrote 2 predictions to {root / 'predictions.txt'}" in sampled.stderr
-    predictions = (root / "predictions.txt").read_text(encoding="utf-8")
-    assert predictions.startswith("ROMEO:") and "JULIET:" in predictions
+    predictions = root / "logs" / "version_1" / "predictions.txt"
+    assert sampled.stderr.rstrip().endswith(f"zoo: wrote 2 predictions to {predictions}")
+    assert (predictions.parent / "config.yaml").is_file()
+    text = predictions.read_text(encoding="utf-8")
+    assert text.startswith("ROMEO:") and "JULIET:" in text
+    assert not list(root.glob("*.txt")), "nothing written where two runs would overwrite each other"
 
     resumed = _zoo([*resume, *small, "--trainer.max_steps=9"])  # three steps more than the first fit
     assert f"zoo: --ckpt_path last: resuming from {last}" in resumed.stderr
     assert torch.load(last, weights_only=True)["global_step"] == 9
+    assert f"zoo: wrote 2 samples to {samples}" in resumed.stderr  # its own folder's samples, rewritten
     with_checkpoints = {p.parent.parent.name for p in root.glob("logs/*/checkpoints/*.ckpt")}
     assert with_checkpoints == {"version_0"}, "the resumed run continues version_0"
     rows = list(csv.DictReader((root / "logs" / "version_0" / "metrics.csv").open()))

@@ -384,7 +384,7 @@ def test_zoo_predict_decodes_beams_with_num_beams_from_the_config(tmp_path, monk
     main(["predict", "--config", str(config), "--model.init_args.num_beams=4"])
     main(["predict", "--config", str(config), "--model.init_args.length_penalty=0.5"])  # num_beams: 1
     assert beams == [(4, 1.0)]  # the first run only: length_penalty alone does not switch to beams
-    lines = (tmp_path / "run" / "predictions.txt").read_text().splitlines()
+    lines = (tmp_path / "run" / "predictions.txt").read_text().splitlines()  # no logger: default_root_dir
     assert [line[:-5] for line in lines] == ["to be", "that"]
 
 

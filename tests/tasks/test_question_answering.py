@@ -238,7 +238,8 @@ def test_squad_recipe_fit_logs_em_f1_then_zoo_predict_answers_a_jsonl_file(tmp_p
             str(version / "checkpoints" / "last.ckpt"),
         ]
     )
-    written = [json.loads(line) for line in (tmp_path / "predictions.txt").read_text().splitlines()]
+    predictions = tmp_path / "logs" / "version_1" / "predictions.txt"  # the predict run's own folder
+    written = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert [w["id"] for w in written] == ["line 1", "x2"]
     for answer, question in zip(written, asked):
         assert (

@@ -305,5 +305,6 @@ def test_recipe_fits_logs_rouge_and_predicts(tmp_path, minilm_dir) -> None:
     assert 0.0 <= float(rows[0]["val_rouge1"]) <= 100.0
     main(["predict", *common, "--ckpt_path", "last", f"--data.init_args.predict_file={predict}",
           "--model.init_args.beam_size=2"])  # fmt: skip
-    lines = (tmp_path / "run" / "predictions.txt").read_text(encoding="utf-8").split("\n")
+    predictions = tmp_path / "run" / "logs" / "version_1" / "predictions.txt"  # fit was version_0
+    lines = predictions.read_text(encoding="utf-8").split("\n")
     assert len(lines) == 6 and lines[-1] == ""  # one summary per dialogue, in order

@@ -9,10 +9,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from zoo.data.corpus import atomic_write_text
 from zoo.errors import check_non_negative, check_positive
+from zoo.io import atomic_write
 
 
 def _datamodule_codec(trainer: L.Trainer) -> Any:
@@ -22,13 +23,27 @@ def _datamodule_codec(trainer: L.Trainer) -> Any:
     return dm
 
 
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run's own folder, where LightningCLI writes its ``config.yaml``: the first logger's version
+    folder (``logs/version_N/``; each ``zoo fit`` or ``zoo predict`` opens the next one, a resumed ``fit``
+    continues its own), or the trainer's ``default_root_dir`` without a logger.
+
+    ``trainer.log_dir`` names the same folder but broadcasts it from rank 0, a collective that would hang
+    a DDP run when called on rank 0 alone (as `GenerateSamples` does), so the logger is read here."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    folder = logger.log_dir if isinstance(logger, TensorBoardLogger | CSVLogger) else logger.save_dir
+    return Path(trainer.default_root_dir if folder is None else folder)
+
+
 def output_path(trainer: L.Trainer, output_file: str | None, default_name: str) -> Path | None:
-    """Where a writer puts its file: ``None`` means ``default_name`` in the trainer's ``default_root_dir``
-    (so ``--trainer.default_root_dir`` moves it with the logs and checkpoints), ``"-"`` means stdout
-    (``None`` returned); any other path is used as given."""
+    """Where a writer puts its file: ``None`` means ``default_name`` in the run's folder (`run_dir`), so
+    two runs in one ``default_root_dir`` keep their own files; ``"-"`` means stdout (``None`` returned);
+    any other path is used as given."""
     if output_file == "-":
         return None
-    return Path(trainer.default_root_dir) / default_name if output_file is None else Path(output_file)
+    return run_dir(trainer) / default_name if output_file is None else Path(output_file)
 
 
 class GenerateSamples(L.Callback):
@@ -41,8 +56,9 @@ class GenerateSamples(L.Callback):
         temperature: Sampling temperature (0 means greedy).
         top_k: Top-k filtering (``None``: off).
         seed: Seed for the sampling generator, so samples are reproducible.
-        output_file: Also write the samples here; ``None``: ``samples.txt`` in the trainer's
-            ``default_root_dir``; ``"-"``: print only.
+        output_file: Also write the samples here; ``None``: ``samples.txt`` in the run's folder
+            (`run_dir`: ``logs/version_N/`` beside ``config.yaml``, or ``default_root_dir`` without a
+            logger); ``"-"``: print only.
     """
 
     def __init__(
@@ -86,7 +102,7 @@ class GenerateSamples(L.Callback):
         path = output_path(trainer, self.output_file, "samples.txt")
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, report)
+            atomic_write(path, report)
             print(f"zoo: wrote {len(texts)} samples to {path}", file=sys.stderr, flush=True)
 
 
@@ -99,7 +115,8 @@ class PredictionWriter(BasePredictionWriter):
     leaves a half-written file; the last line printed says where it is.
 
     Args:
-        output_file: Destination; ``None``: ``predictions.txt`` in the trainer's ``default_root_dir``;
+        output_file: Destination; ``None``: ``predictions.txt`` in the run's folder (`run_dir`:
+            ``logs/version_N/`` beside ``config.yaml``, or ``default_root_dir`` without a logger);
             ``"-"``: stdout.
     """
 
@@ -143,7 +160,7 @@ class PredictionWriter(BasePredictionWriter):
         path = output_path(trainer, self.output_file, "predictions.txt")
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, "".join(self._parts))
+            atomic_write(path, "".join(self._parts))
             print(f"zoo: wrote {self._count} predictions to {path}", file=sys.stderr, flush=True)
 
 
@@ -151,7 +168,8 @@ class TextPredictionWriter(PredictionWriter):
     """Write ``zoo predict`` generations as text: each prompt followed by its continuation.
 
     Args:
-        output_file: Destination; ``None``: ``predictions.txt`` in the trainer's ``default_root_dir``;
+        output_file: Destination; ``None``: ``predictions.txt`` in the run's folder (`run_dir`:
+            ``logs/version_N/`` beside ``config.yaml``, or ``default_root_dir`` without a logger);
             ``"-"``: stdout.
         separator: Written after each generated text.
     """

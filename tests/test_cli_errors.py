@@ -105,6 +105,28 @@ def test_a_failed_run_leaves_no_empty_version_folder(tmp_path, capsys):
     assert (tmp_path / "logs" / "version_0" / "metrics.csv").read_text() == "step\n"
 
 
+def test_a_failed_first_run_leaves_no_folder_at_all(tmp_path, capsys):
+    """The run's default_root_dir and logs/ did not exist before it: neither is left behind."""
+    root = tmp_path / "run"
+    small = _small(root, shared_file("tinyshakespeare/input.txt"))
+    small.remove("--data.init_args.cache_dir=" + str(root / "cache"))
+    _fails(["fit", "--config", RECIPE, *small, "--model.init_args.backbone.init_args.max_seq_len=32"], capsys)
+    assert not root.exists()
+
+
+def test_ckpt_path_may_name_a_run_folder(tmp_path, trained, capsys):
+    """A version folder or its checkpoints/ folder means the last.ckpt in it, said in one line; a folder
+    without one is an error naming the checkpoints it does hold."""
+    last, small = trained
+    version = last.parent.parent
+    main(["validate", "--config", RECIPE, *small, "--ckpt_path", str(version)])
+    assert f"zoo: --ckpt_path {version} is a folder: using {last}" in capsys.readouterr().err
+    logs = version.parent
+    line = _fails(["validate", "--config", RECIPE, *small, "--ckpt_path", str(logs)], capsys)
+    assert line.startswith(f"error: --ckpt_path {logs} is a folder with no last.ckpt (nor checkpoints/")
+    assert "version_0/checkpoints/last.ckpt" in line
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

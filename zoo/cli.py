@@ -14,8 +14,15 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from zoo.checkpoint import check_fits, check_task, read_checkpoint
-from zoo.runs import existing_log_dirs, place_run_outputs, remove_empty_log_dirs, resolve_last
+from zoo.runs import (
+    checkpoint_in,
+    existing_log_dirs,
+    place_run_outputs,
+    remove_empty_log_dirs,
+    resolve_last,
+)
 from zoo.strategies import FSDP
+from zoo.tasks.base import BackboneTask
 
 
 class ZooArgumentParser(LightningArgumentParser):
@@ -53,10 +60,12 @@ class ZooCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """``trainer.strategy: fsdp`` means `zoo.strategies.FSDP`, which wraps the blocks the model
-        declares (Lightning's plain ``"fsdp"`` would wrap the whole model as one unit)."""
-        strategy = kwargs.get("strategy", self._get(self.config_init, "trainer", default={}).get("strategy"))
-        if strategy == "fsdp":
+        declares (Lightning's plain ``"fsdp"`` would wrap the whole model as one unit); the callbacks
+        follow the Trainer's flags (`run_callbacks`)."""
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if config.get("strategy") == "fsdp":
             kwargs["strategy"] = FSDP()
+        kwargs["callbacks"] = run_callbacks(config, self.subcommand, getattr(self, "_given_args", []))
         return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
@@ -77,6 +86,8 @@ class ZooCLI(LightningCLI):
                 return
         elif config.ckpt_path in ("best", "hpc") or "://" in str(config.ckpt_path):
             return  # Lightning's own names and remote paths
+        else:
+            config.ckpt_path = checkpoint_in(config.ckpt_path)
         self._checkpoint = checkpoint = read_checkpoint(config.ckpt_path)
         check_task(checkpoint, (config.get("model") or {}).get("class_path"), config.ckpt_path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
@@ -106,6 +117,8 @@ class ZooCLI(LightningCLI):
         if self._checkpoint is not None:
             check_fits(self._checkpoint, self.model, self.datamodule, self.config[self.subcommand].ckpt_path)
             self._checkpoint = None  # not kept in memory for the run
+            if isinstance(self.model, BackboneTask):
+                self.model.weights_from_checkpoint()
 
     def before_fit(self) -> None:
         from zoo.data.base import TokenizedDataModule
@@ -120,6 +133,44 @@ class ZooCLI(LightningCLI):
         except BaseException:
             remove_empty_log_dirs(self.trainer, before)
             raise
+
+
+def run_callbacks(trainer_config: dict[str, Any], subcommand: str | None, argv: list[str]) -> list[Any]:
+    """The config's callbacks, made to agree with Lightning's own flags, plus zoo's run callbacks.
+
+    - ``enable_progress_bar: false``: a `ProgressMonitor` becomes its quiet `ThroughputMonitor` (metrics
+      still logged, no lines), where Lightning would refuse the run.
+    - ``enable_checkpointing: false``: the config's checkpoint callbacks are dropped (said in one line),
+      where Lightning would refuse the run.
+    - ``fit``: `FinalCheckpoint` (``last.ckpt`` at the final step; signals save and exit non-zero).
+    - `zoo.tasks.monitor.ModelSummary` in place of Lightning's, unless the summary is off or given.
+    """
+    from lightning.pytorch.callbacks import Checkpoint
+    from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
+
+    from zoo.tasks.checkpointing import FinalCheckpoint, resume_command
+    from zoo.tasks.monitor import ModelSummary, ProgressMonitor
+
+    callbacks = trainer_config.get("callbacks") or []
+    callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+    if trainer_config.get("enable_progress_bar") is False:
+        callbacks = [c.quiet() if isinstance(c, ProgressMonitor) else c for c in callbacks]
+    if trainer_config.get("enable_checkpointing") is False:
+        dropped = [c for c in callbacks if isinstance(c, Checkpoint)]
+        if dropped:
+            print(
+                f"zoo: enable_checkpointing is false: the config's {len(dropped)} checkpoint callback(s) are "
+                "left out; this run saves no checkpoint",
+                file=sys.stderr,
+            )
+        callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
+    if trainer_config.get("enable_model_summary") is not False and not any(
+        isinstance(c, LightningModelSummary) for c in callbacks
+    ):
+        callbacks.append(ModelSummary())
+    if subcommand == "fit":
+        callbacks.append(FinalCheckpoint(resume_command(argv)))
+    return callbacks
 
 
 def _explicit_model_args(args: list[str]) -> set[str]:
@@ -205,8 +256,10 @@ def quiet_known_noise() -> None:
 
 
 class _NoTips(logging.Filter):
+    """Lightning's tips, and its note that zoo's own model summary replaces the default one."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(("💡 Tip", "Trainer already configured with model summary"))
 
 
 _WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given class_path")

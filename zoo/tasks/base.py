@@ -255,6 +255,11 @@ class BackboneTask(L.LightningModule):
             rank_zero_info(f"backbone initialised from {pretrained}")
         self._initialised = True
 
+    def weights_from_checkpoint(self) -> None:
+        """Say that a checkpoint will supply the weights (``zoo ... --ckpt_path``), so `load_pretrained_once`
+        neither reads nor announces the ``pretrained`` ones that the checkpoint would overwrite."""
+        self._initialised = True
+
     def on_validation_epoch_start(self) -> None:
         # Metric states made under validate()'s inference mode cannot be updated in place by fit()'s
         # no-grad validation loop; resetting makes fresh ones in whichever mode this loop runs.

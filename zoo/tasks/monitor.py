@@ -31,7 +31,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
+from lightning.pytorch.callbacks.model_summary import log as summary_log
 from lightning.pytorch.callbacks.progress import ProgressBar
+from lightning.pytorch.utilities.model_summary.model_summary import (
+    _format_summary_table,
+    get_human_readable_count,
+)
 from torch import Tensor, nn
 
 from zoo.data.batch import IGNORE_INDEX
@@ -153,17 +159,16 @@ def count_tokens(batch: Any) -> tuple[Tensor | int | None, int, int]:
     return None, (first.shape[0] if first is not None else 0), 0
 
 
-class ProgressMonitor(ProgressBar):
-    """Progress as one plain line every ``every_n_steps`` optimizer steps (and after each validation),
-    plus throughput and MFU in the logs; replaces Lightning's progress bar.
+class ThroughputMonitor(L.Callback):
+    """Throughput and MFU in the logs every ``every_n_steps`` optimizer steps, printing nothing: what
+    `ProgressMonitor` logs, for runs without a progress display (``zoo`` puts one in a ProgressMonitor's
+    place when ``--trainer.enable_progress_bar false`` is given).
 
-    Lines are written to stdout by global rank 0 only, without carriage returns, so a log file reads like
-    the console. The total is ``trainer.max_steps`` (or the estimated optimizer steps when that is unset).
     Tokens per second count the non-padding ``input_ids`` of rank 0's batches times the world size
     (samples per second for batches without ``input_ids``); validation time is left out of the rate.
 
     Args:
-        every_n_steps: Steps between lines and throughput logs; ``None`` follows the trainer's
+        every_n_steps: Steps between throughput logs; ``None`` follows the trainer's
             ``log_every_n_steps``, so the one read-back per interval coincides with Lightning's logging.
         peak_flops: Peak FLOP/s of one device for MFU; ``None`` looks the GPU up in `PEAK_FLOPS` (or
             Lightning's table) for the trainer's precision, or measures a CPU's matrix products.
@@ -171,12 +176,13 @@ class ProgressMonitor(ProgressBar):
 
     def __init__(self, *, every_n_steps: int | None = None, peak_flops: float | None = None) -> None:
         super().__init__()
-        check_positive("ProgressMonitor", every_n_steps=every_n_steps)
+        name = type(self).__name__
+        check_positive(name, every_n_steps=every_n_steps)
         if peak_flops is not None and not peak_flops > 0:
-            raise ValueError(f"ProgressMonitor: peak_flops must be > 0, got {peak_flops!r}")
+            raise ValueError(f"{name}: peak_flops must be > 0, got {peak_flops!r}")
         self.every_n_steps = every_n_steps
         self.peak_flops = peak_flops
-        self._enabled = True
+        self._enabled = False  # prints nothing
         # seq_len, or (side, seq_len) for an encoder-decoder counted per side -> tokens since the last line
         self._window: dict[int | tuple[str, int], Tensor | int] = {}
         self._per_side = False  # set in on_train_start
@@ -312,6 +318,48 @@ class ProgressMonitor(ProgressBar):
             parts.append(f"ETA {_clock(elapsed / done * (total - step))}")
         return " | ".join(parts)
 
+
+
+class ProgressMonitor(ThroughputMonitor, ProgressBar):
+    """Progress as one plain line every ``every_n_steps`` optimizer steps (and after each validation),
+    plus `ThroughputMonitor`'s throughput and MFU in the logs; replaces Lightning's progress bar.
+
+    Lines are written to stdout by global rank 0 only, without carriage returns, so a log file reads like
+    the console. The total is ``trainer.max_steps`` (or the estimated optimizer steps when that is unset).
+
+    Args:
+        every_n_steps: Steps between lines and throughput logs; ``None`` follows the trainer's
+            ``log_every_n_steps``, so the one read-back per interval coincides with Lightning's logging.
+        peak_flops: Peak FLOP/s of one device for MFU (`ThroughputMonitor`).
+    """
+
+    def __init__(self, *, every_n_steps: int | None = None, peak_flops: float | None = None) -> None:
+        super().__init__(every_n_steps=every_n_steps, peak_flops=peak_flops)
+        self._enabled = True
+
+    def quiet(self) -> ThroughputMonitor:
+        """The same monitor without the lines (for ``enable_progress_bar: false``)."""
+        return ThroughputMonitor(every_n_steps=self.every_n_steps, peak_flops=self.peak_flops)
+
+
+class ModelSummary(LightningModelSummary):
+    """Lightning's model summary without its ``Total Flops`` line, which counts one forward pass of the
+    module's ``example_input_array``: zoo tasks have none, so it read 0. The training FLOPs per token
+    that MFU uses (`ThroughputMonitor`) are printed in its place when the backbone estimates them."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        backbone = getattr(pl_module, "backbone", None)
+        estimate = getattr(backbone, "flops_per_token", None)
+        self._per_token = estimate() if callable(estimate) else None
+        super().on_fit_start(trainer, pl_module)
+
+    def summarize(self, summary_data: Any, *totals: Any, total_flops: int = 0, **kwargs: Any) -> None:
+        lines = _format_summary_table(*totals, total_flops, *summary_data).split("\n")
+        if lines[-1].endswith("Total Flops") and not total_flops:
+            lines.pop()
+            if self._per_token:
+                lines.append(f"{get_human_readable_count(self._per_token):<10}Training FLOPs per token")
+        summary_log.info("\n" + "\n".join(lines))
 
 def _compute_dtype(trainer: L.Trainer) -> torch.dtype:
     precision = str(trainer.precision)

@@ -40,28 +40,20 @@ import dataclasses
 import inspect
 import json
 import os
-from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
-from torch import Tensor, nn
+from torch import Tensor
 
 from zoo.checkpoint import CheckpointError, read_checkpoint, upgrade_state_dict
 from zoo.data.labelled import pad_token_id
 from zoo.data.tokenizers import EOT, UNK
 from zoo.data.wordpiece import special_token_ids
 from zoo.io import atomic_directory
-from zoo.models.bert import Bert, BertEncoderDecoder
-from zoo.models.bert import convert as bert_convert
-from zoo.models.gpt2 import GPT2
-from zoo.models.gpt2 import convert as gpt2_convert
-from zoo.models.hf_io import LabelHead, SpanHead, read_config, tokenizer_files
-from zoo.models.llama import Llama
-from zoo.models.llama import convert as llama_convert
+from zoo.models.hf_io import Converter, LabelHead, SpanHead, converter, read_config, tokenizer_files
 from zoo.models.spec import import_class
 from zoo.nn.lora import lora_layers, merge_lora
 from zoo.runs import checkpoint_in
@@ -75,11 +67,6 @@ from zoo.tasks import (
 )
 from zoo.tasks.base import BackboneTask
 
-_CONVERTERS: dict[type[nn.Module], ModuleType] = {
-    GPT2: gpt2_convert,
-    Bert: bert_convert,
-    Llama: llama_convert,
-}
 _FIRST_TOKEN_NOTE = (
     "pooling='first' is exported per token: no transformers sequence classifier reads the first token's "
     "hidden state directly (BERT's adds its tanh pooler), so take logits[:, 0], zoo's logits"
@@ -109,14 +96,12 @@ def main(argv: list[str]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """How a task's backbone is written: ``save(backbone, directory, files=..., **kwargs)``, the inputs its
-    transformers class takes (what the tokenizer returns), the family's ``convert`` module and ``head``
-    (for ``--peft``; ``None`` for an encoder-decoder), and a note for the printed line."""
+    """How a task's backbone is written: its family's `Converter` (``converter.save(backbone, directory,
+    files=..., **kwargs)``; the inputs its transformers class takes, what the tokenizer returns), the
+    ``head`` (for ``--peft``; ``None`` for an encoder-decoder), and a note for the printed line."""
 
-    save: Callable[..., Path]
+    converter: Converter
     kwargs: dict[str, Any]
-    input_names: tuple[str, ...]
-    convert: ModuleType | None = None
     head: Any = None
     note: str | None = None
 
@@ -161,10 +146,10 @@ def export_checkpoint(
             tokenizer.to_str(),
             special_tokens=_special_tokens(tokenizer),
             max_seq_len=task.backbone.max_seq_len,
-            input_names=plan.input_names,
+            input_names=plan.converter.input_names,
         )
     try:
-        path = plan.save(task.backbone, target, files=files, **plan.kwargs)
+        path = plan.converter.save(task.backbone, target, files=files, **plan.kwargs)
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from err
     if adapter is not None:
@@ -237,8 +222,9 @@ def _plan(
     """What to write for ``task``; a `ValueError` names a backbone or task that transformers has no class
     for, and why."""
     backbone = type(task.backbone)
+    convert = converter(backbone, exact=True)  # a user's subclass may hold what the family lacks
     if isinstance(task, Seq2SeqTask):
-        if backbone is not BertEncoderDecoder:
+        if convert is None or convert.kind != "encoder-decoder":
             raise ValueError(
                 f"{source}: a {type(task).__name__} checkpoint over {backbone.__qualname__}; transformers "
                 "has no class that computes zoo's encoder-decoder Transformer (its norm placement, positions "
@@ -247,33 +233,32 @@ def _plan(
             )
         ids = {"pad_token_id": task.pad_token_id, "decoder_start_token_id": task.bos_token_id}
         ids["eos_token_id"] = task.eos_token_id
-        return _Plan(bert_convert.save_encoder_decoder_hf, ids, bert_convert.INPUT_NAMES)
-    convert = _CONVERTERS.get(backbone)
-    if convert is None:
+        return _Plan(convert, ids)
+    if convert is None or convert.kind == "encoder-decoder":
         raise ValueError(
             f"{source}: the backbone is a {backbone.__qualname__}; zoo export writes zoo.models.gpt2.GPT2, "
             "zoo.models.bert.Bert, zoo.models.llama.Llama and zoo.models.bert.BertEncoderDecoder backbones "
             "only"
         )
     head, note = _head(task, convert, saved_labels, source)
-    kwargs = {"head": head, **_token_ids(task, convert, tokenizer, head)}
-    return _Plan(convert.save_hf, kwargs, convert.INPUT_NAMES, convert, head, note)
+    kwargs = {"head": head, **_token_ids(convert, tokenizer, head)}
+    return _Plan(convert, kwargs, head, note)
 
 
 def _head(
-    task: BackboneTask, convert: ModuleType, saved_labels: list[str] | None, source: Path
+    task: BackboneTask, convert: Converter, saved_labels: list[str] | None, source: Path
 ) -> tuple[Any, str | None]:
-    """What ``convert.save_hf`` exports as the head, and a note for the printed line (a head left out, or
+    """What ``convert.save`` exports as the head, and a note for the printed line (a head left out, or
     read at the first token only)."""
     backbone = type(task.backbone).__name__
-    if isinstance(task, CausalLM) and convert is not bert_convert:
+    if isinstance(task, CausalLM) and "lm" in convert.heads:
         return "lm", None
-    if isinstance(task, MaskedLM) and convert is bert_convert:
+    if isinstance(task, MaskedLM) and "mlm" in convert.heads:
         return ("pretraining" if task.nsp else "mlm"), None
     if isinstance(task, QuestionAnswering):
         linear = task.head[-1]
         return SpanHead(weight=linear.weight.detach(), bias=linear.bias.detach()), None
-    if not isinstance(task, SequenceClassification | TokenClassification):
+    if not isinstance(task, SequenceClassification | TokenClassification) or convert.head_mismatch is None:
         raise ValueError(f"{source}: no transformers class for a {type(task).__name__} over {backbone}")
     linear = task.head[-1]
     names = task.label_names or saved_labels or [str(i) for i in range(linear.out_features)]
@@ -299,8 +284,8 @@ def _peft_adapter(task: BackboneTask, plan: _Plan, source: Path) -> tuple[dict[s
     layers, lora = lora_layers(task.backbone), getattr(task, "lora", None)
     if not layers or lora is None:
         raise ValueError(f"{source}: --peft: the checkpoint has no LoRA adapters (trained without `lora`)")
-    convert, head = plan.convert, plan.head
-    if convert is None:
+    convert, head = plan.converter, plan.head
+    if convert.hf_linear_names is None or convert.head_to_hf is None:
         raise ValueError(
             f"{source}: --peft: PEFT adapters are written for GPT2, Bert and Llama backbones, not a "
             f"{type(task.backbone).__name__}; export without --peft (the merged weights include them)"
@@ -333,7 +318,7 @@ def _peft_adapter(task: BackboneTask, plan: _Plan, source: Path) -> tuple[dict[s
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
         "target_modules": targets,
-        "fan_in_fan_out": convert.PEFT_FAN_IN_FAN_OUT,
+        "fan_in_fan_out": convert.peft_fan_in_fan_out,
         "bias": "none",
         "modules_to_save": saved,
         "inference_mode": True,
@@ -364,12 +349,10 @@ def _special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
     return {role: token for role, token in roles.items() if token in special}
 
 
-def _token_ids(
-    task: BackboneTask, convert: ModuleType, tokenizer: Tokenizer | None, head: Any
-) -> dict[str, int | None]:
+def _token_ids(convert: Converter, tokenizer: Tokenizer | None, head: Any) -> dict[str, int | None]:
     """A decoder's (GPT-2's, Llama's) config ids: the tokenizer's ``<|endoftext|>``, and the id zoo padded
     with (how transformers' sequence classifier finds each row's last token). BERT's come with the model."""
-    if convert is bert_convert or tokenizer is None:
+    if convert.kind != "decoder" or tokenizer is None:
         return {}
     pad = pad_token_id(tokenizer)
     sequence_head = isinstance(head, LabelHead) and head.pooling is not None

@@ -23,8 +23,9 @@ from zoo.data import TextDataModule
 from zoo.models.bert import Bert
 from zoo.models.gpt2 import GPT2
 from zoo.models.spec import from_spec, spec_of
+from zoo.strategies import BlockForward
 from zoo.tasks import CausalLM, MaskedLM
-from zoo.tasks.base import BackboneTask, BlockForward
+from zoo.tasks.base import BackboneTask
 from zoo.tasks.causal_lm import LR_SCHEDULER, OPTIMIZER
 from zoo.tasks.monitor import ProgressMonitor
 from zoo.tasks.optim import warmup_cosine, with_init_args
@@ -350,7 +351,7 @@ from torch.utils.data import DataLoader
 from zoo.models.gpt2 import GPT2
 from zoo.strategies import FSDP
 from zoo.tasks import CausalLM
-from zoo.tasks.base import BlockForward
+from zoo.strategies import BlockForward
 from zoo.tasks.causal_lm import LR_SCHEDULER, OPTIMIZER
 from zoo.tasks.optim import with_init_args
 

@@ -1,9 +1,9 @@
 """Reading and writing Hugging Face-style model directories (``config.json`` + weights).
 
 Family-agnostic file handling only; the key names of each family live in its ``convert.py``, which
-registers its ``load``/``save`` pair here (`register_converter`). A family's ``from_hf``/``to_hf`` come from
-`HFConvertible` and look the pair up, so ``model.py`` never imports ``convert.py``: conversion depends on
-the model, never the other way round.
+registers a `Converter` here (`register_converter`): the one registry that ``from_hf``/``to_hf``
+(`HFConvertible`), a task's ``pretrained:`` and ``zoo export`` look up. ``model.py`` never imports
+``convert.py``: conversion depends on the model, never the other way round.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -22,20 +22,71 @@ from zoo.io import atomic_directory
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
-_CONVERTERS: dict[type, tuple[Callable[..., Any], Callable[..., Path]]] = {}
+
+@dataclass(frozen=True)
+class Converter:
+    """How one model class converts to and from Hugging Face: what its family's ``convert.py`` registers
+    (`register_converter`), and the one table ``from_hf``/``to_hf``, a task's ``pretrained:``
+    (`zoo.models.pretrained`) and ``zoo export`` (`zoo.export`) read.
+
+    Attributes:
+        load: ``load(cls, name_or_path, **kwargs)``: a model of class ``cls`` from a Hugging Face
+            directory or Hub name (``cls.from_hf``).
+        save: ``save(model, directory, *, files=None, **kwargs)``: the model written as a Hugging Face
+            directory (``model.to_hf``; ``zoo export``).
+        kind: ``"decoder"`` (a causal LM, whose config takes the tokenizer's end-of-text and padding ids),
+            ``"encoder"`` or ``"encoder-decoder"`` (``save`` takes ``pad_token_id``,
+            ``decoder_start_token_id`` and ``eos_token_id``).
+        input_names: The inputs the transformers class takes (what the exported tokenizer returns).
+        heads: The named heads ``save`` writes besides a task's `LabelHead` or `SpanHead`: ``"lm"``
+            (causal LM), ``"mlm"`` and ``"pretraining"`` (masked LM, without and with NSP), ``"none"`` (the
+            bare model).
+        load_args: Constructor arguments of the model that ``load`` takes too (``pretrained:`` passes the
+            backbone's own values): how the weights are read, not their architecture.
+        head_mismatch: ``head_mismatch(head)``: why a `LabelHead` has no faithful transformers class, or
+            ``None`` (``None``: no task heads).
+        hf_linear_names: ``hf_linear_names(name, *, head=)``: the transformers linear layers of zoo's
+            layer ``name`` (PEFT adapters); ``None``: no adapters are exported.
+        head_to_hf: ``head_to_hf(head)``: a task head's weights by their transformers names.
+        peft_fan_in_fan_out: PEFT's ``fan_in_fan_out`` for this family (GPT-2's ``Conv1D``: ``True``).
+    """
+
+    load: Callable[..., Any]
+    save: Callable[..., Path]
+    kind: Literal["decoder", "encoder", "encoder-decoder"]
+    input_names: tuple[str, ...]
+    heads: frozenset[str] = frozenset()
+    load_args: tuple[str, ...] = ()
+    head_mismatch: Callable[[Any], str | None] | None = None
+    hf_linear_names: Callable[..., tuple[str, ...]] | None = None
+    head_to_hf: Callable[[Any], dict[str, Tensor]] | None = None
+    peft_fan_in_fan_out: bool = False
 
 
-def register_converter(cls: type, *, load: Callable[..., Any], save: Callable[..., Path]) -> None:
-    """Make ``cls.from_hf`` call ``load(cls, name_or_path, **kwargs)`` and ``model.to_hf`` call
-    ``save(model, directory, **kwargs)`` (a family's ``convert.py`` does this when imported)."""
-    _CONVERTERS[cls] = (load, save)
+_CONVERTERS: dict[type, Converter] = {}
 
 
-def _converter(cls: type) -> tuple[Callable[..., Any], Callable[..., Path]]:
-    for klass in cls.__mro__:  # a subclass of a family converts as the family does
-        if klass in _CONVERTERS:
-            return _CONVERTERS[klass]
-    raise TypeError(f"no Hugging Face conversion is registered for {cls.__name__}")
+def register_converter(cls: type, **converter: Any) -> None:
+    """Register how ``cls`` (and its subclasses) convert: the fields of `Converter`, by keyword. A family's
+    ``convert.py`` does this when imported (its package imports it), so ``model.py`` never imports
+    ``convert.py``."""
+    _CONVERTERS[cls] = Converter(**converter)
+
+
+def converter(cls: type, *, exact: bool = False) -> Converter | None:
+    """The `Converter` registered for ``cls`` or its nearest registered base class (a subclass of a family
+    converts as the family does); ``None`` when there is none. With ``exact``, only one registered for
+    ``cls`` itself (``zoo export``: a subclass's weights may mean what the family's names do not say)."""
+    if exact:
+        return _CONVERTERS.get(cls)
+    return next((_CONVERTERS[klass] for klass in cls.__mro__ if klass in _CONVERTERS), None)
+
+
+def _converter(cls: type) -> Converter:
+    found = converter(cls)
+    if found is None:
+        raise TypeError(f"no Hugging Face conversion is registered for {cls.__name__}")
+    return found
 
 
 class HFConvertible:
@@ -46,12 +97,12 @@ class HFConvertible:
         """Load a Hugging Face model directory (``config.json`` plus ``model.safetensors`` or
         ``pytorch_model.bin``), a ``python:<package>`` bundle, or a Hub name (online, with
         ``huggingface_hub``); the family's ``convert.load_hf`` documents its keyword arguments."""
-        return _converter(cls)[0](cls, name_or_path, **kwargs)
+        return _converter(cls).load(cls, name_or_path, **kwargs)
 
     def to_hf(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
         """Write this model as a Hugging Face directory (safetensors, atomic) that ``transformers`` loads;
         the family's ``convert.save_hf`` documents its keyword arguments."""
-        return _converter(type(self))[1](self, directory, **kwargs)
+        return _converter(type(self)).save(self, directory, **kwargs)
 
 
 PACKAGE_PREFIX = "python:"

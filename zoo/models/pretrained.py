@@ -8,7 +8,6 @@ naming every argument that differs, before copying a single tensor.
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from zoo.checkpoint import upgrade_state_dict
+from zoo.models.hf_io import converter
 from zoo.models.spec import import_class, spec_of
 
 # Arguments that change no tensor shape or meaning of a weight: fine-tuning may choose them freely.
@@ -63,16 +63,13 @@ def _from_zoo_checkpoint(path: Path) -> tuple[dict[str, Any] | None, dict[str, t
 
 
 def _from_hf(cls: type, backbone: nn.Module, source: str | os.PathLike) -> tuple[dict[str, Any] | None, dict]:
-    from_hf = getattr(cls, "from_hf", None)
-    if from_hf is None:
-        raise ValueError(f"{cls.__name__} cannot read Hugging Face checkpoints (it has no from_hf)")
-    kwargs = {}
+    found = converter(cls)
+    if found is None:
+        raise ValueError(f"{cls.__name__} cannot read Hugging Face checkpoints (no converter is registered)")
     own = (spec_of(backbone) or {}).get("init_args", {})
-    if "with_pretraining_heads" in inspect.signature(cls).parameters:  # from_hf takes what cls takes (Bert)
-        kwargs["with_pretraining_heads"] = bool(own.get("with_pretraining_heads", False))
-    if "cross_attention_init" in own:  # how BertEncoderDecoder's warm start fills cross-attention
-        kwargs["cross_attention_init"] = own["cross_attention_init"]
-    loaded = from_hf(source, **kwargs)
+    # how the weights are read (a Bert's pretraining heads, a BERT2BERT's cross-attention): the backbone's
+    kwargs = {name: own[name] for name in found.load_args if name in own}
+    loaded = found.load(cls, source, **kwargs)
     return spec_of(loaded), loaded.state_dict()
 
 

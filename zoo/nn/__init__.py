@@ -8,7 +8,7 @@ from zoo.nn.lora import LoRA, LoRALinear, apply_lora, merge_lora
 from zoo.nn.mlp import MLP, GatedMLP
 from zoo.nn.norms import RMSNorm
 from zoo.nn.positions import ALiBiPositions, LearnedPositions, Positions, RotaryPositions
-from zoo.nn.stack import DecoderCache, DecoderLM, DecoderStack, EncoderDecoderFlops, EncoderStack
+from zoo.nn.stack import DecoderCache, DecoderLM, DecoderStack, EncoderDecoderLM, EncoderStack
 
 __all__ = [
     "MLP",
@@ -17,7 +17,7 @@ __all__ = [
     "DecoderCache",
     "DecoderLM",
     "DecoderStack",
-    "EncoderDecoderFlops",
+    "EncoderDecoderLM",
     "EncoderStack",
     "GatedMLP",
     "KVCache",

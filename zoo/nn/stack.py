@@ -5,14 +5,15 @@ A family builds its blocks (which attention, which MLP, which norm: `zoo.nn.PreN
 `DecoderStack` runs causal ones, with cross-attention to an encoder's memory when its blocks have it, and
 `DecoderStack.init_cache` makes one `DecoderCache` holding a `KVCache` per layer (two with
 cross-attention). `DecoderLM` adds the token embedding and output layer around a decoder stack: a
-decoder-only family subclasses it. An encoder-decoder is an `EncoderStack` and a `DecoderStack` (see
+decoder-only family subclasses it. `EncoderDecoderLM` puts an encoder, a target embedding, a decoder stack
+with cross-attention and an output layer together: an encoder-decoder family subclasses it (see
 `zoo.models.seq2seq.Transformer`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -358,16 +359,154 @@ class DecoderLM(nn.Module):
         return n
 
 
-class EncoderDecoderFlops:
-    """FLOPs estimates for an encoder-decoder ``nn.Module`` with ``encoder`` and ``decoder`` stacks (each
-    with ``layers`` whose ``self_attn`` is a `zoo.nn.Attention`) and ``max_seq_len``: mixed into
-    `zoo.models.seq2seq.Transformer` and `zoo.models.bert.BertEncoderDecoder`.
+class EncoderDecoderLM(nn.Module):
+    """Source embedding and encoder, target embedding, a `DecoderStack` with cross-attention, an output
+    layer: the body every encoder-decoder family shares (an `zoo.models.protocols.EncoderDecoder`).
 
-    nanoGPT's ``6N + 12·L·H·Q·T``, split by side: a source token passes the weights of ``encoder`` and its
-    self-attention; a target token the rest (the decoder, its output layer) and the decoder's self- and
-    cross-attention (the cross-attention counted at the target's length too).
-    `zoo.tasks.monitor.ProgressMonitor` counts each side's tokens with its own estimate.
+    A family subclasses it and only builds the parts (see `zoo.models.seq2seq.Transformer`,
+    `zoo.models.bert.BertEncoderDecoder`) and its ``reset_parameters``; this class owns ``forward``,
+    ``encode``, ``decode``, ``init_cache``, ``num_parameters`` and the FLOPs estimates.
+
+    The embeddings keep the names a family's checkpoints use (``embedding_names``). Parts are registered
+    embeddings first, then the stacks and the output layer; an encoder that embeds its own ids counts as
+    the source embedding. That order is the one of parameters (optimizer states) and of initialisation.
+
+    Args:
+        encoder: With ``source_embedding``, a stack called as ``encoder(x, padding_mask=)`` on the embedded
+            source (`EncoderStack`); without, a model that embeds the ids itself, called as
+            ``encoder.hidden_states(src_ids, attention_mask=)`` (e.g. `zoo.models.bert.Bert`). It has
+            ``layers`` whose ``self_attn`` is a `zoo.nn.Attention` (for the FLOPs).
+        target_embedding: Target ids (B, T) -> (B, T, C), called with ``position_ids=`` (T,).
+        decoder: Causal blocks with cross-attention to the encoder's output.
+        lm_head: C -> vocab_size.
+        max_seq_len: Positions of each side (longest source, longest target prefix).
+        source_embedding: Source ids (B, S) -> (B, S, C), called with ``position_ids=`` (S,); ``None`` when
+            ``encoder`` embeds its ids.
     """
+
+    embedding_names: ClassVar[tuple[str | None, str]]
+    """The attributes (state-dict prefixes) of the source embedding (``None``: the encoder embeds its ids)
+    and of the target embedding, e.g. ``("src_embed", "tgt_embed")``."""
+
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        target_embedding: nn.Module,
+        decoder: DecoderStack,
+        lm_head: nn.Linear,
+        max_seq_len: int,
+        source_embedding: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        source_name, target_name = self.embedding_names
+        if (source_name is None) != (source_embedding is None):
+            raise TypeError(
+                f"{type(self).__name__}.embedding_names {self.embedding_names} and the parts differ"
+            )
+        if source_embedding is None:
+            self.encoder = encoder
+        else:
+            setattr(self, source_name, source_embedding)
+        setattr(self, target_name, target_embedding)
+        if source_embedding is not None:
+            self.encoder = encoder
+        self.decoder, self.lm_head = decoder, lm_head
+        self.vocab_size, self.embed_dim = lm_head.out_features, lm_head.in_features
+        self.max_seq_len = max_seq_len
+        self.reset_parameters()
+
+    @property
+    def source_embedding(self) -> nn.Module | None:
+        """The source embedding; ``None`` when the encoder embeds its ids."""
+        name = self.embedding_names[0]
+        return None if name is None else getattr(self, name)
+
+    @property
+    def target_embedding(self) -> nn.Module:
+        """The target embedding."""
+        return getattr(self, self.embedding_names[1])
+
+    def reset_parameters(self) -> None:
+        """The family's initialisation (each family draws its own)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no reset_parameters")
+
+    def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, vocab_size): position ``t`` predicts target token ``t + 1``.
+
+        Args:
+            src_ids: (B, S) source ids.
+            tgt_ids: (B, T) decoder input (a start token then the target, right-padded: the causal mask
+                keeps padding out of every real position's view).
+            attention_mask: (B, S) with 1 at real source tokens and 0 at padding; ``None`` when unpadded.
+        """
+        memory = self.encode(src_ids, attention_mask=attention_mask)
+        return self.decode(tgt_ids, memory, memory_mask=attention_mask)
+
+    def encode(self, src_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
+        """Encoder output ("memory") (B, S, C) for ``src_ids`` (B, S); ``attention_mask`` as in `forward`."""
+        if self.source_embedding is None:
+            return self.encoder.hidden_states(src_ids, attention_mask=attention_mask)
+        x = self.source_embedding(src_ids, position_ids=self._positions(0, src_ids))  # (B, S, C)
+        return self.encoder(x, padding_mask=attention_mask)  # (B, S, C)
+
+    def decode(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        *,
+        memory_mask: Tensor | None = None,
+        cache: DecoderCache | None = None,
+    ) -> Tensor:
+        """Logits (B, T, vocab_size) for target ids (B, T) given the memory (B, S, C).
+
+        Args:
+            tgt_ids: Decoder input; with ``cache``, only the positions after those already cached.
+            memory: Encoder output.
+            memory_mask: (B, S) source padding mask (1 at real tokens).
+            cache: From `init_cache`: keys/values of earlier positions and of the memory, which are
+                computed on the first call only.
+        """
+        start = cache.seq_len if cache is not None else 0
+        x = self.target_embedding(tgt_ids, position_ids=self._positions(start, tgt_ids))  # (B, T, C)
+        return self.lm_head(self.decoder(x, cache=cache, memory=memory, memory_mask=memory_mask))
+
+    def _positions(self, start: int, ids: Tensor) -> Tensor:
+        """Position ids ``start .. start+T-1`` (T,) of ``ids`` (B, T); a `ValueError` past ``max_seq_len``."""
+        end = start + ids.shape[1]
+        if end > self.max_seq_len:
+            raise ValueError(f"sequence length {end} exceeds the model's max_seq_len={self.max_seq_len}")
+        return torch.arange(start, end, device=ids.device)  # (T,)
+
+    def init_cache(
+        self,
+        batch_size: int,
+        *,
+        target_len: int,
+        source_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> DecoderCache:
+        """Empty caches for ``batch_size`` rows, up to ``target_len`` decoder positions and a memory of
+        ``source_len`` positions: a `DecoderCache` whose ``reorder(index)`` moves (and may repeat) rows for
+        beam search."""
+        weight = self.lm_head.weight
+        return self.decoder.init_cache(
+            batch_size,
+            target_len,
+            memory_len=source_len,
+            dtype=dtype or weight.dtype,
+            device=device or weight.device,
+        )
+
+    def num_parameters(self) -> int:
+        """Parameter count, shared and tied tables counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    # FLOPs: nanoGPT's ``6N + 12·L·H·Q·T``, split by side. A source token passes the weights of
+    # ``encoder`` and its self-attention; a target token the rest (the decoder, its output layer) and the
+    # decoder's self- and cross-attention (the cross-attention counted at the target's length too).
+    # `zoo.tasks.monitor.ProgressMonitor` counts each side's tokens with its own estimate.
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward and backward) of one source and one target token, for sources and
@@ -383,12 +522,11 @@ class EncoderDecoderFlops:
         return self._side_flops(seq_len, source=False)
 
     def _side_flops(self, seq_len: int | None, *, source: bool) -> int:
-        model: Any = self
-        linear = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
-        encoder = {id(m.weight) for m in model.encoder.modules() if isinstance(m, nn.Linear)}
-        attn = model.encoder.layers[0].self_attn
-        per_layer = 12 * attn.num_heads * attn.head_dim * (seq_len or model.max_seq_len)
+        linear = {id(m.weight): m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear)}
+        encoder = {id(m.weight) for m in self.encoder.modules() if isinstance(m, nn.Linear)}
+        attn = self.encoder.layers[0].self_attn
+        per_layer = 12 * attn.num_heads * attn.head_dim * (seq_len or self.max_seq_len)
         if source:
-            return 6 * sum(linear[k] for k in encoder) + len(model.encoder.layers) * per_layer
+            return 6 * sum(linear[k] for k in encoder) + len(self.encoder.layers) * per_layer
         decoder = sum(n for k, n in linear.items() if k not in encoder)
-        return 6 * decoder + 2 * len(model.decoder.layers) * per_layer
+        return 6 * decoder + 2 * len(self.decoder.layers) * per_layer

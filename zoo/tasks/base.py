@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import inspect
 import io
 import os
@@ -17,7 +16,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from torchmetrics import Metric
 
 from zoo.checkpoint import (
@@ -31,9 +29,9 @@ from zoo.checkpoint import (
 from zoo.models.pretrained import load_pretrained
 from zoo.models.protocols import check_backbone
 from zoo.models.spec import from_spec, spec_of
-from zoo.nn import KVCache, LoRA, apply_lora
+from zoo.nn import LoRA, apply_lora
 from zoo.nn.lora import base_layers
-from zoo.strategies import declared_fsdp_units
+from zoo.strategies import configure_blocks
 from zoo.tasks.optim import (
     LRSchedulerCallable,
     OptimizerCallable,
@@ -191,40 +189,19 @@ class BackboneTask(L.LightningModule):
         return {"document_ids": batch["document_ids"]}
 
     def configure_model(self) -> None:
-        """Apply ``activation_checkpointing`` and ``compile`` to each block of the backbone's ``fsdp_units``.
+        """Apply ``activation_checkpointing`` and ``compile`` to each block of the backbone's ``fsdp_units``
+        (`zoo.strategies.configure_blocks`).
 
         Lightning calls this before every fit, validate, test and predict, before a strategy wraps the
         model; a block already set up the same way is left alone.
         """
-        wanted = self.compile_blocks or self.activation_checkpointing
-        units = declared_fsdp_units(self) if wanted else ()
-        if wanted and not units:
-            raise ValueError(
-                f"compile and activation_checkpointing act on the blocks a backbone declares as "
-                f"`fsdp_units`, and {type(self.backbone).__name__} declares none; set the class attribute "
-                "`fsdp_units = (YourBlock,)` on it"
-            )
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        strategy_recomputes = getattr(strategy, "activation_checkpointing", False) is True or bool(
-            getattr(strategy, "_activation_checkpointing_kwargs", None)
+        configure_blocks(
+            self,
+            compile=self.compile_blocks,
+            activation_checkpointing=self.activation_checkpointing,
+            compile_kwargs=self.compile_kwargs,
+            strategy=self._trainer.strategy if self._trainer is not None else None,
         )
-        if self.activation_checkpointing and strategy_recomputes:
-            raise ValueError(
-                "activation_checkpointing is on in both the model and the FSDP strategy; turn one off"
-            )
-        for module in self.backbone.modules():
-            current = module.__dict__.get("forward")
-            if isinstance(current, BlockForward) and not wanted:
-                del module.forward
-            elif units and isinstance(module, units):
-                settings = (self.compile_blocks, self.activation_checkpointing, self.compile_kwargs)
-                if not (isinstance(current, BlockForward) and current.settings == settings):
-                    module.forward = BlockForward(
-                        module,
-                        compile=self.compile_blocks,
-                        checkpoint=self.activation_checkpointing,
-                        compile_kwargs=self.compile_kwargs,
-                    )
 
     def setup(self, stage: str) -> None:
         """Install atomic checkpoint writes and check the data against the backbone before any batch."""
@@ -401,43 +378,6 @@ class BackboneTask(L.LightningModule):
             if p.requires_grad:
                 (decay if p.dim() >= 2 else no_decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class BlockForward:
-    """A block's ``forward`` with activation checkpointing and/or ``torch.compile``.
-
-    Installed as the instance attribute ``block.forward``, so the block keeps its class (which FSDP's wrap
-    policy matches), its parameter names and its ``state_dict``; a copy of the model calls its own block.
-    Calls that pass a `zoo.nn.KVCache` (incremental decoding, whose shapes change at every step) run the
-    plain forward.
-
-    Args:
-        block: The module whose forward this becomes.
-        compile: Compile the forward with ``torch.compile(**compile_kwargs)``.
-        checkpoint: Recompute the block's activations in the backward pass (when gradients are on).
-        compile_kwargs: Keyword arguments of ``torch.compile``.
-    """
-
-    def __init__(
-        self, block: nn.Module, *, compile: bool, checkpoint: bool, compile_kwargs: dict[str, Any]
-    ) -> None:
-        self.block = block
-        self.settings = (compile, checkpoint, dict(compile_kwargs))
-        forward = type(block).forward  # unbound: compiled once, shared by blocks of one class
-        if checkpoint:
-            forward = functools.partial(_checkpointed, forward)
-        self.fast = torch.compile(forward, **compile_kwargs) if compile else forward
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if any(isinstance(v, KVCache) for v in kwargs.values()):
-            return type(self.block).forward(self.block, *args, **kwargs)
-        return self.fast(self.block, *args, **kwargs)
-
-
-def _checkpointed(forward: Any, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    if not torch.is_grad_enabled():
-        return forward(block, *args, **kwargs)
-    return checkpoint(forward, block, *args, use_reentrant=False, **kwargs)
 
 
 def sdpa_backends(device: torch.device) -> str:

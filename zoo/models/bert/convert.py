@@ -466,5 +466,24 @@ def save_encoder_decoder_hf(
     return write_model_dir(directory, config, theirs, files=files)
 
 
-register_converter(Bert, load=load_hf, save=save_hf)
-register_converter(BertEncoderDecoder, load=load_encoder_decoder_hf, save=save_encoder_decoder_hf)
+register_converter(
+    Bert,
+    load=load_hf,
+    save=save_hf,
+    kind="encoder",
+    input_names=INPUT_NAMES,
+    heads=frozenset({"pretraining", "mlm", "none"}),
+    load_args=("with_pretraining_heads",),
+    head_mismatch=head_mismatch,
+    hf_linear_names=hf_linear_names,
+    head_to_hf=head_to_hf,
+    peft_fan_in_fan_out=PEFT_FAN_IN_FAN_OUT,
+)
+register_converter(
+    BertEncoderDecoder,
+    load=load_encoder_decoder_hf,
+    save=save_encoder_decoder_hf,
+    kind="encoder-decoder",
+    input_names=INPUT_NAMES,
+    load_args=("cross_attention_init",),
+)

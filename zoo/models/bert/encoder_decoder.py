@@ -19,21 +19,22 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from zoo.models.bert.model import Bert, _block, init_bert_weights
 from zoo.models.hf_io import HFConvertible
 from zoo.models.spec import Configurable
-from zoo.nn import DecoderCache, DecoderStack, EncoderDecoderFlops, PostNormBlock, TokenEmbedding
+from zoo.nn import DecoderStack, EncoderDecoderLM, PostNormBlock, TokenEmbedding
 
 _NEW_IN_DECODER = ("cross_attn.", "cross_attn_norm.")  # the parts of a decoder block a BERT layer lacks
 CROSS_ATTENTION_INITS = ("random", "self_attention")
 
 
-class BertEncoderDecoder(EncoderDecoderFlops, Configurable, HFConvertible, nn.Module):
+class BertEncoderDecoder(Configurable, HFConvertible, EncoderDecoderLM):
     """A BERT encoder and a BERT-shaped causal decoder with cross-attention (an
     `zoo.models.protocols.EncoderDecoder`, for `zoo.tasks.translation.Translation` and
-    `zoo.tasks.summarization.Summarization`).
+    `zoo.tasks.summarization.Summarization`). Forward, encode, decode, caches and FLOPs come from
+    `zoo.nn.EncoderDecoderLM`.
 
     The arguments are `Bert`'s (the architecture of the weights to warm-start from); the decoder has as
     many layers as the encoder. Source ids are read as BERT reads them (``[CLS] ... [SEP]``); the decoder
@@ -61,6 +62,7 @@ class BertEncoderDecoder(EncoderDecoderFlops, Configurable, HFConvertible, nn.Mo
     """
 
     fsdp_units: ClassVar[tuple[type[nn.Module], ...]] = (PostNormBlock,)  # see zoo.strategies.FSDP
+    embedding_names: ClassVar[tuple[None, str]] = (None, "decoder_embeddings")  # Bert embeds the source
 
     def __init__(
         self,
@@ -78,14 +80,12 @@ class BertEncoderDecoder(EncoderDecoderFlops, Configurable, HFConvertible, nn.Mo
         pad_token_id: int | None = 0,
         cross_attention_init: Literal["random", "self_attention"] = "random",
     ) -> None:
-        super().__init__()
         if cross_attention_init not in CROSS_ATTENTION_INITS:
             raise ValueError(
                 f"cross_attention_init must be one of {', '.join(CROSS_ATTENTION_INITS)}, "
                 f"got {cross_attention_init!r}"
             )
-        self.cross_attention_init = cross_attention_init
-        self.encoder = Bert(  # checks every size and dropout
+        encoder = Bert(  # checks every size and dropout
             vocab_size=vocab_size,
             max_seq_len=max_seq_len,
             embed_dim=embed_dim,
@@ -99,8 +99,7 @@ class BertEncoderDecoder(EncoderDecoderFlops, Configurable, HFConvertible, nn.Mo
             pad_token_id=pad_token_id,
             with_pretraining_heads=False,
         )
-        self.vocab_size, self.max_seq_len, self.embed_dim = vocab_size, max_seq_len, embed_dim
-        self.decoder_embeddings = TokenEmbedding(
+        decoder_embeddings = TokenEmbedding(
             vocab_size=vocab_size,
             embed_dim=embed_dim,
             max_seq_len=max_seq_len,
@@ -109,13 +108,20 @@ class BertEncoderDecoder(EncoderDecoderFlops, Configurable, HFConvertible, nn.Mo
             dropout=dropout,
             padding_idx=pad_token_id,
         )
-        self.decoder_embeddings.tokens = self.encoder.embeddings.tokens  # one word table for both sides
+        decoder_embeddings.tokens = encoder.embeddings.tokens  # one word table for both sides
         sizes = dict(embed_dim=embed_dim, num_heads=num_heads, hidden_dim=hidden_dim or 4 * embed_dim)
         block = dict(eps=layer_norm_eps, dropout=dropout, attention_dropout=attention_dropout, decoder=True)
-        self.decoder = DecoderStack(layers=[_block(**sizes, **block) for _ in range(num_layers)], norm=None)
-        self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
-        self.lm_head.weight = self.encoder.embeddings.tokens.weight
-        self.reset_parameters()
+        decoder = DecoderStack(layers=[_block(**sizes, **block) for _ in range(num_layers)], norm=None)
+        lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
+        lm_head.weight = encoder.embeddings.tokens.weight
+        super().__init__(
+            encoder=encoder,
+            target_embedding=decoder_embeddings,
+            decoder=decoder,
+            lm_head=lm_head,
+            max_seq_len=max_seq_len,
+        )
+        self.cross_attention_init = cross_attention_init
 
     def reset_parameters(self) -> None:
         """BERT's initialisation (`Bert.reset_parameters`) of the encoder, then of the decoder's own parts."""
@@ -151,61 +157,6 @@ class BertEncoderDecoder(EncoderDecoderFlops, Configurable, HFConvertible, nn.Mo
         if self.cross_attention_init == "self_attention":
             for layer in self.decoder.layers:
                 _copy_self_attention(layer)
-
-    def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits (B, T, vocab_size): position ``t`` predicts target token ``t + 1``.
-
-        Args:
-            src_ids: (B, S) source ids.
-            tgt_ids: (B, T) decoder input (start token then the target, right-padded: the causal mask keeps
-                padding out of every real position's view).
-            attention_mask: (B, S) with 1 at real source tokens and 0 at padding; ``None`` when unpadded.
-        """
-        memory = self.encode(src_ids, attention_mask=attention_mask)
-        return self.decode(tgt_ids, memory, memory_mask=attention_mask)
-
-    def encode(self, src_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
-        """BERT's last hidden states (B, S, C) for ``src_ids`` (B, S): the memory the decoder attends to."""
-        return self.encoder.hidden_states(src_ids, attention_mask=attention_mask)
-
-    def decode(
-        self,
-        tgt_ids: Tensor,
-        memory: Tensor,
-        *,
-        memory_mask: Tensor | None = None,
-        cache: DecoderCache | None = None,
-    ) -> Tensor:
-        """Logits (B, T, vocab_size) for target ids (B, T) given the memory (B, S, C); with ``cache`` (from
-        `init_cache`) only the positions after those already cached."""
-        start = cache.seq_len if cache is not None else 0
-        positions = torch.arange(start, start + tgt_ids.shape[1], device=tgt_ids.device)  # (T,)
-        x = self.decoder_embeddings(tgt_ids, position_ids=positions)  # (B, T, C)
-        return self.lm_head(self.decoder(x, cache=cache, memory=memory, memory_mask=memory_mask))
-
-    def init_cache(
-        self,
-        batch_size: int,
-        *,
-        target_len: int,
-        source_len: int,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> DecoderCache:
-        """Empty caches for ``batch_size`` rows, ``target_len`` decoder positions and a memory of
-        ``source_len`` positions (`zoo.nn.DecoderCache`; ``reorder`` serves beam search)."""
-        weight = self.lm_head.weight
-        return self.decoder.init_cache(
-            batch_size,
-            target_len,
-            memory_len=source_len,
-            dtype=dtype or weight.dtype,
-            device=device or weight.device,
-        )
-
-    def num_parameters(self) -> int:
-        """Parameter count, the shared word table counted once."""
-        return sum(p.numel() for p in self.parameters())
 
 
 @torch.no_grad()

@@ -246,4 +246,15 @@ def save_hf(
     return write_model_dir(directory, config, theirs, files=files)
 
 
-register_converter(Llama, load=load_hf, save=save_hf)
+register_converter(
+    Llama,
+    load=load_hf,
+    save=save_hf,
+    kind="decoder",
+    input_names=INPUT_NAMES,
+    heads=frozenset({"lm", "none"}),
+    head_mismatch=head_mismatch,
+    hf_linear_names=hf_linear_names,
+    head_to_hf=head_to_hf,
+    peft_fan_in_fan_out=PEFT_FAN_IN_FAN_OUT,
+)

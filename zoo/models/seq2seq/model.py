@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar, Literal
 
-import torch
 from torch import Tensor, nn
 
 from zoo.errors import check_positive, check_probability
@@ -19,9 +18,8 @@ from zoo.models.spec import Configurable
 from zoo.nn import (
     MLP,
     Attention,
-    DecoderCache,
     DecoderStack,
-    EncoderDecoderFlops,
+    EncoderDecoderLM,
     EncoderStack,
     PostNormBlock,
     PreNormBlock,
@@ -63,17 +61,16 @@ class InputEmbedding(nn.Module):
         self.scale = scale
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, ids: Tensor, *, start: int = 0) -> Tensor:
-        """(B, T) ids at positions ``start .. start+T-1`` -> (B, T, C)."""
-        T, max_len = ids.shape[1], self.positions.num_embeddings
-        if start + T > max_len:
-            raise ValueError(f"sequence length {start + T} exceeds the model's max_seq_len={max_len}")
-        position_ids = torch.arange(start, start + T, device=ids.device)
+    def forward(self, ids: Tensor, *, position_ids: Tensor) -> Tensor:
+        """(B, T) ids at positions ``position_ids`` (T,) -> (B, T, C)."""
         return self.dropout(self.tokens(ids) * self.scale + self.positions(position_ids))
 
 
-class Transformer(EncoderDecoderFlops, Configurable, nn.Module):
+class Transformer(Configurable, EncoderDecoderLM):
     """Encoder-decoder Transformer: source ids and target prefix in, next-target-token logits out.
+
+    Everything but the choice of parts and their initialisation comes from `zoo.nn.EncoderDecoderLM`
+    (forward, encode, decode, caches, FLOPs).
 
     Args:
         vocab_size: Number of token ids (the joint source/target vocabulary; the CLI links it from the data).
@@ -102,6 +99,7 @@ class Transformer(EncoderDecoderFlops, Configurable, nn.Module):
         "encoder_norm.": "encoder.norm.",
         "decoder_norm.": "decoder.norm.",
     }
+    embedding_names: ClassVar[tuple[str, str]] = ("src_embed", "tgt_embed")
 
     def __init__(
         self,
@@ -122,7 +120,6 @@ class Transformer(EncoderDecoderFlops, Configurable, nn.Module):
         bias: bool = True,
         layer_norm_eps: float = 1e-5,
     ) -> None:
-        super().__init__()
         if norm not in ("pre", "post") or positions not in ("sinusoidal", "learned"):
             raise ValueError(
                 f"norm must be 'pre' or 'post' and positions 'sinusoidal' or 'learned', got "
@@ -136,9 +133,6 @@ class Transformer(EncoderDecoderFlops, Configurable, nn.Module):
         check_probability("Transformer", dropout=dropout, attention_dropout=attention_dropout)
         if embed_dim % num_heads:
             raise ValueError(f"Transformer: embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
-        self.vocab_size = vocab_size
-        self.max_seq_len = max_seq_len
-        self.embed_dim = embed_dim
         layer = dict(
             norm=norm,
             embed_dim=embed_dim,
@@ -149,22 +143,31 @@ class Transformer(EncoderDecoderFlops, Configurable, nn.Module):
             bias=bias,
             eps=layer_norm_eps,
         )
+        # built in the order of checkpoints from before the skeleton, so a seed draws the same weights
         src_tokens = nn.Embedding(vocab_size, embed_dim)
         tgt_tokens = src_tokens if share_embeddings else nn.Embedding(vocab_size, embed_dim)
-        self.src_embed = self._embedding(src_tokens, positions, dropout)
-        self.tgt_embed = self._embedding(tgt_tokens, positions, dropout)
+        embedding = dict(positions=positions, max_seq_len=max_seq_len, dropout=dropout)
+        src_embed = _embedding(src_tokens, **embedding)
+        tgt_embed = _embedding(tgt_tokens, **embedding)
         # pre-norm leaves the residual stream unnormalised: one norm after the last block of each stack
         final_norm = lambda: nn.LayerNorm(embed_dim, eps=layer_norm_eps, bias=bias) if norm == "pre" else None
-        self.encoder = EncoderStack(
+        encoder = EncoderStack(
             layers=[block(cross=False, **layer) for _ in range(num_encoder_layers)], norm=final_norm()
         )
-        self.decoder = DecoderStack(
+        decoder = DecoderStack(
             layers=[block(cross=True, **layer) for _ in range(num_decoder_layers)], norm=final_norm()
         )
-        self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
+        lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
         if tie_weights:
-            self.lm_head.weight = tgt_tokens.weight
-        self.reset_parameters()
+            lm_head.weight = tgt_tokens.weight
+        super().__init__(
+            source_embedding=src_embed,
+            encoder=encoder,
+            target_embedding=tgt_embed,
+            decoder=decoder,
+            lm_head=lm_head,
+            max_seq_len=max_seq_len,
+        )
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> Transformer:
@@ -173,15 +176,6 @@ class Transformer(EncoderDecoderFlops, Configurable, nn.Module):
         if name not in TRANSFORMER_SIZES:
             raise ValueError(f"unknown Transformer size {name!r}; choose one of {sorted(TRANSFORMER_SIZES)}")
         return cls(**{**TRANSFORMER_SIZES[name], **overrides})
-
-    def _embedding(self, tokens: nn.Embedding, positions: str, dropout: float) -> InputEmbedding:
-        C = self.embed_dim
-        table = (
-            SinusoidalPositions(max_seq_len=self.max_seq_len, embed_dim=C)
-            if positions == "sinusoidal"
-            else nn.Embedding(self.max_seq_len, C)
-        )
-        return InputEmbedding(tokens=tokens, positions=table, scale=math.sqrt(C), dropout=dropout)
 
     def reset_parameters(self) -> None:
         """fairseq's initialisation: Xavier-uniform linear layers, zero biases, token embeddings
@@ -199,66 +193,16 @@ class Transformer(EncoderDecoderFlops, Configurable, nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
 
-    def forward(self, src_ids: Tensor, tgt_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits (B, T, vocab_size): position ``t`` predicts target token ``t + 1``.
 
-        Args:
-            src_ids: (B, S) source ids.
-            tgt_ids: (B, T) decoder input (BOS then the target, right-padded: the causal mask keeps
-                padding out of every real position's view).
-            attention_mask: (B, S) with 1 at real source tokens and 0 at padding; ``None`` when unpadded.
-        """
-        memory = self.encode(src_ids, attention_mask=attention_mask)
-        return self.decode(tgt_ids, memory, memory_mask=attention_mask)
-
-    def encode(self, src_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
-        """Encoder output ("memory") (B, S, C) for ``src_ids`` (B, S); ``attention_mask`` as in `forward`."""
-        return self.encoder(self.src_embed(src_ids), padding_mask=attention_mask)  # (B, S, C)
-
-    def decode(
-        self,
-        tgt_ids: Tensor,
-        memory: Tensor,
-        *,
-        memory_mask: Tensor | None = None,
-        cache: DecoderCache | None = None,
-    ) -> Tensor:
-        """Logits (B, T, vocab_size) for target ids (B, T) given the memory (B, S, C).
-
-        Args:
-            tgt_ids: Decoder input; with ``cache``, only the positions after those already cached.
-            memory: Encoder output.
-            memory_mask: (B, S) source padding mask (1 at real tokens).
-            cache: From `init_cache`: keys/values of earlier positions and of the memory, which are
-                computed on the first call only.
-        """
-        x = self.tgt_embed(tgt_ids, start=cache.seq_len if cache is not None else 0)  # (B, T, C)
-        return self.lm_head(self.decoder(x, cache=cache, memory=memory, memory_mask=memory_mask))
-
-    def init_cache(
-        self,
-        batch_size: int,
-        *,
-        target_len: int,
-        source_len: int,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> DecoderCache:
-        """Empty caches for ``batch_size`` rows, up to ``target_len`` decoder positions and a memory of
-        ``source_len`` positions: a `zoo.nn.DecoderCache` whose ``reorder(index)`` moves (and may repeat)
-        rows for beam search."""
-        weight = self.lm_head.weight
-        return self.decoder.init_cache(
-            batch_size,
-            target_len,
-            memory_len=source_len,
-            dtype=dtype or weight.dtype,
-            device=device or weight.device,
-        )
-
-    def num_parameters(self) -> int:
-        """Parameter count, shared and tied tables counted once."""
-        return sum(p.numel() for p in self.parameters())
+def _embedding(tokens: nn.Embedding, *, positions: str, max_seq_len: int, dropout: float) -> InputEmbedding:
+    """Token embedding scaled by sqrt(C) plus sinusoidal or learned positions."""
+    C = tokens.embedding_dim
+    table = (
+        SinusoidalPositions(max_seq_len=max_seq_len, embed_dim=C)
+        if positions == "sinusoidal"
+        else nn.Embedding(max_seq_len, C)
+    )
+    return InputEmbedding(tokens=tokens, positions=table, scale=math.sqrt(C), dropout=dropout)
 
 
 def block(

@@ -35,16 +35,16 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
+from zoo.data.cache import cache_key, cached_tokenizer, tokenizer_path
 from zoo.data.collate import pad_batch
-from zoo.data.corpus import digest, files_digest, read_text, resolve_files
+from zoo.data.corpus import files_digest, read_text, resolve_files
 from zoo.data.labelled import Examples
 from zoo.data.masking import MLMCollator, PackedMLMCollator, check_mlm_probability
 from zoo.data.resumable import ResumableSampler
 from zoo.data.wordpiece import CONTINUING_SUBWORD_PREFIX, load_wordpiece, special_token_ids, train_wordpiece
 from zoo.errors import check_non_negative, check_positive, check_probability
-from zoo.io import atomic_directory, atomic_write
+from zoo.io import atomic_directory
 
-CACHE_VERSION = 1
 DocumentFormat = Literal["auto", "blank_lines", "wikitext", "conllu"]
 _SPLIT, _TRAIN, _VAL = 0, 1, 2  # seed streams
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z])")
@@ -585,16 +585,16 @@ class BertPretrainingDataModule(TokenizedDataModule):
             return load_wordpiece(self.tokenizer_spec)
         files = resolve_files(self.files, cache_dir=self.cache_dir)
         settings = (self.document_format, self.split_lines, self.wordpiece_vocab_size, self.lowercase)
-        key = digest(files_digest(files), repr(settings), str(CACHE_VERSION))
-        path = (
-            self.cache_dir / "tokenizers" / f"wordpiece-{self.wordpiece_vocab_size}-{key}" / "tokenizer.json"
+        path = tokenizer_path(
+            self.cache_dir,
+            f"wordpiece-{self.wordpiece_vocab_size}",
+            cache_key(files_digest(files), repr(settings)),
         )
-        if path.is_file():
-            return Tokenizer.from_file(str(path))
+        return cached_tokenizer(path, self._train_tokenizer)
+
+    def _train_tokenizer(self) -> Tokenizer:
         sentences = (s for d in self._documents(self.files) for s in d)
-        tokenizer = train_wordpiece(sentences, vocab_size=self.wordpiece_vocab_size, lowercase=self.lowercase)
-        atomic_write(path, tokenizer.to_str())
-        return tokenizer
+        return train_wordpiece(sentences, vocab_size=self.wordpiece_vocab_size, lowercase=self.lowercase)
 
     def _instance_dir(self) -> Path:
         files = resolve_files(self.files, cache_dir=self.cache_dir)
@@ -603,7 +603,7 @@ class BertPretrainingDataModule(TokenizedDataModule):
             self.document_format, self.split_lines, self.val_fraction, self.max_seq_len, self.nsp,
             self.short_seq_prob, self.dupe_factor, self.seed,
         )  # fmt: skip
-        key = digest(files_digest(files), val, repr(settings), self.tokenizer.to_str(), str(CACHE_VERSION))
+        key = cache_key(files_digest(files), val, repr(settings), self.tokenizer.to_str())
         directory = self.cache_dir / "bert-pretraining" / key
         if not (directory / "meta.json").is_file():
             self._write_instances(directory)

@@ -29,9 +29,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from zoo.data.cache import encode_to_file as _encode_to_file  # noqa: E402
 from zoo.data.corpus import read_text  # noqa: E402
 from zoo.data.shards import INDEX, open_shards, prepare_shards  # noqa: E402
-from zoo.data.text import _encode_to_file  # noqa: E402
 from zoo.data.tokenizers import ENCODE_CHARS, EOT, text_chunks, train_bpe_tokenizer  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

@@ -12,9 +12,9 @@ import pytest
 from zoo.data.classification import read_table
 from zoo.data.conll import read_conll, read_conllu
 from zoo.data.corpus import read_text, read_text_blocks
+from zoo.data.documents import read_documents
 from zoo.data.labelled import read_lines
 from zoo.data.parallel import read_pairs
-from zoo.data.pretraining import read_documents
 from zoo.data.squad import read_question_lines, read_squad
 from zoo.data.summarization import read_records
 from zoo.data.wordpiece import load_wordpiece

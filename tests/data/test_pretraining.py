@@ -8,15 +8,10 @@ import torch
 from conftest import shared_file
 
 from zoo.data import BertPretrainingDataModule
-from zoo.data.pretraining import (
-    EpochSampler,
-    PretrainingExamples,
-    _hold_out,
-    create_instances,
-    read_documents,
-    split_sentences,
-)
-from zoo.data.resumable import TrainPosition
+from zoo.data.documents import read_documents, split_sentences
+from zoo.data.nsp import create_instances
+from zoo.data.pretraining import PretrainingExamples, _hold_out
+from zoo.data.resumable import EpochSampler, TrainPosition
 
 CLS, SEP = 2, 3
 

@@ -206,7 +206,7 @@ def test_offline_download_is_a_clear_error(tmp_path, monkeypatch):
 def test_non_zero_local_rank_waits_for_the_tokenizer_of_rank_zero(tmp_path, monkeypatch):
     import threading
 
-    from zoo.data import text as text_module
+    from zoo.data import cache as cache_module
 
     corpus = tmp_path / "a.txt"
     corpus.write_text("hello world\n" * 20)
@@ -219,7 +219,7 @@ def test_non_zero_local_rank_waits_for_the_tokenizer_of_rank_zero(tmp_path, monk
     waited = _dm([corpus], tmp_path).tokenizer  # does not train a second copy; waits for the file
     assert waited.to_str() == built.to_str()
     with pytest.raises(TimeoutError, match="local rank 0"):
-        text_module._wait_for(tmp_path / "never.json", timeout_s=0.2)
+        cache_module.wait_for(tmp_path / "never.json", timeout_s=0.2)
 
 
 # -- corpus sanity: binary data that happens to decode as UTF-8 -----------------------------------------

@@ -30,14 +30,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
 
 from zoo.data.base import TokenizedDataModule
-from zoo.data.corpus import digest, files_digest, read_text, resolve_files
+from zoo.data.cache import cache_key, cached_tokenizer, tokenizer_path
+from zoo.data.corpus import files_digest, read_text, resolve_files
 from zoo.data.pairs import ParallelExamples, TranslationCollator
 from zoo.data.token_budget import TokenBudgetSampler
 from zoo.data.tokenizers import load_tokenizer
 from zoo.errors import check_non_negative, check_positive
 from zoo.io import atomic_write
 
-CACHE_VERSION = 1
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 _SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}  # the splits a stage reads
 
@@ -215,14 +215,15 @@ class ParallelTextDataModule(TokenizedDataModule):
         if self.tokenizer_spec != "bpe":
             return load_tokenizer(self.tokenizer_spec)
         files = self._files(self.train_files)
-        key = digest(files_digest(files), self._text_tag(), f"bpe-{self.bpe_vocab_size}", str(CACHE_VERSION))
-        path = self.cache_dir / "tokenizers" / f"joint-bpe-{self.bpe_vocab_size}-{key}" / "tokenizer.json"
-        if path.is_file():
-            return Tokenizer.from_file(str(path))
+        key = cache_key(files_digest(files), self._text_tag(), f"bpe-{self.bpe_vocab_size}")
+        return cached_tokenizer(
+            tokenizer_path(self.cache_dir, f"joint-bpe-{self.bpe_vocab_size}", key),
+            lambda: self._train_tokenizer(files),
+        )
+
+    def _train_tokenizer(self, files: list[Path]) -> Tokenizer:
         source, target = self._read(files)
-        tok = train_joint_bpe(source + target, vocab_size=self.bpe_vocab_size)
-        atomic_write(path, tok.to_str())
-        return tok
+        return train_joint_bpe(source + target, vocab_size=self.bpe_vocab_size)
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -322,7 +323,7 @@ class ParallelTextDataModule(TokenizedDataModule):
         files = self._files(specs)
         role = "train" if train else "eval"
         tokenizer = self.tokenizer.to_str()
-        key = digest(files_digest(files), role, self._cache_tag(), tokenizer, str(CACHE_VERSION))
+        key = cache_key(files_digest(files), role, self._cache_tag(), tokenizer)
         directory = self.cache_dir / "parallel" / f"{role}-{key}"
         if not (directory / "meta.json").is_file():
             source, target = self._read(files)

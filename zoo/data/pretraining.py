@@ -1,32 +1,22 @@
 """BERT pretraining data: documents to ``[CLS] A [SEP] B [SEP]`` pairs for masked-LM and next-sentence loss.
 
-Instances are built the way Google's ``create_pretraining_data.py`` builds them: consecutive sentences of
-one document fill a target length (shorter with probability ``short_seq_prob``), are cut into segment A
-and B, and half the time B is replaced by a span of a different document (``next_sentence_label`` 1,
-Hugging Face's convention; 0 means B really follows A). ``dupe_factor`` passes over the corpus give
-differently cut instances. Every random choice comes from a generator seeded by
-``(seed, split, pass, document)``, so the same settings always give the same instances.
-
-One deviation keeps the labels balanced: in Google's script a chunk of one sentence can only get a
-random B, which tilts the labels towards "random" (54-57% on UD EWT + WikiText at 128-64 tokens). Here a
-chunk is not cut while it holds one sentence, nor when that would leave a document's last sentence alone,
-and a lone sentence that remains (a one-sentence document, or the last sentence put back after a random
-B) is left out of that pass. The random share is in the cache's ``meta.json``.
+The pieces live in their own modules: `zoo.data.documents` reads the documents, `zoo.data.nsp` builds the
+instances (Google's way, with its one deviation), `zoo.data.fill_mask` reads and writes ``zoo predict``'s
+fill-mask files, `zoo.data.cache` keys the cached tokenizer and instances. This module holds what joins
+them: the validation hold-out, the dataset of cached instances and `BertPretrainingDataModule`. Every
+random choice comes from a generator seeded by ``(seed, split, pass, document)``, so the same settings
+always give the same instances.
 
 Masking is not done here but per batch, by `zoo.data.masking.MLMCollator`.
-
-``zoo predict`` fills masks in the sentences of ``predict_file`` (see `read_fill_mask_file` and
-`BertPretrainingDataModule.format_prediction`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -35,214 +25,31 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
+from zoo.data.cache import cache_key, cached_tokenizer, tokenizer_path
 from zoo.data.collate import pad_batch
-from zoo.data.corpus import digest, files_digest, read_text, resolve_files
+from zoo.data.corpus import files_digest, resolve_files
+from zoo.data.documents import DocumentFormat, read_documents, split_sentences
+from zoo.data.fill_mask import FILL_MASK_COLUMNS, FillMaskLine, format_fill_mask, read_fill_mask_file
 from zoo.data.labelled import Examples
 from zoo.data.masking import MLMCollator, PackedMLMCollator, check_mlm_probability
-from zoo.data.resumable import ResumableSampler
-from zoo.data.wordpiece import CONTINUING_SUBWORD_PREFIX, load_wordpiece, special_token_ids, train_wordpiece
+from zoo.data.nsp import NSP_OFF, create_instances
+from zoo.data.resumable import EpochSampler
+from zoo.data.wordpiece import load_wordpiece, special_token_ids, train_wordpiece
 from zoo.errors import check_non_negative, check_positive, check_probability
-from zoo.io import atomic_directory, atomic_write
+from zoo.io import atomic_directory
 
-CACHE_VERSION = 1
-DocumentFormat = Literal["auto", "blank_lines", "wikitext", "conllu"]
+__all__ = [
+    "BertPretrainingDataModule",
+    "EpochSampler",
+    "PretrainingExamples",
+    "create_instances",
+    "format_fill_mask",
+    "read_documents",
+    "read_fill_mask_file",
+    "split_sentences",
+]
+
 _SPLIT, _TRAIN, _VAL = 0, 1, 2  # seed streams
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z])")
-_WIKITEXT_MARKUP = {" @-@ ": "-", " @,@ ": ",", " @.@ ": ".", "<unk>": "[UNK]"}
-
-
-# -- documents -------------------------------------------------------------------------------------
-def read_documents(path: Path, document_format: DocumentFormat = "auto") -> list[list[str]]:
-    """The documents of one file, each a list of lines (sentences or paragraphs).
-
-    Formats: ``blank_lines`` (a blank line ends a document); ``wikitext`` (WikiText's `` = Title = ``
-    lines start documents, `` = = Section = = `` lines are dropped, blank lines ignored, ``@-@`` markup
-    undone and ``<unk>`` read as ``[UNK]``); ``conllu`` (``# newdoc`` starts a document, ``# text = ...``
-    gives a sentence). ``auto`` picks ``conllu`` for ``*.conllu``, ``wikitext`` for ``*.tokens``, else
-    ``blank_lines``.
-    """
-    if document_format == "auto":
-        document_format = {".conllu": "conllu", ".tokens": "wikitext"}.get(path.suffix, "blank_lines")
-    text = read_text(path)
-    if document_format == "conllu":
-        return _conllu_documents(text)
-    if document_format == "wikitext":
-        return _wikitext_documents(text)
-    if document_format == "blank_lines":
-        return _split_documents((line.strip() for line in text.splitlines()), lambda line: not line)
-    raise ValueError(
-        f"unknown document_format {document_format!r}; choose auto, blank_lines, wikitext, conllu"
-    )
-
-
-def _split_documents(lines: Iterator[str], starts_document: Callable[[str], bool]) -> list[list[str]]:
-    documents: list[list[str]] = [[]]
-    for line in lines:
-        if starts_document(line):
-            documents.append([])
-        elif line:
-            documents[-1].append(line)
-    return [d for d in documents if d]
-
-
-def _wikitext_documents(text: str) -> list[list[str]]:
-    def clean(line: str) -> str:
-        if line.startswith("= ="):  # section heading
-            return ""
-        for markup, plain in _WIKITEXT_MARKUP.items():
-            line = line.replace(markup, plain)
-        return line
-
-    lines = (clean(line.strip()) for line in text.splitlines())
-    return _split_documents(lines, lambda line: line.startswith("= ") and line.endswith(" ="))
-
-
-def _conllu_documents(text: str) -> list[list[str]]:
-    lines = (
-        line.split("=", 1)[1].strip() if line.startswith("# text =") else line
-        for line in text.splitlines()
-        if line.startswith(("# text =", "# newdoc"))
-    )
-    return _split_documents(lines, lambda line: line.startswith("# newdoc"))
-
-
-def split_sentences(line: str) -> list[str]:
-    """Cut a paragraph after ``.``, ``!`` or ``?`` followed by a capitalised word (a cheap heuristic)."""
-    return [s for s in _SENTENCE_END.split(line) if s.strip()]
-
-
-# -- instances -------------------------------------------------------------------------------------
-_NSP_OFF = "turn next-sentence prediction off (nsp: false on both data.init_args and model.init_args)"
-
-
-def create_instances(
-    documents: Sequence[Sequence[np.ndarray]],
-    *,
-    max_seq_len: int,
-    cls_id: int,
-    sep_id: int,
-    nsp: bool = True,
-    short_seq_prob: float = 0.1,
-    dupe_factor: int = 1,
-    seed: int | Sequence[int] = 0,
-) -> dict[str, np.ndarray]:
-    """Pretraining instances from tokenized documents (lists of sentences of token ids).
-
-    Returns flat arrays: ``input_ids`` (all instances concatenated), ``offsets`` (N+1 boundaries),
-    ``segment_a_lengths`` (positions of ``[CLS] A [SEP]``; the rest is segment B) and, with ``nsp``,
-    ``next_sentence_labels`` (N,). Without ``nsp`` an instance is ``[CLS] A [SEP]`` with A filling the
-    target length (RoBERTa's doc-sentences input).
-    """
-    if nsp and len(documents) < 2:
-        raise ValueError(
-            f"next-sentence prediction needs at least 2 documents (a random B must come from another "
-            f"document) but got {len(documents)}; add documents or {_NSP_OFF}"
-        )
-    seed = (seed,) if isinstance(seed, int) else tuple(seed)
-    max_tokens = max_seq_len - 3 if nsp else max_seq_len - 2
-    pieces: list[np.ndarray] = []
-    lengths, a_lengths, labels = [], [], []
-    cls, sep = np.array([cls_id]), np.array([sep_id])
-    for dupe in range(dupe_factor):
-        for index in range(len(documents)):
-            rng = np.random.default_rng((*seed, dupe, index))
-            for a, b, is_random in _document_instances(
-                documents, index, rng, max_tokens, short_seq_prob, nsp
-            ):
-                parts = [cls, a, sep] if b is None else [cls, a, sep, b, sep]
-                pieces.extend(parts)
-                lengths.append(sum(len(p) for p in parts))
-                a_lengths.append(len(a) + 2)
-                labels.append(int(is_random))
-    if not lengths:
-        raise ValueError(
-            f"no instances: each of the {len(documents)} documents has a single sentence, and a sentence "
-            "pair needs two; put several sentences per document (a blank line ends a document), or "
-            + _NSP_OFF
-        )
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    out = {
-        "input_ids": np.concatenate(pieces),
-        "offsets": offsets,
-        "segment_a_lengths": np.asarray(a_lengths, dtype=np.int32),
-    }
-    if nsp:
-        out["next_sentence_labels"] = np.asarray(labels, dtype=np.int8)
-    return out
-
-
-def _document_instances(
-    documents: Sequence[Sequence[np.ndarray]],
-    index: int,
-    rng: np.random.Generator,
-    max_tokens: int,
-    short_seq_prob: float,
-    nsp: bool,
-) -> Iterator[tuple[np.ndarray, np.ndarray | None, bool]]:
-    """Google's ``create_instances_from_document``: yields ``(A, B or None, B is random)``."""
-    document = documents[index]
-    last = len(document) - 1
-    target = max_tokens
-    if rng.random() < short_seq_prob:
-        target = int(rng.integers(2, max_tokens + 1))
-    chunk: list[np.ndarray] = []
-    length, i = 0, 0
-    while i <= last:
-        chunk.append(document[i])
-        length += len(document[i])
-        full = length >= target and (not nsp or (len(chunk) >= 2 and i != last - 1))
-        if i == last or full:
-            if not nsp:
-                yield _truncate(np.concatenate(chunk), max_tokens, rng), None, False
-            elif len(chunk) >= 2:  # a lone sentence could only get a random B; it is left out
-                a_end = int(rng.integers(1, len(chunk)))
-                a = np.concatenate(chunk[:a_end])
-                is_random = rng.random() < 0.5
-                if is_random:
-                    b = _random_span(documents, index, rng, target - len(a))
-                    i -= len(chunk) - a_end  # the unused sentences start the next chunk
-                else:
-                    b = np.concatenate(chunk[a_end:])
-                yield *_truncate_pair(a, b, max_tokens, rng), is_random
-            chunk, length = [], 0
-        i += 1
-
-
-def _random_span(
-    documents: Sequence[Sequence[np.ndarray]], index: int, rng: np.random.Generator, target: int
-) -> np.ndarray:
-    other = int(rng.integers(len(documents) - 1))
-    other += other >= index  # uniform over the other documents
-    document = documents[other]
-    span: list[np.ndarray] = []
-    n = 0
-    for sentence in document[int(rng.integers(len(document))) :]:
-        span.append(sentence)
-        n += len(sentence)
-        if n >= target:
-            break
-    return np.concatenate(span)
-
-
-def _truncate_pair(
-    a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Drop tokens from the longer segment (from its front or back at random) until both fit."""
-    bounds = [[0, len(a)], [0, len(b)]]
-    excess = len(a) + len(b) - max_tokens
-    for coin in rng.random(max(0, excess)):
-        longer = bounds[0] if bounds[0][1] - bounds[0][0] > bounds[1][1] - bounds[1][0] else bounds[1]
-        if coin < 0.5:
-            longer[0] += 1
-        else:
-            longer[1] -= 1
-    return a[bounds[0][0] : bounds[0][1]], b[bounds[1][0] : bounds[1][1]]
-
-
-def _truncate(a: np.ndarray, max_tokens: int, rng: np.random.Generator) -> np.ndarray:
-    drop_front = int((rng.random(max(0, len(a) - max_tokens)) < 0.5).sum())
-    return a[drop_front : drop_front + max_tokens]
 
 
 # -- datasets --------------------------------------------------------------------------------------
@@ -281,93 +88,6 @@ class PretrainingExamples(Dataset):
         return example
 
 
-class EpochSampler(ResumableSampler):
-    """`zoo.data.resumable.ResumableSampler` (seeded by ``seed + epoch``, one share per rank under DDP,
-    resumable mid-epoch) yielding ``(epoch, index)`` pairs: the epoch reaches the collator with each
-    example, even in worker processes."""
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        epoch = self.epoch
-        return ((epoch, index) for index in super().__iter__())
-
-
-# -- fill-mask input and output --------------------------------------------------------------------
-FILL_MASK_COLUMNS = ("line", "mask", "token", "word", "probability")
-"""The tab-separated columns `BertPretrainingDataModule.format_prediction` writes (its first row)."""
-
-
-class FillMaskLine(NamedTuple):
-    """One sentence of a fill-mask file: its line number (from 1) and its ids, ``[CLS] ... [SEP]``."""
-
-    line: int
-    input_ids: list[int]
-
-
-def read_fill_mask_file(path: Path, tokenizer: Tokenizer, *, max_seq_len: int) -> list[FillMaskLine]:
-    """The sentences of a fill-mask file: one per line, each with one or more ``[MASK]`` tokens (written
-    exactly so: the tokenizer's mask token). Blank lines are skipped.
-
-    Raises:
-        FileNotFoundError: No file at ``path``.
-        ValueError: ``path:LINE: ...`` for a line without a mask or longer than ``max_seq_len`` tokens
-            ([CLS] and [SEP] included); a file without a sentence.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"predict_file {path} not found")
-    mask_id = special_token_ids(tokenizer)["mask"]
-    out = []
-    for number, text in enumerate(read_text(path).split("\n"), start=1):
-        if not text.strip():
-            continue
-        ids = tokenizer.encode(text.rstrip("\r")).ids
-        if mask_id not in ids:
-            raise ValueError(f"{path}:{number}: no [MASK] to fill (write each mask as [MASK], upper case)")
-        if len(ids) > max_seq_len:
-            raise ValueError(
-                f"{path}:{number}: {len(ids)} tokens with [CLS] and [SEP], more than max_seq_len="
-                f"{max_seq_len}; shorten the line"
-            )
-        out.append(FillMaskLine(number, ids))
-    if not out:
-        raise ValueError(f"{path}: no sentence to fill, every line is blank")
-    return out
-
-
-def format_fill_mask(
-    line: FillMaskLine, fillers: Sequence[Sequence[tuple[int, float]]], tokenizer: Tokenizer
-) -> str:
-    """Rows ``line, mask, token, word, probability`` (tab-separated) for each filler of each mask.
-
-    ``mask`` counts the line's masks from 1; ``token`` is the vocabulary piece; ``word`` is the word it
-    makes: the token itself, or for a ``##`` continuation piece the input's word before the mask joined
-    with it (``walk [MASK]`` filled with ``##ed`` gives ``walked``).
-    """
-    tokens = [tokenizer.id_to_token(i) for i in line.input_ids]
-    mask_id = special_token_ids(tokenizer)["mask"]
-    positions = [p for p, i in enumerate(line.input_ids) if i == mask_id]
-    if len(positions) != len(fillers):
-        raise RuntimeError(f"line {line.line}: {len(positions)} masks but fillers for {len(fillers)}")
-    rows = []
-    for mask, (position, candidates) in enumerate(zip(positions, fillers), start=1):
-        for token_id, probability in candidates:
-            token = tokenizer.id_to_token(token_id)
-            word = _completed_word(tokens, position, token)
-            rows.append(f"{line.line}\t{mask}\t{token}\t{word}\t{probability:.6g}\n")
-    return "".join(rows)
-
-
-def _completed_word(tokens: list[str], position: int, filler: str) -> str:
-    if not filler.startswith(CONTINUING_SUBWORD_PREFIX):
-        return filler
-    start = position - 1  # back to the start of the word the filler continues
-    while start > 0 and tokens[start].startswith(CONTINUING_SUBWORD_PREFIX):
-        start -= 1
-    if start < 0 or tokens[start] in ("[CLS]", "[SEP]", "[PAD]"):
-        start += 1
-    pieces = [*tokens[start:position], filler]
-    return "".join(t.removeprefix(CONTINUING_SUBWORD_PREFIX) for t in pieces)
-
-
 # -- data module -----------------------------------------------------------------------------------
 class BertPretrainingDataModule(TokenizedDataModule):
     """Masked-LM (+ next-sentence) pretraining data from text files.
@@ -389,7 +109,7 @@ class BertPretrainingDataModule(TokenizedDataModule):
             `zoo.data.corpus.resolve_files`).
         val_files: Separate validation files; when ``None`` a ``val_fraction`` of the documents is held out.
         val_fraction: Share of documents held out for validation when ``val_files`` is not given.
-        document_format: How files split into documents and lines; see `read_documents`.
+        document_format: How files split into documents and lines; see `zoo.data.documents.read_documents`.
         split_lines: Cut every line into sentences (for paragraph-per-line text such as WikiText), so
             segments A and B can end mid-paragraph.
         tokenizer: ``"wordpiece"`` (trained on ``files`` and cached) or a path to a ``vocab.txt``, a
@@ -559,9 +279,9 @@ class BertPretrainingDataModule(TokenizedDataModule):
         )
 
     def format_prediction(self, index: int, prediction: Sequence[Sequence[tuple[int, float]]]) -> str:
-        """Rows for sentence ``index`` of ``predict_file`` (see `format_fill_mask`): per mask, the
-        ``(token id, probability)`` pairs of ``MaskedLM.predict_step``. Sentence 0 starts with the
-        header row ``line mask token word probability``."""
+        """Rows for sentence ``index`` of ``predict_file`` (see `zoo.data.fill_mask.format_fill_mask`):
+        per mask, the ``(token id, probability)`` pairs of ``MaskedLM.predict_step``. Sentence 0 starts
+        with the header row ``line mask token word probability``."""
         if self.predict_lines is None:
             raise RuntimeError("call setup('predict') before formatting predictions")
         rows = format_fill_mask(self.predict_lines[index], prediction, self.tokenizer)
@@ -585,16 +305,16 @@ class BertPretrainingDataModule(TokenizedDataModule):
             return load_wordpiece(self.tokenizer_spec)
         files = resolve_files(self.files, cache_dir=self.cache_dir)
         settings = (self.document_format, self.split_lines, self.wordpiece_vocab_size, self.lowercase)
-        key = digest(files_digest(files), repr(settings), str(CACHE_VERSION))
-        path = (
-            self.cache_dir / "tokenizers" / f"wordpiece-{self.wordpiece_vocab_size}-{key}" / "tokenizer.json"
+        path = tokenizer_path(
+            self.cache_dir,
+            f"wordpiece-{self.wordpiece_vocab_size}",
+            cache_key(files_digest(files), repr(settings)),
         )
-        if path.is_file():
-            return Tokenizer.from_file(str(path))
+        return cached_tokenizer(path, self._train_tokenizer)
+
+    def _train_tokenizer(self) -> Tokenizer:
         sentences = (s for d in self._documents(self.files) for s in d)
-        tokenizer = train_wordpiece(sentences, vocab_size=self.wordpiece_vocab_size, lowercase=self.lowercase)
-        atomic_write(path, tokenizer.to_str())
-        return tokenizer
+        return train_wordpiece(sentences, vocab_size=self.wordpiece_vocab_size, lowercase=self.lowercase)
 
     def _instance_dir(self) -> Path:
         files = resolve_files(self.files, cache_dir=self.cache_dir)
@@ -603,7 +323,7 @@ class BertPretrainingDataModule(TokenizedDataModule):
             self.document_format, self.split_lines, self.val_fraction, self.max_seq_len, self.nsp,
             self.short_seq_prob, self.dupe_factor, self.seed,
         )  # fmt: skip
-        key = digest(files_digest(files), val, repr(settings), self.tokenizer.to_str(), str(CACHE_VERSION))
+        key = cache_key(files_digest(files), val, repr(settings), self.tokenizer.to_str())
         directory = self.cache_dir / "bert-pretraining" / key
         if not (directory / "meta.json").is_file():
             self._write_instances(directory)
@@ -699,7 +419,7 @@ def _hold_out(
         raise ValueError(
             f"{len(documents)} documents cannot give {min_docs}+ training and {n_val} validation documents; "
             "add documents, lower val_fraction or pass val_files"
-            + ("" if min_docs == 1 else f" (or {_NSP_OFF})")
+            + ("" if min_docs == 1 else f" (or {NSP_OFF})")
         )
     held_out = set(np.random.default_rng((seed, _SPLIT)).permutation(len(documents))[:n_val].tolist())
     train = [d for i, d in enumerate(documents) if i not in held_out]

@@ -9,175 +9,34 @@ model keeps its documents apart (see `TextDataModule`).
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import TokenizedDataModule
-from zoo.data.batch import IGNORE_INDEX
-from zoo.data.corpus import (
-    digest,
-    files_digest,
-    read_text,
-    read_text_blocks,
-    resolve_files,
-)
-from zoo.data.resumable import EpochSampler, ResumableSampler
-from zoo.data.shards import (
-    INDEX,
-    TOKENIZER,
-    DocumentStream,
-    ShardedTokens,
-    ShardStore,
-    is_shard_url,
-    open_shards,
-    prepare_shards,
-)
+from zoo.data.blocks import ShuffledBlocks, SlidingWindows, TokenBlocks, document_item
+from zoo.data.cache import cache_key, cached_tokenizer, tokenizer_path
+from zoo.data.corpus import files_digest, resolve_files
+from zoo.data.shards import is_shard_url
+from zoo.data.storage import Shards, TokenFile, TokenStorage, prepared_tokenizer
 from zoo.data.tokenizers import (
     ENCODE_CHARS,
     EOT,
     TOKENIZER_KINDS,
-    UnknownTally,
     eot_id,
     load_tokenizer,
-    stream_chunks,
     text_chunks,
     train_bpe_tokenizer,
     train_char_tokenizer,
     unk_id,
 )
 from zoo.errors import check_non_negative, check_positive
-from zoo.io import atomic_write
 
-CACHE_VERSION = 1
-DEFAULT_SHARD_TOKENS = 1 << 24
-
-
-class TokenBlocks(Dataset):
-    """Fixed-length blocks of a token array with next-token targets.
-
-    Item ``i`` starts at ``s = i * stride`` and is
-    ``{"input_ids": tokens[s : s+T], "labels": tokens[s+1 : s+T+1]}``.
-    ``stride == T`` gives consecutive, non-overlapping blocks; a smaller stride gives overlapping windows
-    (``stride=1`` makes every position a possible start, like sampling random offsets).
-
-    Args:
-        tokens: 1-D token array (usually a ``np.memmap``).
-        block_size: T, the number of positions per example.
-        stride: Distance between block starts (defaults to ``block_size``).
-        ignore_id: A label equal to this id (the tokenizer's ``<unk>``) becomes -100: never a target.
-        eot_id: The token that ends each document (``<|endoftext|>``), for packed documents: items also
-            hold ``document_ids`` and the target after it is -100 (see `document_item`); ``None``: off.
-    """
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        block_size: int,
-        stride: int | None = None,
-        ignore_id: int | None = None,
-        eot_id: int | None = None,
-    ) -> None:
-        if len(tokens) < block_size + 1:
-            raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1 positions")
-        check_positive("TokenBlocks", block_size=block_size, stride=stride)
-        self.tokens = tokens
-        self.block_size = block_size
-        self.stride = stride or block_size
-        self.ignore_id = ignore_id
-        self.eot_id = eot_id
-
-    def __len__(self) -> int:
-        return (len(self.tokens) - 1 - self.block_size) // self.stride + 1
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"block {i} out of range for {len(self)} blocks")
-        start = i * self.stride
-        chunk = self.tokens[start : start + self.block_size + 1]
-        return _next_token_item(chunk, self.ignore_id, eot_id=self.eot_id)
-
-
-class ShuffledBlocks(TokenBlocks):
-    """`TokenBlocks` over a `DocumentStream` whose documents change order each epoch.
-
-    Items are asked for as ``(epoch, i)`` (`zoo.data.resumable.EpochSampler` yields them): block ``i`` of
-    that epoch's document order, so the order is the same in every DataLoader worker and after a resume.
-    """
-
-    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
-        epoch, i = key if isinstance(key, tuple) else (0, key)
-        self.tokens.set_epoch(epoch)
-        return super().__getitem__(i)
-
-
-class SlidingWindows(Dataset):
-    """Windows that score every token of a stream exactly once: strided sliding-window evaluation.
-
-    With ``N`` tokens, targets are tokens ``1 .. N-1`` (token 0 has nothing before it). Window ``k`` starts
-    at ``s = min(k * stride, N - 1 - T)`` (the last window ends at the last token) and holds
-    ``input_ids = tokens[s : s+T]`` and ``labels = tokens[s+1 : s+T+1]``, where the labels of targets an
-    earlier window already scored are -100: they are context only. So the first window scores its ``T``
-    targets with the context from the start of the stream, and every later target is predicted from at
-    least ``T - stride + 1`` tokens before it. ``stride == T`` gives disjoint windows (cheapest, least
-    context); ``stride == 1`` gives every target the full ``T`` (``T`` times the cost). A stream shorter
-    than a window is one window of ``N - 1`` positions.
-
-    Args:
-        tokens: 1-D token array, at least 2 tokens.
-        block_size: T, the positions per window (the model's context).
-        stride: New targets per window after the first (at most ``block_size``; defaults to it).
-        ignore_id: A label equal to this id (the tokenizer's ``<unk>``) becomes -100: never scored.
-        eot_id: The token that ends each document, for packed documents (as in `TokenBlocks`).
-    """
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        block_size: int,
-        stride: int | None = None,
-        ignore_id: int | None = None,
-        eot_id: int | None = None,
-    ) -> None:
-        check_positive("SlidingWindows", block_size=block_size, stride=stride)
-        stride = stride or block_size
-        if stride > block_size:
-            raise ValueError(
-                f"stride={stride} is larger than the window of {block_size} tokens: the tokens between "
-                "windows would never be scored"
-            )
-        if len(tokens) < 2:
-            raise ValueError(f"{len(tokens)} token(s) to score: at least 2 are needed (the first is context)")
-        self.tokens = tokens
-        self.width = min(block_size, len(tokens) - 1)
-        self.stride = stride
-        self.ignore_id = ignore_id
-        self.eot_id = eot_id
-        self._last_start = len(tokens) - 1 - self.width
-
-    def __len__(self) -> int:
-        return 1 + -(-self._last_start // self.stride)  # 1 + ceil(last_start / stride)
-
-    def start(self, i: int) -> int:
-        """Index of window ``i``'s first input token."""
-        return min(i * self.stride, self._last_start)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"window {i} out of range for {len(self)} windows")
-        s = self.start(i)
-        scored_before = 0 if i == 0 else self.start(i - 1) + self.width - s  # targets the last window scored
-        chunk = self.tokens[s : s + self.width + 1]
-        return _next_token_item(chunk, self.ignore_id, context=scored_before, eot_id=self.eot_id)
+__all__ = ["ShuffledBlocks", "SlidingWindows", "TextDataModule", "TokenBlocks", "document_item"]
 
 
 class TextDataModule(TokenizedDataModule):
@@ -290,13 +149,23 @@ class TextDataModule(TokenizedDataModule):
         self.num_proc = num_proc
         self.chunk_bytes = chunk_bytes
         self.max_cached_shards = max_cached_shards
-        self.sharded = shard_tokens is not None or any(
+        sharded = shard_tokens is not None or any(
             is_shard_url(s) for s in self.files + (self.val_files or [])
+        )
+        self.storage: TokenStorage = (
+            Shards(
+                cache_dir=self.cache_dir,
+                shard_tokens=shard_tokens,
+                num_proc=num_proc,
+                chunk_bytes=chunk_bytes,
+                max_cached_shards=max_cached_shards,
+            )
+            if sharded
+            else TokenFile(cache_dir=self.cache_dir)
         )
         self.train_set: TokenBlocks | None = None
         self.val_set: TokenBlocks | None = None
         self.test_set: SlidingWindows | None = None
-        self._reported: set[str] = set()
 
     # -- tokenizer ---------------------------------------------------------------------------------
 
@@ -313,44 +182,32 @@ class TextDataModule(TokenizedDataModule):
     def _build_tokenizer(self) -> Tokenizer:
         spec = self.tokenizer_spec
         if is_shard_url(self.files[0]):
-            return self._corpus_tokenizer()
+            return prepared_tokenizer(self.files[0], spec, cache_dir=self.cache_dir)
         if spec not in TOKENIZER_KINDS:
             return load_tokenizer(spec)
         files = resolve_files(self.files, cache_dir=self.cache_dir)
-        extra = f"-{self.bpe_vocab_size}" if spec == "bpe" else ""
-        key = digest(files_digest(files), spec + extra, str(CACHE_VERSION))
-        path = self.cache_dir / "tokenizers" / f"{spec}{extra}-{key}" / "tokenizer.json"
-        if path.is_file():
-            return Tokenizer.from_file(str(path))
-        if _local_rank() != 0:  # under torchrun/SLURM every process starts at once: local rank 0 trains
-            return Tokenizer.from_file(str(_wait_for(path)))
-        texts = (read_text(f) for f in files)
-        if self.sharded:  # the same text, never a whole file at once; the same chunks for BPE
-            texts = (
-                c for f in files for c in stream_chunks(read_text_blocks(f, self.chunk_bytes), ENCODE_CHARS)
-            )
+        name = f"bpe-{self.bpe_vocab_size}" if spec == "bpe" else spec
+        path = tokenizer_path(self.cache_dir, name, cache_key(files_digest(files), name))
+        return cached_tokenizer(path, lambda: self._train_tokenizer(files))
+
+    def _train_tokenizer(self, files: list[Path]) -> Tokenizer:
+        texts = self.storage.training_texts(files)
         try:
-            tok = (
-                train_char_tokenizer(texts)
-                if spec == "char"
-                else train_bpe_tokenizer(
-                    (chunk for text in texts for chunk in text_chunks(text, ENCODE_CHARS)),
-                    vocab_size=self.bpe_vocab_size,
-                )
-            )
+            if self.tokenizer_spec == "char":
+                return train_char_tokenizer(texts)
+            chunks = (chunk for text in texts for chunk in text_chunks(text, ENCODE_CHARS))
+            return train_bpe_tokenizer(chunks, vocab_size=self.bpe_vocab_size)
         except ValueError as err:  # an empty corpus: say which files (reading errors already do)
             if any(str(err).startswith(str(f)) for f in files):
                 raise
             raise ValueError(f"{', '.join(str(f) for f in files)}: {err}") from err
-        atomic_write(path, tok.to_str())
-        return tok
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Tokenize the corpora the run needs once into the cache (local rank 0 only)."""
         testing = self.trainer is not None and self.trainer.testing
         for specs in self._corpora("test" if testing else "fit"):
-            self._shards(specs) if self.sharded else self._token_file(specs)
+            self.storage.prepare(specs, self.tokenizer)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -377,7 +234,7 @@ class TextDataModule(TokenizedDataModule):
                     f"max_seq_len + 1 = {self.max_seq_len + 1}; give more text, a smaller max_seq_len"
                     + (" or a larger val_fraction" if split == "validation" and not self.val_files else "")
                 )
-        self.train_set = (ShuffledBlocks if self.sharded else TokenBlocks)(
+        self.train_set = self.storage.blocks(
             train_tokens, self.max_seq_len, self.train_stride, ignore_id=ignore, eot_id=eot
         )
         self.val_set = TokenBlocks(val_tokens, self.max_seq_len, ignore_id=ignore, eot_id=eot)
@@ -386,12 +243,9 @@ class TextDataModule(TokenizedDataModule):
         if self.train_set is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         seed = self._seed()
-        if self.sharded:  # the documents are shuffled; the blocks are read in order, one shard at a time
-            sampler = self._resumable(
-                EpochSampler(self.train_set, batch_size=self.batch_size, seed=seed, shuffle=False)
-            )
-        else:
-            sampler = self._resumable(ResumableSampler(self.train_set, batch_size=self.batch_size, seed=seed))
+        sampler = self._resumable(
+            self.storage.train_sampler(self.train_set, batch_size=self.batch_size, seed=seed)
+        )
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
@@ -439,10 +293,6 @@ class TextDataModule(TokenizedDataModule):
             )
         return self.eot_id
 
-    @property
-    def _dtype(self) -> type:
-        return np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-
     def _corpora(self, stage: str) -> list[list[str]]:
         """The corpus specs ``stage`` reads: each list is one token file."""
         if stage == "test" and self.test_file:
@@ -451,107 +301,14 @@ class TextDataModule(TokenizedDataModule):
             return [self.val_files]
         return [self.files] + ([self.val_files] if self.val_files else [])
 
-    def _train_and_val_tokens(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.sharded:
-            return self._sharded_splits()
-        train_tokens = self._tokens(*self.files)
-        if self.val_files:
-            return train_tokens, self._tokens(*self.val_files)
-        split = int(len(train_tokens) * (1.0 - self.val_fraction))
-        return train_tokens[:split], train_tokens[split:]
-
-    def _tokens(self, *specs: str) -> np.ndarray:
-        """The token ids of the corpus ``specs``, memory-mapped from the cache (encoded first if needed)."""
-        if self.sharded:
-            return self._shards(list(specs))
-        path = self._token_file(list(specs))
-        if path.stat().st_size == 0:  # np.memmap refuses empty files
-            return np.zeros(0, dtype=self._dtype)
-        return np.memmap(path, dtype=self._dtype, mode="r")
-
-    def _token_file(self, specs: list[str]) -> Path:
-        """Path of the cached token file of ``specs``; the first call per corpus reports unknown text."""
-        files = resolve_files(specs, cache_dir=self.cache_dir)
-        key = digest(
-            files_digest(files), self.tokenizer.to_str(), np.dtype(self._dtype).name, str(CACHE_VERSION)
+    def _train_and_val_tokens(self) -> tuple[Any, Any]:
+        return self.storage.splits(
+            self.files, self.val_files, self.val_fraction, self.tokenizer, self._seed()
         )
-        path = self.cache_dir / "tokens" / f"{key}.{np.dtype(self._dtype).name}"
-        meta = _read_meta(path)
-        if meta is None:
-            tally = _encode_to_file(files, self.tokenizer, self._dtype, path)
-        else:
-            tally = UnknownTally.from_dict(unk_id(self.tokenizer), meta["unknown"])
-        self._report_unknown(specs, tally)
-        return path
 
-    def _report_unknown(self, specs: list[str], tally: UnknownTally) -> None:
-        corpus = ", ".join(specs)
-        if tally.count and corpus not in self._reported:
-            self._reported.add(corpus)
-            _report(tally.message(corpus))
-
-    def _sharded_splits(self) -> tuple[DocumentStream, DocumentStream]:
-        """Training stream (its documents shuffled each epoch) and validation stream (in order)."""
-        train = self._shards(self.files)
-        if self.val_files:
-            val = self._shards(self.val_files)
-            return DocumentStream(train, 0, len(train), seed=self._seed()), DocumentStream(val, 0, len(val))
-        split = int(len(train) * (1.0 - self.val_fraction))
-        return DocumentStream(train, 0, split, seed=self._seed()), DocumentStream(train, split, len(train))
-
-    def _shards(self, specs: list[str]) -> ShardedTokens:
-        """The sharded corpus of ``specs``: opened if it is one prepared corpus, else prepared (once, by
-        streaming) into ``cache_dir/shards/<key>``; the first call per corpus reports unknown text."""
-        if len(specs) == 1 and is_shard_url(specs[0]):
-            tokens, tok = open_shards(specs[0], cache_dir=self.cache_dir, max_cached=self.max_cached_shards)
-            if tok.to_str() != self.tokenizer.to_str():
-                raise ValueError(
-                    f"{specs[0]}: prepared with another tokenizer (vocab {tok.get_vocab_size()}) than the "
-                    f"one of files (vocab {self.vocab_size}); prepare it with the same tokenizer"
-                )
-            return tokens
-        if any(is_shard_url(s) for s in specs):
-            raise ValueError(
-                f"{', '.join(specs)}: a prepared corpus (URL) must be the only entry of its list"
-            )
-        files = resolve_files(specs, cache_dir=self.cache_dir)
-        shard_tokens = self.shard_tokens or DEFAULT_SHARD_TOKENS
-        dtype = np.dtype(self._dtype).name
-        key = digest(
-            files_digest(files), self.tokenizer.to_str(), dtype, str(CACHE_VERSION), f"shards-{shard_tokens}"
-        )
-        out = self.cache_dir / "shards" / key
-        if (out / INDEX).is_file():
-            tally = UnknownTally.from_dict(
-                unk_id(self.tokenizer), json.loads((out / INDEX).read_text())["unknown"]
-            )
-        else:
-            tally = prepare_shards(
-                files,
-                self.tokenizer,
-                out,
-                dtype=self._dtype,
-                shard_tokens=shard_tokens,
-                num_proc=self.num_proc,
-                chunk_bytes=self.chunk_bytes,
-            )
-        self._report_unknown(specs, tally)
-        remedy = f"delete the folder {out} and run again: prepare_data prepares it anew"
-        return open_shards(
-            str(out), cache_dir=self.cache_dir, max_cached=self.max_cached_shards, remedy=remedy
-        )[0]
-
-    def _corpus_tokenizer(self) -> Tokenizer:
-        """The tokenizer saved with the prepared corpus ``files``; a ``tokenizer`` path must be the same."""
-        saved = Tokenizer.from_str(ShardStore(self.files[0], cache_dir=self.cache_dir).read_text(TOKENIZER))
-        if self.tokenizer_spec not in TOKENIZER_KINDS:
-            given = load_tokenizer(self.tokenizer_spec)
-            if given.to_str() != saved.to_str():
-                raise ValueError(
-                    f"TextDataModule: tokenizer {self.tokenizer_spec!r} (vocab {given.get_vocab_size()}) is "
-                    f"not the one {self.files[0]} was prepared with (vocab {saved.get_vocab_size()})"
-                )
-        return saved
+    def _tokens(self, *specs: str) -> Any:
+        """The token ids of the corpus ``specs``, from the cache (tokenized first if needed)."""
+        return self.storage.tokens(list(specs), self.tokenizer)
 
     def _loader(self, dataset: Dataset | None, batch_size: int) -> DataLoader:
         if dataset is None:
@@ -585,113 +342,9 @@ def _check_arguments(args: dict[str, Any]) -> None:
         )
 
 
-def _next_token_item(
-    chunk: np.ndarray, ignore_id: int | None, context: int = 0, eot_id: int | None = None
-) -> dict[str, torch.Tensor]:
-    """``{"input_ids": chunk[:-1], "labels": chunk[1:]}`` (int64), with -100 on the first ``context``
-    labels and on labels equal to ``ignore_id``; with ``eot_id``, as `document_item` makes it."""
-    ids = torch.from_numpy(chunk.astype(np.int64))
-    labels = ids[1:].clone()
-    labels[:context] = IGNORE_INDEX
-    if ignore_id is not None:
-        labels[labels == ignore_id] = IGNORE_INDEX
-    item = {"input_ids": ids[:-1], "labels": labels}
-    return item if eot_id is None else document_item(item, eot_id)
-
-
-def document_item(item: dict[str, torch.Tensor], eot_id: int) -> dict[str, torch.Tensor]:
-    """Mark the documents of a next-token item whose documents each end with ``eot_id``.
-
-    Adds ``document_ids`` (T,): the number of ``eot_id`` tokens before each position, so the end token
-    belongs to the document it ends and the first document of the item is 0. The label at an end token
-    (the next document's first token) becomes -100: predicting it would take the other document's context.
-    """
-    ends = item["input_ids"] == eot_id  # (T,)
-    labels = item["labels"].masked_fill(ends, IGNORE_INDEX)
-    document_ids = ends.long().cumsum(0) - ends.long()  # (T,) ends before each position
-    return {**item, "labels": labels, "document_ids": document_ids}
-
-
-@rank_zero_only
-def _report(message: str) -> None:
-    print(f"zoo: {message}", file=sys.stderr, flush=True)
-
-
-def _local_rank() -> int:
-    for var in ("LOCAL_RANK", "SLURM_LOCALID", "JSM_NAMESPACE_LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
-def _wait_for(path: Path, timeout_s: float = 6 * 3600) -> Path:
-    """Wait for local rank 0 to write ``path`` (atomically), up to ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not path.is_file():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f} s for local rank 0 to write {path}")
-        time.sleep(1.0)
-    return path
-
-
 def _preview(text: str, width: int = 40) -> str:
     return repr(text if len(text) <= width else text[:width] + "...")
 
 
 def _collate_prompts(prompts: list[list[int]]) -> dict[str, list[list[int]]]:
     return {"prompts": prompts}
-
-
-def _read_meta(path: Path) -> dict[str, Any] | None:
-    """A token file's metadata, or ``None`` when it must be (re-)encoded: missing, or written before the
-    metadata counted unknown text."""
-    meta_path = path.with_suffix(path.suffix + ".json")
-    if not (path.is_file() and meta_path.is_file()):
-        return None
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    return meta if "unknown" in meta else None
-
-
-def _encode_to_file(files: list[Path], tok: Tokenizer, dtype: type, path: Path) -> UnknownTally:
-    """Encode ``files`` in batches, streaming ids into ``path`` (atomically: a temporary file renamed into
-    place when complete), then its metadata (files, token count, unknown text); both mark it complete."""
-    eot = eot_id(tok)
-    tally = UnknownTally(unk_id(tok))
-    written: dict[str, int] = {}
-
-    def write(out: Any) -> None:
-        for file in files:
-            _encode_file(out, file, tok, dtype, tally)
-            if eot is not None:
-                out.write(np.array([eot], dtype=dtype).tobytes())
-        written["tokens"] = out.tell() // np.dtype(dtype).itemsize
-
-    atomic_write(path, write)
-    meta = {"files": [str(f) for f in files], "tokens": written["tokens"], "unknown": tally.as_dict()}
-    atomic_write(path.with_suffix(path.suffix + ".json"), json.dumps(meta, indent=1))
-    return tally
-
-
-def _encode_file(out: Any, file: Path, tok: Tokenizer, dtype: type, tally: UnknownTally) -> None:
-    """Encode one file in batches of 256 chunks, keeping each chunk's first line number for ``tally``."""
-    batch: list[str] = []
-    where: list[tuple[str, int]] = []
-    line = 1
-    for chunk in text_chunks(read_text(file), ENCODE_CHARS):
-        batch.append(chunk)
-        where.append((str(file), line))
-        line += chunk.count("\n")
-        if len(batch) == 256:
-            _write_batch(out, tok, batch, where, dtype, tally)
-            batch, where = [], []
-    _write_batch(out, tok, batch, where, dtype, tally)
-
-
-def _write_batch(
-    out: Any, tok: Tokenizer, batch: list[str], where: list[tuple[str, int]], dtype: type, tally: UnknownTally
-) -> None:
-    if batch:
-        encodings = tok.encode_batch(batch, add_special_tokens=False)
-        tally.add(encodings, batch, where)
-        ids = np.fromiter((i for e in encodings for i in e.ids), dtype=dtype)
-        out.write(ids.tobytes())

@@ -13,7 +13,7 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from zoo.checkpoint import check_fits, check_task, read_checkpoint
+from zoo.checkpoint import check_fits, check_task, migrate_args, migrate_hparams, read_checkpoint
 from zoo.runs import (
     checkpoint_in,
     existing_log_dirs,
@@ -53,6 +53,9 @@ class ZooCLI(LightningCLI):
     def parse_arguments(self, parser: Any, args: Any) -> None:
         self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         check_config_files(self._given_args)
+        migrated = migrate_args(self._given_args, _model_class_path(self._given_args))  # old spellings
+        if migrated is not self._given_args:
+            self._given_args = args = migrated
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
@@ -92,8 +95,6 @@ class ZooCLI(LightningCLI):
         check_task(checkpoint, (config.get("model") or {}).get("class_path"), config.ckpt_path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
-        from zoo.tasks.optim import migrate_hparams  # checkpoints from before optimizer/lr_scheduler
-
         hparams = migrate_hparams(hparams, hparams.get("_class_path") or config.model.get("class_path"))
         for key in _explicit_model_args(getattr(self, "_given_args", [])):
             hparams.pop(key, None)
@@ -171,6 +172,26 @@ def run_callbacks(trainer_config: dict[str, Any], subcommand: str | None, argv: 
     if subcommand == "fit":
         callbacks.append(FinalCheckpoint(resume_command(argv)))
     return callbacks
+
+
+def _model_class_path(args: list[str]) -> str | None:
+    """The model's ``class_path`` as the command line or its last ``--config`` file names it (``None``:
+    neither does)."""
+    found = None
+    for flag, value in zip(args, list(args[1:]) + [None]):
+        if (
+            isinstance(flag, str)
+            and "=" in flag
+            and flag.split("=", 1)[0] in ("--config", "--model", "--model.class_path")
+        ):
+            flag, value = flag.split("=", 1)
+        if flag in ("--model", "--model.class_path") and isinstance(value, str):
+            found = value
+        elif flag in ("--config", "-c") and isinstance(value, str) and Path(value).is_file():
+            model = (yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}).get("model")
+            if isinstance(model, dict) and isinstance(model.get("class_path"), str):
+                found = model["class_path"]
+    return found
 
 
 def _explicit_model_args(args: list[str]) -> set[str]:

@@ -257,7 +257,7 @@ def test_summarization_generate_applies_the_options() -> None:
         assert all(len(o) >= 6 for o in outputs)
         assert all(len(_ngrams(o, 2)) == len(set(_ngrams(o, 2))) for o in outputs)
     with pytest.raises(ValueError, match="no_repeat_ngram_size"):
-        Summarization(backbone, no_repeat_ngram_size=-1)
+        Summarization(backbone, decoding=Decoding(no_repeat_ngram_size=-1))
 
 
 def test_cross_attention_lr_scale_multiplies_only_the_cross_attention_rates() -> None:

@@ -394,3 +394,16 @@ def migrate_args(args: list[str], task: type | str | None) -> list[str]:
                 arg = f"--model.init_args.{RENAMED_TASK_ARGS[name]}{eq}{value}"
         new.append(arg)
     return new if new != list(args) else args
+
+
+def migrate_config(config: Any, task: type | str | None) -> Any:
+    """A parsed YAML config with the model's old flat decoding keys (``beam_size``, ``max_new_tokens``,
+    ...) moved into ``model.init_args.decoding`` (`migrate_hparams`); ``config`` itself when none is."""
+    model = config.get("model") if isinstance(config, dict) else None
+    init_args = model.get("init_args") if isinstance(model, dict) else None
+    if not isinstance(init_args, dict):
+        return config
+    migrated = _migrated_decoding(init_args, task)
+    if migrated is init_args:
+        return config
+    return {**config, "model": {**model, "init_args": migrated}}

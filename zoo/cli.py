@@ -13,7 +13,14 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from zoo.checkpoint import check_fits, check_task, migrate_args, migrate_hparams, read_checkpoint
+from zoo.checkpoint import (
+    check_fits,
+    check_task,
+    migrate_args,
+    migrate_config,
+    migrate_hparams,
+    read_checkpoint,
+)
 from zoo.runs import (
     checkpoint_in,
     existing_log_dirs,
@@ -53,7 +60,8 @@ class ZooCLI(LightningCLI):
     def parse_arguments(self, parser: Any, args: Any) -> None:
         self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         check_config_files(self._given_args)
-        migrated = migrate_args(self._given_args, _model_class_path(self._given_args))  # old spellings
+        task = _model_class_path(self._given_args)
+        migrated = migrate_args(_migrated_config_files(self._given_args, task), task)  # old spellings
         if migrated is not self._given_args:
             self._given_args = args = migrated
         super().parse_arguments(parser, args)
@@ -172,6 +180,20 @@ def run_callbacks(trainer_config: dict[str, Any], subcommand: str | None, argv: 
     if subcommand == "fit":
         callbacks.append(FinalCheckpoint(resume_command(argv)))
     return callbacks
+
+
+def _migrated_config_files(args: list[str], task: str | None) -> list[str]:
+    """``args`` with each ``--config`` file whose model keys an earlier zoo spelled differently
+    (`zoo.checkpoint.migrate_config`) replaced by the migrated config, as a YAML string."""
+    new = list(args)
+    for i, (flag, value) in enumerate(zip(args, list(args[1:]) + [None])):
+        if flag not in ("--config", "-c") or not isinstance(value, str) or not Path(value).is_file():
+            continue
+        config = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+        migrated = migrate_config(config, task)
+        if migrated is not config:
+            new[i + 1] = yaml.safe_dump(migrated, sort_keys=False)
+    return new if new != list(args) else args
 
 
 def _model_class_path(args: list[str]) -> str | None:

@@ -407,3 +407,17 @@ def migrate_config(config: Any, task: type | str | None) -> Any:
     if migrated is init_args:
         return config
     return {**config, "model": {**model, "init_args": migrated}}
+
+
+def init_arguments(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` accepts: its ``__init__``'s own and, where that passes
+    ``**kwargs`` on, those of the parents' (as jsonargparse resolves them)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names

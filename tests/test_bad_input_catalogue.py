@@ -285,7 +285,7 @@ ROWS: dict[str, Row] = {
         "fit",
         GPT2,
         _corpus(SENTENCES, "--model.init_args.top_p=1.5"),
-        "error: CausalLM: top_p must be in (0, 1], got 1.5",
+        "error: decoding: top_p must be in (0, 1], got 1.5",
     ),
     "loss-not-finite": Row(
         "fit",

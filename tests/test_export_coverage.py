@@ -43,6 +43,7 @@ from zoo.tasks import (
     Translation,
 )
 from zoo.tasks.optim import adamw
+from zoo.tasks.settings import Decoding
 
 transformers = pytest.importorskip("transformers")
 
@@ -229,8 +230,10 @@ def test_bert2bert_summarization_is_an_encoder_decoder_model(tmp_path, capsys):
     )  # fmt: skip
     ids = {name: getattr(data, name) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
     backbone = BertEncoderDecoder(vocab_size=data.vocab_size, **TINY_BERT)
-    decoding = dict(val_beam_size=0, min_len=0, no_repeat_ngram_size=0, max_len_b=12)
-    task = Summarization(backbone, **ids, **decoding, optimizer=adamw(lr=1e-2), lr_scheduler=None)
+    decoding = Decoding(min_length=0, no_repeat_ngram_size=0, max_new_tokens=12)
+    task = Summarization(
+        backbone, **ids, decoding=decoding, val_num_beams=0, optimizer=adamw(lr=1e-2), lr_scheduler=None
+    )
     ckpt = _fit(tmp_path, task, data)
 
     out = tmp_path / "exported"
@@ -246,14 +249,14 @@ def test_bert2bert_summarization_is_an_encoder_decoder_model(tmp_path, capsys):
         ours = zoo_task.backbone(source["input_ids"], target, attention_mask=source["attention_mask"])
     _close(theirs, ours)
     # greedy decoding from the config's start and end tokens, as zoo's (which never emits [PAD] or [CLS],
-    # and counts the end token in max_len_b)
+    # and counts the end token in max_new_tokens)
     generated = model.generate(
-        **source, max_new_tokens=decoding["max_len_b"] - 1, do_sample=False, num_beams=1,
+        **source, max_new_tokens=decoding.max_new_tokens - 1, do_sample=False, num_beams=1,
         bad_words_ids=[[ids["pad_token_id"]], [ids["bos_token_id"]]],
     )  # fmt: skip
     special = set(ids.values())
     theirs = [[t for t in row.tolist() if t not in special] for row in generated]
-    assert theirs == zoo_task.generate(source["input_ids"], source["attention_mask"], beam_size=1)
+    assert theirs == zoo_task.generate(source["input_ids"], source["attention_mask"], num_beams=1)
 
 
 # -- what cannot be exported -------------------------------------------------------------------------

@@ -9,7 +9,9 @@ Zoo tasks install it automatically when the trainer uses the default writer.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import os
 import pickle
 import zipfile
@@ -235,3 +237,187 @@ def install_atomic_checkpoint_io(trainer: Any) -> None:
     strategy = trainer.strategy
     if type(strategy.checkpoint_io) is TorchCheckpointIO:
         strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+# top-level hyper-parameters of checkpoints written before optimizer/lr_scheduler were injected, with the
+# defaults BackboneTask had then (a subclass that did not list one passed the default)
+_OLD_OPTIMIZER = {
+    "learning_rate": ("lr", 3e-4),
+    "betas": ("betas", (0.9, 0.95)),
+    "weight_decay": ("weight_decay", 0.1),
+}
+_OLD_SCHEDULE = {"warmup_steps": 100, "min_lr_ratio": 0.1, "total_steps": None}
+_RENAMED = {"pad_id": "pad_token_id", "bos_id": "bos_token_id", "eos_id": "eos_token_id"}  # Translation
+_RENAMED_BACKBONE = {"tie_output": "tie_weights"}  # seq2seq Transformer
+
+
+def migrate_hparams(hparams: dict[str, Any], task: type | str | None) -> dict[str, Any]:
+    """Hyper-parameters of an older checkpoint in today's layout; today's come back unchanged (the same
+    object).
+
+    Older layouts: ``learning_rate``, ``betas``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``,
+    ``total_steps`` at the top level (before ``optimizer``/``lr_scheduler`` existed) become AdamW and the
+    task's default schedule class with the old values; ``pad_id``/``bos_id``/``eos_id`` become
+    ``pad_token_id``/``bos_token_id``/``eos_token_id`` and the backbone's ``tie_output`` ``tie_weights``;
+    for a task that takes ``decoding`` (`zoo.tasks.settings.Decoding`), the flat decoding arguments
+    (``beam_size``, ``max_len_b``, ``min_len``, ``max_new_tokens``, ``temperature``, ...) move into it,
+    by their new names (`DECODING_RENAMES`), and ``val_beam_size`` becomes ``val_num_beams``."""
+    hparams = _migrated_decoding(_renamed_hparams(hparams), task)
+    old = set(_OLD_OPTIMIZER) | set(_OLD_SCHEDULE)
+    if not old & set(hparams) or "optimizer" in hparams:
+        return hparams
+    new = {k: v for k, v in hparams.items() if k not in old}
+    init_args = {arg: hparams.get(key, default) for key, (arg, default) in _OLD_OPTIMIZER.items()}
+    new["optimizer"] = {"class_path": "torch.optim.AdamW", "init_args": init_args}
+    schedule = _default_schedule(_task_class(task))
+    if schedule is not None:
+        cls = _import_class(schedule["class_path"])
+        accepted = inspect.signature(cls).parameters
+        old_args = {k: hparams.get(k, d) for k, d in _OLD_SCHEDULE.items() if k in accepted}
+        schedule = {"class_path": schedule["class_path"], "init_args": {**schedule["init_args"], **old_args}}
+    new["lr_scheduler"] = schedule
+    return new
+
+
+def _renamed_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` with the arguments renamed since it was written (``hparams`` itself when none was)."""
+    backbone = hparams.get("backbone")
+    init_args = backbone.get("init_args") if isinstance(backbone, dict) else None
+    stale = set(_RENAMED) & set(hparams)
+    stale_backbone = set(_RENAMED_BACKBONE) & set(init_args or {})
+    if not stale and not stale_backbone:
+        return hparams
+    new = {_RENAMED.get(k, k): v for k, v in hparams.items()}
+    if stale_backbone:
+        renamed = {_RENAMED_BACKBONE.get(k, k): v for k, v in init_args.items()}
+        new["backbone"] = {**backbone, "init_args": renamed}
+    return new
+
+
+def _default_schedule(task: type | None) -> dict | None:
+    from zoo.tasks.optim import to_spec, warmup_cosine_schedule  # tasks sit above this module
+
+    param = inspect.signature(task.__init__).parameters.get("lr_scheduler") if task is not None else None
+    default = param.default if param is not None else inspect.Parameter.empty
+    if isinstance(default, dict):
+        return to_spec(default, "lr_scheduler")
+    return warmup_cosine_schedule()
+
+
+DECODING_RENAMES = {
+    "beam_size": "num_beams",
+    "num_beams": "num_beams",
+    "max_len_b": "max_new_tokens",
+    "max_new_tokens": "max_new_tokens",
+    "max_len_a": "max_len_a",
+    "min_len": "min_length",
+    "no_repeat_ngram_size": "no_repeat_ngram_size",
+    "length_penalty": "length_penalty",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "stop_tokens": "stop_tokens",
+}
+"""Flat task arguments of an earlier zoo (Translation/Summarization, CausalLM) -> their `Decoding` field."""
+RENAMED_TASK_ARGS = {"val_beam_size": "val_num_beams"}
+"""Task arguments renamed in place (Seq2SeqTask)."""
+
+
+def _task_class(task: type | str | None) -> type | None:
+    if isinstance(task, str):
+        try:
+            return _import_class(task)
+        except ValueError:
+            return None
+    return task
+
+
+def takes_decoding(task: type | str | None) -> bool:
+    """Whether ``task`` (a class or its path) takes ``decoding`` (a `zoo.tasks.settings.Decoding`)."""
+    cls = _task_class(task)
+    return cls is not None and "decoding" in inspect.signature(cls.__init__).parameters
+
+
+def _migrated_decoding(hparams: dict[str, Any], task: type | str | None) -> dict[str, Any]:
+    """``hparams`` with flat decoding arguments moved into ``decoding`` (``hparams`` itself when none is
+    there or ``task`` takes no ``decoding``); the moved values win over a ``decoding`` already given."""
+    flat = set(DECODING_RENAMES) & set(hparams)
+    renamed = set(RENAMED_TASK_ARGS) & set(hparams)
+    if not (flat or renamed) or not takes_decoding(task):
+        return hparams
+    new = {RENAMED_TASK_ARGS.get(k, k): v for k, v in hparams.items() if k not in flat}
+    if flat:
+        base = hparams.get("decoding")
+        if base is None:
+            default = inspect.signature(_task_class(task).__init__).parameters["decoding"].default
+            base = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}
+        moved = {DECODING_RENAMES[k]: hparams[k] for k in flat}
+        if "stop_tokens" in moved:
+            moved["stop_tokens"] = list(moved["stop_tokens"] or [])
+        new["decoding"] = {**dict(base), **moved}
+    return new
+
+
+def _import_class(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"cannot import class_path {class_path!r}: {err}") from err
+
+
+def migrate_overrides(overrides: dict[str, Any], hparams: Any, task: type | str | None) -> dict[str, Any]:
+    """``load_from_checkpoint``'s keyword overrides in today's names: a flat decoding one (``temperature=
+    0.5``) changes that field of the checkpoint's ``decoding`` and keeps the rest (``overrides`` itself
+    when none is flat)."""
+    if not (set(DECODING_RENAMES) | set(RENAMED_TASK_ARGS)) & set(overrides):
+        return overrides
+    saved = migrate_hparams(hparams, task).get("decoding") if isinstance(hparams, dict) else None
+    base = {"decoding": saved} if saved is not None and "decoding" not in overrides else {}
+    return _migrated_decoding({**base, **overrides}, task)
+
+
+def migrate_args(args: list[str], task: type | str | None) -> list[str]:
+    """Command-line arguments in today's names: ``--model.init_args.beam_size=4`` (or ``--model.beam_size
+    4``) becomes ``--model.init_args.decoding.num_beams=4`` for a task that takes ``decoding``, and
+    ``val_beam_size`` becomes ``val_num_beams``; ``args`` itself when nothing is renamed."""
+    if not takes_decoding(task):
+        return args
+    new = []
+    for arg in args:
+        if isinstance(arg, str) and arg.startswith("--model."):
+            name, eq, value = arg[len("--model.") :].partition("=")
+            name = name.removeprefix("init_args.")
+            if name in DECODING_RENAMES:
+                arg = f"--model.init_args.decoding.{DECODING_RENAMES[name]}{eq}{value}"
+            elif name in RENAMED_TASK_ARGS:
+                arg = f"--model.init_args.{RENAMED_TASK_ARGS[name]}{eq}{value}"
+        new.append(arg)
+    return new if new != list(args) else args
+
+
+def migrate_config(config: Any, task: type | str | None) -> Any:
+    """A parsed YAML config with the model's old flat decoding keys (``beam_size``, ``max_new_tokens``,
+    ...) moved into ``model.init_args.decoding`` (`migrate_hparams`); ``config`` itself when none is."""
+    model = config.get("model") if isinstance(config, dict) else None
+    init_args = model.get("init_args") if isinstance(model, dict) else None
+    if not isinstance(init_args, dict):
+        return config
+    migrated = _migrated_decoding(init_args, task)
+    if migrated is init_args:
+        return config
+    return {**config, "model": {**model, "init_args": migrated}}
+
+
+def init_arguments(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` accepts: its ``__init__``'s own and, where that passes
+    ``**kwargs`` on, those of the parents' (as jsonargparse resolves them)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names

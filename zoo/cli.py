@@ -13,7 +13,14 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from zoo.checkpoint import check_fits, check_task, read_checkpoint
+from zoo.checkpoint import (
+    check_fits,
+    check_task,
+    migrate_args,
+    migrate_config,
+    migrate_hparams,
+    read_checkpoint,
+)
 from zoo.runs import (
     checkpoint_in,
     existing_log_dirs,
@@ -53,6 +60,10 @@ class ZooCLI(LightningCLI):
     def parse_arguments(self, parser: Any, args: Any) -> None:
         self._given_args = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         check_config_files(self._given_args)
+        task = _model_class_path(self._given_args)
+        migrated = migrate_args(_migrated_config_files(self._given_args, task), task)  # old spellings
+        if migrated is not self._given_args:
+            self._given_args = args = migrated
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
@@ -92,8 +103,6 @@ class ZooCLI(LightningCLI):
         check_task(checkpoint, (config.get("model") or {}).get("class_path"), config.ckpt_path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
-        from zoo.tasks.optim import migrate_hparams  # checkpoints from before optimizer/lr_scheduler
-
         hparams = migrate_hparams(hparams, hparams.get("_class_path") or config.model.get("class_path"))
         for key in _explicit_model_args(getattr(self, "_given_args", [])):
             hparams.pop(key, None)
@@ -171,6 +180,40 @@ def run_callbacks(trainer_config: dict[str, Any], subcommand: str | None, argv: 
     if subcommand == "fit":
         callbacks.append(FinalCheckpoint(resume_command(argv)))
     return callbacks
+
+
+def _migrated_config_files(args: list[str], task: str | None) -> list[str]:
+    """``args`` with each ``--config`` file whose model keys an earlier zoo spelled differently
+    (`zoo.checkpoint.migrate_config`) replaced by the migrated config, as a YAML string."""
+    new = list(args)
+    for i, (flag, value) in enumerate(zip(args, list(args[1:]) + [None])):
+        if flag not in ("--config", "-c") or not isinstance(value, str) or not Path(value).is_file():
+            continue
+        config = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+        migrated = migrate_config(config, task)
+        if migrated is not config:
+            new[i + 1] = yaml.safe_dump(migrated, sort_keys=False)
+    return new if new != list(args) else args
+
+
+def _model_class_path(args: list[str]) -> str | None:
+    """The model's ``class_path`` as the command line or its last ``--config`` file names it (``None``:
+    neither does)."""
+    found = None
+    for flag, value in zip(args, list(args[1:]) + [None]):
+        if (
+            isinstance(flag, str)
+            and "=" in flag
+            and flag.split("=", 1)[0] in ("--config", "--model", "--model.class_path")
+        ):
+            flag, value = flag.split("=", 1)
+        if flag in ("--model", "--model.class_path") and isinstance(value, str):
+            found = value
+        elif flag in ("--config", "-c") and isinstance(value, str) and Path(value).is_file():
+            model = (yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}).get("model")
+            if isinstance(model, dict) and isinstance(model.get("class_path"), str):
+                found = model["class_path"]
+    return found
 
 
 def _explicit_model_args(args: list[str]) -> set[str]:

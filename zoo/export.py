@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 from contextlib import suppress
@@ -48,7 +47,13 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from zoo.checkpoint import CheckpointError, read_checkpoint, upgrade_state_dict
+from zoo.checkpoint import (
+    CheckpointError,
+    init_arguments,
+    migrate_hparams,
+    read_checkpoint,
+    upgrade_state_dict,
+)
 from zoo.data.labelled import pad_token_id
 from zoo.data.tokenizers import EOT, UNK
 from zoo.data.wordpiece import special_token_ids
@@ -195,7 +200,8 @@ def _rebuild_task(checkpoint: dict[str, Any], source: Path) -> BackboneTask:
     hparams = checkpoint.get("hyper_parameters") or {}
     if not isinstance(hparams.get("backbone"), dict):
         raise CheckpointError(f"{source}: the checkpoint does not record its backbone's class and arguments")
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = init_arguments(cls)
+    hparams = migrate_hparams(hparams, cls)  # an earlier zoo's spellings
     task = cls(**{k: v for k, v in hparams.items() if k in accepted})
     # an earlier zoo's weight names
     result = task.load_state_dict(upgrade_state_dict(checkpoint["state_dict"], task.backbone), strict=False)

@@ -18,6 +18,7 @@ from zoo.models.gpt2 import GPT2
 from zoo.tasks import CausalLM
 from zoo.tasks.causal_lm import LR_SCHEDULER, OPTIMIZER
 from zoo.tasks.optim import with_init_args
+from zoo.tasks.settings import Decoding
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "gpt2" / "shakespeare-char.yaml"
@@ -175,7 +176,7 @@ def test_data_that_does_not_fit_the_backbone_is_refused_before_training(stdlib_t
 @pytest.mark.parametrize(
     "arg, message",
     [
-        ("--model.init_args.top_p=1.5", "CausalLM: top_p must be in (0, 1], got 1.5"),
+        ("--model.init_args.top_p=1.5", "decoding: top_p must be in (0, 1], got 1.5"),
         ("--data.init_args.batch_size=0", "TextDataModule: batch_size must be a positive integer, got 0"),
         ("--data.init_args.test_stride=65", "TextDataModule: test_stride=65 is larger than max_seq_len=64"),
     ],
@@ -194,8 +195,10 @@ def test_bad_arguments_stop_zoo_with_the_argument_named(tmp_path, capsys, monkey
 
 def test_bad_sampling_arguments_are_refused_at_construction():
     gpt2 = GPT2(vocab_size=10, max_seq_len=8, embed_dim=8, num_heads=2, num_layers=1)
-    with pytest.raises(ValueError, match=r"CausalLM: top_p must be in \(0, 1\], got 0"):
-        CausalLM(gpt2, top_p=0)
-    with pytest.raises(ValueError, match="CausalLM: max_new_tokens must be a positive integer, got 0"):
-        CausalLM(gpt2, max_new_tokens=0)
-    CausalLM(gpt2, temperature=0.0, top_k=1, top_p=1.0)  # the edges are allowed: greedy, argmax, no nucleus
+    with pytest.raises(ValueError, match=r"decoding: top_p must be in \(0, 1\], got 0"):
+        CausalLM(gpt2, decoding=Decoding(top_p=0))
+    with pytest.raises(ValueError, match="decoding: max_new_tokens must be a positive integer, got 0"):
+        CausalLM(gpt2, decoding=Decoding(max_new_tokens=0))
+    CausalLM(
+        gpt2, decoding=Decoding(temperature=0.0, top_k=1, top_p=1.0)
+    )  # the edges are allowed: greedy, argmax, no nucleus

@@ -35,6 +35,7 @@ from zoo.tasks.decoding import (
     sample_search,
     step_log_probs,
 )
+from zoo.tasks.settings import Decoding
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIAL = dict(bos_token_id=BOS, eos_token_id=EOS, banned_ids=(PAD, BOS))
@@ -331,13 +332,14 @@ def test_decoder_beam_search_without_a_cache_slides_the_window(my_gru):
 
 
 def test_causal_lm_generate_and_predict_decode_beams(tmp_path, monkeypatch):
-    model = CausalLM(_decoder("Llama", sharpen=3.0), num_beams=3, length_penalty=0.6, max_new_tokens=6)
+    decoding = Decoding(num_beams=3, length_penalty=0.6, max_new_tokens=6)
+    model = CausalLM(_decoder("Llama", sharpen=3.0), decoding=decoding)
     prompts = [[1, 2, 3], [4]]
     expected = generate(model.backbone, prompts, max_new_tokens=6, num_beams=3, length_penalty=0.6)
     assert model.predict_step({"prompts": prompts}, 0) == expected
     assert model.generate(prompts, max_new_tokens=6, num_beams=3, length_penalty=0.6) == expected
-    with pytest.raises(ValueError, match=re.escape("CausalLM: num_beams must be a positive integer, got 0")):
-        CausalLM(_decoder("Llama"), num_beams=0)
+    with pytest.raises(ValueError, match=re.escape("decoding: num_beams must be a positive integer, got 0")):
+        CausalLM(_decoder("Llama"), decoding=Decoding(num_beams=0))
 
 
 def test_zoo_predict_decodes_beams_with_num_beams_from_the_config(tmp_path, monkeypatch):

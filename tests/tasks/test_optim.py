@@ -207,6 +207,6 @@ def test_migration_uses_the_task_default_schedule():
         "class_path": "zoo.tasks.optim.InverseSqrt",
         "init_args": {"warmup_steps": 4000},
     }
-    assert new["beam_size"] == 4 and "learning_rate" not in new
-    current = {"optimizer": new["optimizer"], "beam_size": 4}
+    assert new["decoding"]["num_beams"] == 4 and "learning_rate" not in new and "beam_size" not in new
+    current = {"optimizer": new["optimizer"], "decoding": new["decoding"]}
     assert migrate_hparams(current, Translation) is current

@@ -16,6 +16,7 @@ from zoo.cli import main
 from zoo.data.summarization import SummarizationDataModule
 from zoo.models.bert import BertEncoderDecoder
 from zoo.tasks.decoding import Ending, block_repeated_ngrams, decode_beams, decode_one
+from zoo.tasks.settings import Decoding
 from zoo.tasks.summarization import Summarization
 
 RECIPE = REPO / "recipes" / "summarization" / "dialogsum-minilm.yaml"
@@ -248,15 +249,15 @@ def test_min_len_is_respected_and_the_limit_still_ends_rows(beams: int) -> None:
 def test_summarization_generate_applies_the_options() -> None:
     torch.manual_seed(0)
     backbone = BertEncoderDecoder(vocab_size=40, max_seq_len=32, embed_dim=32, num_heads=4, num_layers=2)
-    task = Summarization(backbone, min_len=6, no_repeat_ngram_size=2, max_len_b=20, beam_size=3,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    decoding = Decoding(min_length=6, no_repeat_ngram_size=2, max_new_tokens=20, num_beams=3)
+    task = Summarization(backbone, decoding=decoding, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     src = torch.randint(3, 40, (4, 10))
-    for beam_size in (1, 3):
-        outputs = task.generate(src, beam_size=beam_size)
+    for num_beams in (1, 3):
+        outputs = task.generate(src, num_beams=num_beams)
         assert all(len(o) >= 6 for o in outputs)
         assert all(len(_ngrams(o, 2)) == len(set(_ngrams(o, 2))) for o in outputs)
     with pytest.raises(ValueError, match="no_repeat_ngram_size"):
-        Summarization(backbone, no_repeat_ngram_size=-1)
+        Summarization(backbone, decoding=Decoding(no_repeat_ngram_size=-1))
 
 
 def test_cross_attention_lr_scale_multiplies_only_the_cross_attention_rates() -> None:

@@ -13,6 +13,7 @@ from zoo.data.parallel import ParallelTextDataModule
 from zoo.models.seq2seq import Transformer
 from zoo.tasks.callbacks import TextPredictionWriter
 from zoo.tasks.optim import inverse_sqrt, with_init_args
+from zoo.tasks.settings import Decoding
 from zoo.tasks.translation import LR_SCHEDULER, OPTIMIZER, Translation
 
 sacrebleu = pytest.importorskip("sacrebleu")
@@ -65,9 +66,7 @@ def _task(vocab_size: int, **kw) -> Translation:
     args = dict(
         optimizer=with_init_args(OPTIMIZER, lr=5e-3),
         lr_scheduler=with_init_args(LR_SCHEDULER, warmup_steps=30),
-        max_len_a=1.0,
-        max_len_b=4,
-        beam_size=3,
+        decoding=Decoding(num_beams=3, max_len_a=1.0, max_new_tokens=4),
     )
     return Translation(backbone, **{**args, **kw})
 
@@ -101,7 +100,7 @@ def test_tiny_fit_learns_and_bleu_is_sacrebleu(toy_data, tmp_path):
     for batch in toy_data.val_dataloader():
         hyps += [
             toy_data.decode(ids)
-            for ids in model.translate(batch["input_ids"], batch["attention_mask"], beam_size=1)
+            for ids in model.translate(batch["input_ids"], batch["attention_mask"], num_beams=1)
         ]
         refs += batch["references"]
     assert len(refs) == 200
@@ -122,7 +121,7 @@ def test_checkpoint_reloads_weights_only_and_predict_writes_lines(toy_data, tmp_
     trainer.save_checkpoint(path)
     torch.load(path, weights_only=True)
     reloaded = Translation.load_from_checkpoint(path)
-    assert reloaded.backbone.spec == model.backbone.spec and reloaded.beam_size == 3
+    assert reloaded.backbone.spec == model.backbone.spec and reloaded.decoding.num_beams == 3
     batch = next(iter(toy_data.val_dataloader()))
     assert reloaded.translate(batch["input_ids"], batch["attention_mask"]) == model.translate(
         batch["input_ids"], batch["attention_mask"]

@@ -22,6 +22,8 @@ from zoo.checkpoint import (
     CheckpointError,
     checkpoint_error,
     install_atomic_checkpoint_io,
+    migrate_hparams,
+    migrate_overrides,
     read_checkpoint,
     task_family,
     upgrade_checkpoint,
@@ -38,7 +40,6 @@ from zoo.tasks.optim import (
     adamw,
     build_optimizer,
     build_scheduler,
-    migrate_hparams,
     schedule_length,
     to_spec,
     warmup_cosine_schedule,
@@ -314,6 +315,7 @@ class BackboneTask(L.LightningModule):
         if isinstance(checkpoint_path, str | os.PathLike):
             # missing, not a zip archive (truncated, text) or unsafe: named here; old layouts migrated
             checkpoint = read_checkpoint(path, mmap=True)
+            kwargs = migrate_overrides(kwargs, checkpoint.get("hyper_parameters"), cls)  # flat decoding
             source = _migrated(checkpoint, cls)
             given = _as_given(checkpoint.get("hyper_parameters"), cls)
         try:
@@ -416,7 +418,7 @@ def _as_given(hparams: Any, task: type) -> contextlib.AbstractContextManager:
 
 
 def _migrated(checkpoint: dict[str, Any], task: type) -> io.BytesIO | None:
-    """The checkpoint with hyper-parameters in today's layout (see `zoo.tasks.optim.migrate_hparams`),
+    """The checkpoint with hyper-parameters in today's layout (see `zoo.checkpoint.migrate_hparams`),
     or ``None`` when they already are."""
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or migrate_hparams(hparams, task) is hparams:

@@ -12,15 +12,17 @@ from torchmetrics import Metric
 
 from zoo.data.batch import IGNORE_INDEX
 from zoo.models.protocols import CausalDecoder, PackedDecoder
-from zoo.nn import LoRA
 from zoo.tasks.base import BackboneTask
-from zoo.tasks.decoding import check_sampling, generate
+from zoo.tasks.decoding import generate
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
+from zoo.tasks.settings import SOURCE_BOUND, Decoding
 
 OPTIMIZER = adamw(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
 """`CausalLM`'s default ``optimizer``: AdamW, peak learning rate 6e-4, betas (0.9, 0.95), decay 0.1."""
 LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=100, min_lr_ratio=0.1)
 """`CausalLM`'s default ``lr_scheduler``: 100 warm-up steps, cosine to 0.1 of the peak at max_steps."""
+DECODING = Decoding()
+"""`CausalLM`'s default ``decoding``: up to 200 new tokens sampled at temperature 1, no filter."""
 
 
 class CausalLM(BackboneTask):
@@ -42,18 +44,12 @@ class CausalLM(BackboneTask):
             ``zoo.tasks.causal_lm.OPTIMIZER``: AdamW at 6e-4, betas (0.9, 0.95), decay 0.1.
         lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
             ``zoo.tasks.causal_lm.LR_SCHEDULER``: 100 warm-up steps, cosine to 0.1 of the peak.
-        compile: See `BackboneTask`.
-        activation_checkpointing: See `BackboneTask`.
-        lora: See `BackboneTask`.
-        max_new_tokens: Tokens generated per prompt by ``predict_step``.
-        temperature: Sampling temperature for ``predict_step`` (0 means greedy).
-        top_k: Keep only the k most likely tokens when sampling (``None``: all).
-        top_p: Nucleus sampling threshold (``None``: off).
-        stop_tokens: Token ids that end a generated sequence.
-        num_beams: Beams for ``predict_step``: 1 samples (as ``temperature``, ``top_k``, ``top_p`` say),
-            more decodes by beam search, which does not sample (those three are then unused).
-        length_penalty: Beam search ranks continuations by ``log_prob / length ** length_penalty``
-            (``length`` counts a final stop token; 0: by probability alone, larger: longer output).
+        decoding: How ``predict_step`` decodes (`zoo.tasks.settings.Decoding`): ``max_new_tokens`` per
+            prompt, ``num_beams`` (1 samples as ``temperature``, ``top_k``, ``top_p`` say; more decodes
+            by beam search, which does not sample), ``length_penalty`` (beams are ranked by ``log_prob /
+            length ** length_penalty``, ``length`` counting a final stop token) and ``stop_tokens``.
+            Default: `Decoding`'s own (200 tokens, sampling at temperature 1).
+        **kwargs: `BackboneTask`'s other arguments: ``compile``, ``activation_checkpointing``, ``lora``.
     """
 
     backbone_protocol = CausalDecoder
@@ -62,42 +58,15 @@ class CausalLM(BackboneTask):
         self,
         backbone: nn.Module,
         *,
+        decoding: Decoding = DECODING,
         optimizer: OptimizerCallable = OPTIMIZER,
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
-        compile: bool = False,
-        activation_checkpointing: bool = False,
-        lora: LoRA | None = None,
-        max_new_tokens: int = 200,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop_tokens: list[int] | None = None,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            compile=compile,
-            activation_checkpointing=activation_checkpointing,
-            lora=lora,
-        )
-        check_sampling(
-            type(self).__name__,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            num_beams=num_beams,
-        )
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_k = top_k
-        self.top_p = top_p
-        self.stop_tokens = list(stop_tokens or [])
-        self.num_beams = num_beams
-        self.length_penalty = length_penalty
+        super().__init__(backbone, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        self.decoding = Decoding.of(decoding)
+        self.decoding.check_unused(type(self).__name__, SOURCE_BOUND)
+        self.save_hyperparameters({"decoding": self.decoding.plain()})  # plain: weights_only loads
         self.val_nll = TokenNLL()
         self.test_nll = TokenNLL()
 
@@ -143,15 +112,16 @@ class CausalLM(BackboneTask):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[list[int]]:
         """Continue each prompt in ``batch["prompts"]`` (lists of ids); returns the new ids."""
+        d = self.decoding
         return self.generate(
             batch["prompts"],
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            stop_tokens=self.stop_tokens,
-            num_beams=self.num_beams,
-            length_penalty=self.length_penalty,
+            max_new_tokens=d.max_new_tokens,
+            temperature=d.temperature,
+            top_k=d.top_k,
+            top_p=d.top_p,
+            stop_tokens=list(d.stop_tokens),
+            num_beams=d.num_beams,
+            length_penalty=d.length_penalty,
         )
 
     def generate(

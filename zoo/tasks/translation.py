@@ -17,16 +17,18 @@ from torchmetrics.text import SacreBLEUScore
 from zoo.data.batch import IGNORE_INDEX
 from zoo.errors import check_non_negative
 from zoo.models.protocols import EncoderDecoder
-from zoo.nn import LoRA
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.decoding import beam_search, greedy_search
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, inverse_sqrt_schedule
 from zoo.tasks.optim import inverse_sqrt as inverse_sqrt  # its home before zoo.tasks.optim
+from zoo.tasks.settings import SAMPLING, Decoding
 
 OPTIMIZER = adamw(lr=5e-4, betas=(0.9, 0.98), weight_decay=0.0)
 """`Translation`'s default ``optimizer``: AdamW at 5e-4, betas (0.9, 0.98) (the paper's), no decay."""
 LR_SCHEDULER = inverse_sqrt_schedule(warmup_steps=4000)
 """`Translation`'s default ``lr_scheduler``: `zoo.tasks.optim.InverseSqrt` with 4000 warm-up steps."""
+DECODING = Decoding(num_beams=5, max_new_tokens=10, max_len_a=1.2)
+"""`Translation`'s default ``decoding``: 5 beams, at most ``1.2 * source_length + 10`` tokens."""
 
 
 class Seq2SeqTask(BackboneTask):
@@ -35,10 +37,28 @@ class Seq2SeqTask(BackboneTask):
 
     A subclass says how text is scored: `text_metric` builds the metric (updated with the decoded texts
     and, per text, a list of raw references) and `text_scores` names what its ``compute()`` returns; each
-    name is logged as ``val_<name>`` / ``test_<name>``, times 100. The arguments are `Translation`'s. A
+    name is logged as ``val_<name>`` / ``test_<name>``, times 100. The defaults are `Translation`'s. A
     subclass that sets ``self.pretrained`` (weights to start from, as `zoo.tasks.FinetuneTask`'s
     ``pretrained``, see `zoo.models.pretrained.load_pretrained`) gets them loaded in ``setup`` when
     training starts, not when resuming or when a checkpoint is loaded.
+
+    Args:
+        backbone: Encoder-decoder network, e.g. `zoo.models.seq2seq.Transformer`, or its spec.
+        label_smoothing: Share of the target probability spread over the vocabulary.
+        decoding: How ``zoo test``, ``zoo predict`` and `generate` decode (`zoo.tasks.settings.Decoding`:
+            ``num_beams``, ``max_new_tokens``, ``max_len_a``, ``min_length``, ``no_repeat_ngram_size``,
+            ``length_penalty``; the sampling fields stay unset). Default ``zoo.tasks.translation.DECODING``:
+            5 beams, at most ``1.2 * source_length + 10`` tokens.
+        val_num_beams: Beams for the validation score (1: greedy, the cheapest; 0: no score, loss only).
+        pad_token_id: Padding id of the data's tokenizer (never generated).
+        bos_token_id: Start-of-target id (fed first, never generated).
+        eos_token_id: End-of-sentence id.
+        optimizer: Optimizer spec, see `BackboneTask`. Default ``zoo.tasks.translation.OPTIMIZER``:
+            AdamW at 5e-4 (the peak, reached after the warm-up), betas (0.9, 0.98), no decay.
+        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
+            ``zoo.tasks.translation.LR_SCHEDULER``: linear warm-up over 4000 steps, then decay as
+            ``1/sqrt(step)`` (`zoo.tasks.optim.InverseSqrt`).
+        **kwargs: `BackboneTask`'s other arguments: ``compile``, ``activation_checkpointing``, ``lora``.
     """
 
     backbone_protocol = EncoderDecoder
@@ -47,38 +67,23 @@ class Seq2SeqTask(BackboneTask):
         self,
         backbone: nn.Module,
         *,
-        label_smoothing: float,
-        optimizer: OptimizerCallable,
-        lr_scheduler: LRSchedulerCallable | None,
-        compile: bool,
-        activation_checkpointing: bool,
-        lora: LoRA | None,
-        beam_size: int,
-        val_beam_size: int,
-        length_penalty: float,
-        max_len_a: float,
-        max_len_b: int,
-        min_len: int,
-        no_repeat_ngram_size: int,
-        pad_token_id: int,
-        bos_token_id: int,
-        eos_token_id: int,
+        label_smoothing: float = 0.1,
+        decoding: Decoding = DECODING,
+        val_num_beams: int = 1,
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        optimizer: OptimizerCallable = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            compile=compile,
-            activation_checkpointing=activation_checkpointing,
-            lora=lora,
-        )
-        check_non_negative(type(self).__name__, min_len=min_len, no_repeat_ngram_size=no_repeat_ngram_size)
+        super().__init__(backbone, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        check_non_negative(type(self).__name__, val_num_beams=val_num_beams)
+        self.decoding = Decoding.of(decoding)
+        self.decoding.check_unused(type(self).__name__, SAMPLING)
+        self.save_hyperparameters({"decoding": self.decoding.plain()})  # plain: weights_only loads
         self.label_smoothing = label_smoothing
-        self.beam_size = beam_size
-        self.val_beam_size = val_beam_size
-        self.length_penalty = length_penalty
-        self.max_len_a, self.max_len_b = max_len_a, max_len_b
-        self.min_len, self.no_repeat_ngram_size = min_len, no_repeat_ngram_size
+        self.val_num_beams = val_num_beams
         self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
         self.pretrained: str | None = None  # a subclass that takes `pretrained` sets it
         self._initialised = False
@@ -117,10 +122,10 @@ class Seq2SeqTask(BackboneTask):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics, self.val_beam_size)
+        self._evaluate(batch, "val", self.val_metrics, self.val_num_beams)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics, self.beam_size)
+        self._evaluate(batch, "test", self.test_metrics, self.decoding.num_beams)
 
     def on_validation_epoch_end(self) -> None:
         self._log_text_scores("val", self.val_metrics)
@@ -150,40 +155,41 @@ class Seq2SeqTask(BackboneTask):
             )
 
     def generate(
-        self, src_ids: Tensor, src_mask: Tensor | None = None, *, beam_size: int | None = None
+        self, src_ids: Tensor, src_mask: Tensor | None = None, *, num_beams: int | None = None
     ) -> list[list[int]]:
         """Token ids (no special tokens) of the outputs for sources (B, S) with padding mask (B, S),
-        decoded with ``beam_size`` (default: the task's; 1 is greedy) and the task's length limits,
-        ``min_len`` and ``no_repeat_ngram_size``."""
-        beam_size = self.beam_size if beam_size is None else beam_size
+        decoded with ``num_beams`` (default: the task's ``decoding.num_beams``; 1 is greedy) and the rest
+        of the task's ``decoding``: length limits, ``min_length`` and ``no_repeat_ngram_size``."""
+        decoding = self.decoding
+        num_beams = decoding.num_beams if num_beams is None else num_beams
         args = dict(
             bos_token_id=self.bos_token_id,
             eos_token_id=self.eos_token_id,
             banned_ids=(self.pad_token_id, self.bos_token_id),
-            max_len_a=self.max_len_a,
-            max_len_b=self.max_len_b,
-            min_len=self.min_len,
-            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            max_len_a=decoding.max_len_a,
+            max_len_b=decoding.max_new_tokens,
+            min_len=decoding.min_length,
+            no_repeat_ngram_size=decoding.no_repeat_ngram_size,
         )
         was_training = self.training
         self.eval()
         try:
-            if beam_size == 1:
+            if num_beams == 1:
                 hyps = greedy_search(self.backbone, src_ids, src_mask, **args)
             else:
                 hyps = beam_search(
                     self.backbone,
                     src_ids,
                     src_mask,
-                    beam_size=beam_size,
-                    length_penalty=self.length_penalty,
+                    beam_size=num_beams,
+                    length_penalty=decoding.length_penalty,
                     **args,
                 )
         finally:
             self.train(was_training)
         return [h.tokens for h in hyps]
 
-    def _evaluate(self, batch: dict[str, Any], stage: str, metrics: nn.ModuleDict, beam_size: int) -> None:
+    def _evaluate(self, batch: dict[str, Any], stage: str, metrics: nn.ModuleDict, num_beams: int) -> None:
         logits = self(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
         labels = batch["labels"]
         tokens = int((labels != IGNORE_INDEX).sum())
@@ -192,9 +198,9 @@ class Seq2SeqTask(BackboneTask):
         n = labels.shape[0]
         self.log(f"{stage}_loss", metrics["loss"], prog_bar=True, batch_size=n)
         self.log(f"{stage}_nll", metrics["nll"], batch_size=n)
-        if beam_size > 0:
+        if num_beams > 0:
             decode = self._text_decoder()
-            hyps = self.generate(batch["input_ids"], batch["attention_mask"], beam_size=beam_size)
+            hyps = self.generate(batch["input_ids"], batch["attention_mask"], num_beams=num_beams)
             metrics["text"].update([decode(h) for h in hyps], [[r] for r in batch["references"]])
 
     def _log_text_scores(self, stage: str, metrics: nn.ModuleDict) -> None:
@@ -212,7 +218,7 @@ class Seq2SeqTask(BackboneTask):
         if data is None or not hasattr(data, "decode"):
             raise RuntimeError(
                 f"{type(self).__name__} scores decoded text: it needs a data module with decode(ids) -> text "
-                "(or set val_beam_size: 0)"
+                "(or set val_num_beams: 0)"
             )
         return data.decode
 
@@ -230,72 +236,10 @@ class Translation(Seq2SeqTask):
 
     Validation and test report ``loss`` (label-smoothed, what training minimises), ``nll`` (plain
     cross-entropy) and ``bleu``: corpus sacreBLEU (13a tokenization, 0-100) of the decoded text against
-    the raw references, decoded with ``val_beam_size`` (validation) or ``beam_size`` (test).
+    the raw references, decoded with ``val_num_beams`` (validation) or ``decoding.num_beams`` (test).
 
-    Args:
-        backbone: Encoder-decoder network, e.g. `zoo.models.seq2seq.Transformer`, or its spec.
-        label_smoothing: Share of the target probability spread over the vocabulary.
-        optimizer: Optimizer spec, see `BackboneTask`. Default ``zoo.tasks.translation.OPTIMIZER``:
-            AdamW at 5e-4 (the peak, reached after the warm-up), betas (0.9, 0.98), no decay.
-        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
-            ``zoo.tasks.translation.LR_SCHEDULER``: linear warm-up over 4000 steps, then decay as
-            ``1/sqrt(step)`` (`zoo.tasks.optim.InverseSqrt`).
-        compile: See `BackboneTask`.
-        activation_checkpointing: See `BackboneTask`.
-        lora: See `BackboneTask`.
-        beam_size: Beam width of ``zoo test``, ``zoo predict`` and `translate` (1: greedy).
-        val_beam_size: Beam width for validation BLEU (1: greedy, the cheapest; 0: no BLEU, loss only).
-        length_penalty: Beams are ranked by ``log_prob / length ** length_penalty``.
-        max_len_a: Outputs are at most ``max_len_a * source_length + max_len_b`` tokens (``</s>``
-            included), and never longer than the backbone's positions.
-        max_len_b: See ``max_len_a``.
-        min_len: Fewest tokens of an output, the end token not counted (0: no minimum).
-        no_repeat_ngram_size: No n-gram of this many tokens occurs twice in an output (0: off).
-        pad_token_id: Padding id of the data's tokenizer (never generated).
-        bos_token_id: Start-of-target id (fed first, never generated).
-        eos_token_id: End-of-sentence id.
+    Its arguments are `Seq2SeqTask`'s, with their defaults.
     """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        label_smoothing: float = 0.1,
-        optimizer: OptimizerCallable = OPTIMIZER,
-        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
-        compile: bool = False,
-        activation_checkpointing: bool = False,
-        lora: LoRA | None = None,
-        beam_size: int = 5,
-        val_beam_size: int = 1,
-        length_penalty: float = 1.0,
-        max_len_a: float = 1.2,
-        max_len_b: int = 10,
-        min_len: int = 0,
-        no_repeat_ngram_size: int = 0,
-        pad_token_id: int = 0,
-        bos_token_id: int = 1,
-        eos_token_id: int = 2,
-    ) -> None:
-        super().__init__(
-            backbone,
-            label_smoothing=label_smoothing,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            compile=compile,
-            activation_checkpointing=activation_checkpointing,
-            lora=lora,
-            beam_size=beam_size,
-            val_beam_size=val_beam_size,
-            length_penalty=length_penalty,
-            max_len_a=max_len_a,
-            max_len_b=max_len_b,
-            min_len=min_len,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            pad_token_id=pad_token_id,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-        )
 
     def text_metric(self) -> Metric:
         return SacreBLEUScore(tokenize="13a")
@@ -304,7 +248,7 @@ class Translation(Seq2SeqTask):
         return {"bleu": computed}
 
     def translate(
-        self, src_ids: Tensor, src_mask: Tensor | None = None, *, beam_size: int | None = None
+        self, src_ids: Tensor, src_mask: Tensor | None = None, *, num_beams: int | None = None
     ) -> list[list[int]]:
         """Token ids (no special tokens) of the translations of sources (B, S): `Seq2SeqTask.generate`."""
-        return self.generate(src_ids, src_mask, beam_size=beam_size)
+        return self.generate(src_ids, src_mask, num_beams=num_beams)

@@ -77,6 +77,7 @@ def gguf_special_tokens(path: str | os.PathLike) -> dict[str, str]:
 
 
 def special_tokens_from_reader(reader: GGUFReader, source: Path) -> dict[str, str]:
+    """`gguf_special_tokens` on an open reader."""
     tokens = field(reader, "tokenizer.ggml.tokens", source)
     ids = {role: field(reader, f"tokenizer.ggml.{key}", source, None) for role, key in _ROLES.items()}
     return {role: tokens[i] for role, i in ids.items() if i is not None}
@@ -104,10 +105,12 @@ def tokenizer_from_reader(reader: GGUFReader, source: Path) -> Tokenizer:
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(spelled)}, merges=merges, fuse_unk=False))
     tok.pre_tokenizer = PRE_TOKENIZERS[pre]()
     tok.decoder = decoders.ByteLevel()
-    # a control token outside the byte alphabet is a llama.cpp mislabel (transformers skips it too)
+    # matched whole in the text; one outside the byte alphabet is a llama.cpp mislabel that would need a
+    # new id (transformers skips it too)
     control = [t for t, k, ok in zip(tokens, kinds, in_bytes) if k == CONTROL and ok]
+    added = [t for t, k, ok in zip(tokens, kinds, in_bytes) if k == USER_DEFINED and ok]
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in control])
-    tok.add_tokens([AddedToken(t, normalized=False) for t, k in zip(spelled, kinds) if k == USER_DEFINED])
+    tok.add_tokens([AddedToken(t, normalized=False) for t in added])
     _add_bos_eos(tok, reader, source, tokens)
     return tok
 

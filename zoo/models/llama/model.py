@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import ClassVar
 
 from torch import nn
@@ -17,7 +18,8 @@ class Llama(Configurable, HFConvertible, DecoderLM):
     """Llama-style language model (Touvron et al. 2023): ids in, next-token logits out.
 
     Everything but the choice of parts comes from `zoo.nn.DecoderLM` (forward, caches, initialisation);
-    ``from_hf``/``to_hf`` convert ``LlamaForCausalLM`` directories (`zoo.models.llama.convert`).
+    ``from_hf``/``to_hf`` convert ``LlamaForCausalLM`` directories (`zoo.models.llama.convert`);
+    ``from_gguf`` reads llama.cpp's GGUF files (`zoo.models.llama.gguf`).
 
     Args:
         vocab_size: Number of token ids.
@@ -106,3 +108,10 @@ class Llama(Configurable, HFConvertible, DecoderLM):
             tie_weights=tie_weights,
             absolute_positions=absolute_positions,
         )
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike) -> Llama:
+        """A Llama from a ``.gguf`` file or ``python:<package>``, in fp32 (`zoo.models.llama.gguf`)."""
+        from zoo.models.llama.gguf import load_gguf  # here, so the reader depends on the model, not back
+
+        return load_gguf(cls, path)

@@ -16,7 +16,7 @@ from zoo.data.documents import read_documents
 from zoo.data.labelled import read_lines
 from zoo.data.parallel import read_pairs
 from zoo.data.squad import read_question_lines, read_squad
-from zoo.data.summarization import read_records
+from zoo.data.summarization import read_text_fields
 from zoo.data.wordpiece import load_wordpiece
 
 BOM = b"\xef\xbb\xbf"
@@ -44,7 +44,7 @@ READERS: dict[str, tuple[str, str, Callable[[Path], Any]]] = {
     "conllu": ("train.conllu", CONLLU, read_conllu),
     "squad-json": ("dev.json", SQUAD, read_squad),
     "squad-question-lines": ("questions.jsonl", QUESTIONS, read_question_lines),
-    "dialogsum-jsonl": ("dev.jsonl", DIALOGSUM, lambda p: read_records(p, ("dialogue", "summary"))),
+    "dialogsum-jsonl": ("dev.jsonl", DIALOGSUM, lambda p: read_text_fields(p, ("dialogue", "summary"))),
     "predict-lines": ("predict.txt", "good film\nbad film\n", read_lines),
     "documents": ("corpus.txt", DOCUMENTS, read_documents),
     "documents-conllu": ("corpus.conllu", CONLLU, read_documents),

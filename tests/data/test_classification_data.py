@@ -211,7 +211,7 @@ def test_empty_text_field_names_file_and_line(minilm_dir, tmp_path):
 def test_table_without_the_named_column(minilm_dir, tmp_path):
     data = _module(minilm_dir, tmp_path, "text\tlabel\ngood\t1\n")
     with pytest.raises(
-        ValueError, match=r"train\.tsv: no column 'sentence'; the header has \['text', 'label'\]"
+        ValueError, match=r"train\.tsv:1: no column 'sentence'; the header has \['text', 'label'\]"
     ):
         data.setup("fit")
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import random
 import re
 from collections.abc import Sequence
@@ -13,78 +10,31 @@ from typing import Any, Literal
 
 from tokenizers import Tokenizer
 
-from zoo.data.corpus import read_text
 from zoo.data.labelled import Batching, LabelledDataModule, read_lines
+from zoo.data.records import Record, read_records
 from zoo.errors import check_positive
 
 ProblemType = Literal["single_label", "multi_label", "regression"]
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def read_table(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of a ``.tsv`` (tab-separated, no quoting, as GLUE ships it), ``.csv`` (quoted fields allowed)
-    or ``.jsonl`` file with a header (or keys) naming ``columns``.
+def read_table(path: Path, columns: Sequence[str]) -> list[Record]:
+    """Rows of a ``.tsv``, ``.csv`` or ``.jsonl`` table with a header (or keys) naming ``columns``, read by
+    `zoo.data.records.read_records` (blank lines skipped, errors at ``path:line``).
 
     Returns:
-        ``(line_number, row)`` pairs; each row maps the requested columns to their values.
+        ``(line_number, row)`` pairs; each row maps the table's columns (``columns`` among them) to values.
 
     Raises:
         FileNotFoundError: No such file.
-        ValueError: Not UTF-8 (byte offset), unknown suffix (``.txt`` included), a requested column absent
-            from the header (the message lists the header), or a malformed row (``path:line``).
+        ValueError: A ``.txt`` file (one text per line, not a table), and the errors of `read_records`.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} not found")
-    text = read_text(path)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _read_jsonl(path, text, columns)
-    if suffix == ".txt":
+    if path.suffix.lower() == ".txt" and path.is_file():
         raise ValueError(
             f"{path}: a .txt file holds one text per line, no {list(columns)} columns; use a .tsv, .csv or "
             ".jsonl table (a .txt is accepted as predict_file)"
         )
-    if suffix not in (".tsv", ".csv"):
-        raise ValueError(f"{path}: unknown table format {suffix!r}; use .tsv, .csv or .jsonl")
-    if suffix == ".tsv":
-        reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header:
-        raise ValueError(f"{path}: empty file (expected a header naming the columns)")
-    header = [h.strip() for h in header]
-    absent = [c for c in columns if c not in header]
-    if absent:
-        raise ValueError(f"{path}: no column {absent[0]!r}; the header has {header}")
-    where = {c: header.index(c) for c in columns}
-    rows = []
-    for fields in reader:
-        line = reader.line_num
-        if not fields or fields == [""]:
-            continue
-        if len(fields) != len(header):
-            raise ValueError(f"{path}:{line}: {len(fields)} fields, but the header has {len(header)}")
-        rows.append((line, {c: fields[i] for c, i in where.items()}))
-    return rows
-
-
-def _read_jsonl(path: Path, text: str, columns: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{line}: invalid JSON ({err.msg})") from err
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{line}: expected a JSON object per line")
-        absent = [c for c in columns if c not in record]
-        if absent:
-            raise ValueError(f"{path}:{line}: no key {absent[0]!r}; the object has {sorted(record)}")
-        rows.append((line, {c: record[c] for c in columns}))
-    return rows
+    return read_records(path, columns)
 
 
 def check_label_kinds(path: Path, labels: Sequence[tuple[int, str]], column: str) -> None:

@@ -25,6 +25,7 @@ from zoo.data.base import TokenizedDataModule
 from zoo.data.collate import pad_batch
 from zoo.data.corpus import read_text
 from zoo.data.labelled import Batching, LabelledDataModule
+from zoo.data.records import read_records
 from zoo.errors import check_positive
 
 __all__ = ["PairTemplate", "Question", "QuestionAnsweringDataModule", "collate_questions", "read_squad"]
@@ -177,23 +178,15 @@ def _question(qa: dict, qid: str, context: str, where: str, answers: bool) -> Qu
 
 def read_question_lines(path: Path) -> list[Question]:
     """Questions to answer from a JSON-lines file: ``{"context": ..., "question": ...}`` per line, with an
-    optional ``id`` (default ``line N``). Blank lines are skipped.
+    optional ``id`` (default ``line N``), read by `zoo.data.records.read_records` (blank lines skipped).
 
     Raises:
         FileNotFoundError: No such file.
         ValueError: Invalid JSON, a missing key, an empty context or question (``path:LINE``).
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} not found")
     questions = []
-    for line, raw in enumerate(read_text(path).splitlines(), start=1):
-        if not raw.strip():
-            continue
+    for line, record in read_records(path):
         where = f"{path}:{line}"
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: invalid JSON ({err.msg})") from err
         context = _field(record, "context", str, where)
         qid = str(record.get("id", f"line {line}"))
         questions.append(_question(record, qid, context, where, answers=False))

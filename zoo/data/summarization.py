@@ -1,4 +1,4 @@
-"""Documents and their summaries (JSON Lines or TSV, fields chosen by name) for encoder-decoder models.
+"""Documents and their summaries (JSON Lines, TSV or CSV, fields chosen by name) for encoder-decoder models.
 
 `SummarizationDataModule` is `zoo.data.parallel.ParallelTextDataModule` (token-budget batches, cached
 encodings, resumable order) with three differences: pairs are records of one file whose fields are named
@@ -14,23 +14,23 @@ Special tokens follow the tokenizer: a BERT WordPiece vocabulary (it has ``[CLS]
 of every punctuation mark (``# person1 # ' s car``); `tidy_wordpiece_text` closes the spaces that the
 text around a mark makes unambiguous (``#person1#'s car``) before a summary is scored or written.
 
-Input errors name the file and line: a line that is not a JSON object, a record without a field or with
-one that is not text, a TSV line with the wrong number of columns, a blank line inside a JSON Lines file,
-an empty summary in an evaluation file. Empty training pairs are dropped and counted.
+Files are read as tables by `zoo.data.records.read_records` (blank lines skipped). Input errors name the
+file and line: a line that is not a JSON object, a record without a field or with one that is not text, a
+TSV row with the wrong number of columns, an empty summary in an evaluation file. Empty training pairs
+are dropped and counted.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from zoo.data.corpus import read_text
 from zoo.data.labelled import load_pretrained_tokenizer
 from zoo.data.pairs import TranslationCollator
 from zoo.data.parallel import BOS, EOS, PAD, ParallelTextDataModule
+from zoo.data.records import read_records
 from zoo.errors import check_positive
 
 BERT_SPECIALS = ("[PAD]", "[CLS]", "[SEP]")
@@ -60,52 +60,24 @@ def tidy_wordpiece_text(text: str) -> str:
     return text
 
 
-def read_records(path: Path, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """The values of ``fields`` in every record of a JSON Lines file (``.jsonl``, ``.json``) or of a TSV
-    file whose first line names the columns; surrounding whitespace is stripped.
+def read_text_fields(path: Path, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The values of ``fields`` in every record of a table (`zoo.data.records.read_records`: ``.jsonl``,
+    ``.tsv`` or ``.csv``, blank lines skipped); each value must be text, and surrounding whitespace is
+    stripped.
 
     Raises:
         FileNotFoundError: No such file.
-        ValueError: ``path:LINE: ...`` for a line that is not a JSON object, a missing or non-text field,
-            a blank line between JSON records, a TSV header without a field or a row with other columns.
+        ValueError: The errors of `read_records` (``path:LINE``), and ``path:LINE: ...`` for a JSON field
+            that is not text.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} not found")
-    lines = read_text(path).split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # a final newline (DialogSum's train file has none)
-    if path.suffix in (".jsonl", ".json"):
-        return [_json_record(path, number, line, fields) for number, line in enumerate(lines, start=1)]
-    header = lines[0].split("\t") if lines else []
-    missing = [f for f in fields if f not in header]
-    if missing:
-        raise ValueError(f"{path}:1: the TSV header {header} has no column {missing[0]!r}")
-    columns = [header.index(f) for f in fields]
-    records = []
-    for number, line in enumerate(lines[1:], start=2):
-        cells = line.split("\t")
-        if len(cells) != len(header):
-            raise ValueError(f"{path}:{number}: {len(cells)} tab-separated columns; header: {len(header)}")
-        records.append(tuple(cells[c].strip() for c in columns))
-    return records
-
-
-def _json_record(path: Path, number: int, line: str, fields: tuple[str, ...]) -> tuple[str, ...]:
-    if not line.strip():
-        raise ValueError(f"{path}:{number}: blank line; JSON Lines holds one object per line")
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}, column {err.colno})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}")
     values = []
-    for field in fields:
-        if not isinstance(record.get(field), str):
-            found = "no such field" if field not in record else f"a {type(record[field]).__name__}"
-            raise ValueError(f"{path}:{number}: field {field!r} must be text, found {found}")
-        values.append(record[field].strip())
-    return tuple(values)
+    for number, record in read_records(path, fields):
+        for field in fields:
+            if not isinstance(record[field], str):
+                found = type(record[field]).__name__
+                raise ValueError(f"{path}:{number}: field {field!r} must be text, found a {found}")
+        values.append(tuple(record[field].strip() for field in fields))
+    return values
 
 
 class SummarizationDataModule(ParallelTextDataModule):
@@ -220,11 +192,11 @@ class SummarizationDataModule(ParallelTextDataModule):
         return load_pretrained_tokenizer(self.tokenizer_spec)
 
     def _read(self, files: list[Path]) -> tuple[list[str], list[str]]:
-        records = read_records(files[0], (self.source_field, self.target_field))
+        records = read_text_fields(files[0], (self.source_field, self.target_field))
         return [r[0] for r in records], [r[1] for r in records]
 
     def _read_sources(self, path: Path) -> list[str]:
-        return [r[0] for r in read_records(path, (self.source_field,))]
+        return [r[0] for r in read_text_fields(path, (self.source_field,))]
 
     def _text_tag(self) -> str:
         return f"fields-{self.source_field}-{self.target_field}"

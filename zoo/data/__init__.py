@@ -1,6 +1,7 @@
 """Everything before a batch reaches the model: tokenizers, datasets, collators, DataModules."""
 
 from zoo.data.classification import TextClassificationDataModule
+from zoo.data.multiple_choice import MultipleChoiceDataModule
 from zoo.data.parallel import ParallelTextDataModule
 from zoo.data.pretraining import BertPretrainingDataModule
 from zoo.data.squad import QuestionAnsweringDataModule
@@ -11,6 +12,7 @@ from zoo.data.token_budget import TokenBudgetSampler
 
 __all__ = [
     "BertPretrainingDataModule",
+    "MultipleChoiceDataModule",
     "ParallelTextDataModule",
     "QuestionAnsweringDataModule",
     "SummarizationDataModule",

@@ -6,6 +6,7 @@ from zoo.tasks.causal_lm import CausalLM
 from zoo.tasks.classification import SequenceClassification
 from zoo.tasks.finetune import FinetuneTask
 from zoo.tasks.masked_lm import MaskedLM
+from zoo.tasks.multiple_choice import MultipleChoice
 from zoo.tasks.question_answering import QuestionAnswering
 from zoo.tasks.summarization import Summarization
 from zoo.tasks.tagging import TokenClassification
@@ -17,6 +18,7 @@ __all__ = [
     "CausalLM",
     "FinetuneTask",
     "MaskedLM",
+    "MultipleChoice",
     "QuestionAnswering",
     "Seq2SeqTask",
     "SequenceClassification",

@@ -297,7 +297,7 @@ def _renamed_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
 def _default_schedule(task: type | None) -> dict | None:
     from zoo.tasks.optim import to_spec, warmup_cosine_schedule  # tasks sit above this module
 
-    param = inspect.signature(task.__init__).parameters.get("lr_scheduler") if task is not None else None
+    param = init_parameter(task, "lr_scheduler") if task is not None else None
     default = param.default if param is not None else inspect.Parameter.empty
     if isinstance(default, dict):
         return to_spec(default, "lr_scheduler")
@@ -335,7 +335,7 @@ def _task_class(task: type | str | None) -> type | None:
 def takes_decoding(task: type | str | None) -> bool:
     """Whether ``task`` (a class or its path) takes ``decoding`` (a `zoo.tasks.settings.Decoding`)."""
     cls = _task_class(task)
-    return cls is not None and "decoding" in inspect.signature(cls.__init__).parameters
+    return cls is not None and init_parameter(cls, "decoding") is not None
 
 
 def _migrated_decoding(hparams: dict[str, Any], task: type | str | None) -> dict[str, Any]:
@@ -349,7 +349,7 @@ def _migrated_decoding(hparams: dict[str, Any], task: type | str | None) -> dict
     if flat:
         base = hparams.get("decoding")
         if base is None:
-            default = inspect.signature(_task_class(task).__init__).parameters["decoding"].default
+            default = init_parameter(_task_class(task), "decoding").default
             base = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}
         moved = {DECODING_RENAMES[k]: hparams[k] for k in flat}
         if "stop_tokens" in moved:
@@ -407,6 +407,20 @@ def migrate_config(config: Any, task: type | str | None) -> Any:
     if migrated is init_args:
         return config
     return {**config, "model": {**model, "init_args": migrated}}
+
+
+def init_parameter(cls: type, name: str) -> inspect.Parameter | None:
+    """Argument ``name`` of ``cls(...)``, its default included: declared by its ``__init__`` or, where that
+    passes ``**kwargs`` on, by the nearest parent's (as jsonargparse resolves it); ``None`` if not taken."""
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        if name in params and params[name].kind is not params[name].VAR_KEYWORD:
+            return params[name]
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return None
+    return None
 
 
 def init_arguments(cls: type) -> set[str]:

@@ -210,3 +210,19 @@ def test_migration_uses_the_task_default_schedule():
     assert new["decoding"]["num_beams"] == 4 and "learning_rate" not in new and "beam_size" not in new
     current = {"optimizer": new["optimizer"], "decoding": new["decoding"]}
     assert migrate_hparams(current, Translation) is current
+
+
+class _ForwardingTranslation(Translation):
+    def __init__(self, backbone, *, extra: int = 1, **kwargs):
+        super().__init__(backbone, **kwargs)
+
+
+def test_migration_follows_kwargs_to_the_default_schedule():
+    """A task that forwards ``lr_scheduler`` through ``**kwargs`` migrates to its parent's default
+    schedule (`Translation`'s inverse square root), not to `BackboneTask`'s warm-up and cosine."""
+    old = {"learning_rate": 7e-4, "weight_decay": 0.0, "betas": [0.9, 0.98], "warmup_steps": 4000}
+    new = migrate_hparams(old, _ForwardingTranslation)
+    assert new["lr_scheduler"] == {
+        "class_path": "zoo.tasks.optim.InverseSqrt",
+        "init_args": {"warmup_steps": 4000},
+    }

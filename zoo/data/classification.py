@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from tokenizers import Tokenizer
 
-from zoo.data.labelled import Batching, LabelledDataModule, read_lines
+from zoo.data.labelled import LabelledDataModule, read_lines
 from zoo.data.records import Record, read_records
 from zoo.errors import check_positive
 
@@ -87,27 +87,21 @@ class TextClassificationDataModule(LabelledDataModule):
     ``predict_file``, in input order (see `format_prediction`).
 
     Args:
-        tokenizer: The pretrained model's tokenizer: a BERT ``vocab.txt``/``tokenizer.json`` or their
-            directory (e.g. the Hugging Face model directory), or GPT-2's files.
-        train_file: Labelled training table (``.tsv``, ``.csv`` or ``.jsonl``); it defines the label set.
-        val_file: Labelled validation table.
-        test_file: Labelled test table.
-        predict_file: A table with at least the text column(s), or a plain ``.txt`` file with one text
-            per line (blank lines skipped; single texts only, not pairs).
         text_column: Column of the text (e.g. GLUE SST-2's ``sentence``).
         text_pair_column: Column of the second text of a pair task (``None`` for single texts).
         label_column: Column of the label.
         problem_type: ``single_label`` (one class), ``multi_label`` (labels joined by ``label_separator``,
             in JSONL also a list) or ``regression`` (a number).
         label_separator: Separator of multi-label values.
-        max_train_examples: Train on a seeded random subset of this size (``None``: all).
-        max_seq_len: Longest encoded example; longer ones are truncated (counted in the log).
-        batch_size: Training batch size.
-        batching: ``bucketed``, ``padded`` or ``packed`` training batches (see
-            `zoo.data.labelled.LabelledDataModule`).
-        eval_batch_size: Evaluation batch size (default ``2 * batch_size``).
-        seed: Shuffling and subsampling seed.
-        num_workers: DataLoader workers.
+        max_train_examples: Train on a seeded random subset of this size (``None``: all; the seed is
+            ``seed``).
+        **kwargs: Other arguments: `zoo.data.labelled.LabelledDataModule` (forwarded): ``tokenizer`` (a BERT
+            ``vocab.txt``/``tokenizer.json`` or their directory, e.g. the Hugging Face model directory, or
+            GPT-2's files), ``train_file`` (a labelled ``.tsv``, ``.csv`` or ``.jsonl`` table; it defines
+            the label set), ``val_file``, ``test_file``, ``predict_file`` (a table with at least the text
+            column(s), or a plain ``.txt`` file with one text per line, blank lines skipped: single texts
+            only), ``max_seq_len``, ``batch_size``, ``batching``, ``eval_batch_size``, ``seed``,
+            ``num_workers``.
 
     Raises:
         ValueError: A size that is not a positive integer or an empty ``label_separator`` (the message
@@ -117,37 +111,15 @@ class TextClassificationDataModule(LabelledDataModule):
     def __init__(
         self,
         *,
-        tokenizer: str,
-        train_file: str | None = None,
-        val_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         text_column: str = "sentence",
         text_pair_column: str | None = None,
         label_column: str = "label",
         problem_type: ProblemType = "single_label",
         label_separator: str = ",",
         max_train_examples: int | None = None,
-        max_seq_len: int = 128,
-        batch_size: int = 32,
-        batching: Batching = "bucketed",
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            tokenizer=tokenizer,
-            train_file=train_file,
-            val_file=val_file,
-            test_file=test_file,
-            predict_file=predict_file,
-            max_seq_len=max_seq_len,
-            batch_size=batch_size,
-            batching=batching,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            num_workers=num_workers,
-        )
+        super().__init__(**kwargs)
         check_positive(type(self).__name__, max_train_examples=max_train_examples)
         if not label_separator:
             raise ValueError(f"{type(self).__name__}: label_separator must not be empty")

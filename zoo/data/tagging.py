@@ -19,7 +19,7 @@ from zoo.data.conll import (
     read_conllu,
     read_sentence_lines,
 )
-from zoo.data.labelled import Batching, LabelledDataModule
+from zoo.data.labelled import LabelledDataModule
 
 
 class TaggingDataModule(LabelledDataModule):
@@ -38,12 +38,6 @@ class TaggingDataModule(LabelledDataModule):
     A validation or test tag absent from the training file stops with ``path:line`` of its word.
 
     Args:
-        tokenizer: The pretrained model's tokenizer (``vocab.txt``, ``tokenizer.json`` or their directory).
-        train_file: Tagged training file; its tags make the label set.
-        val_file: Tagged validation file.
-        test_file: Tagged test file.
-        predict_file: The sentences to tag, read as ``predict_format`` says. ``zoo predict`` (with
-            `zoo.tasks.callbacks.PredictionWriter`) writes them back with the predicted tags.
         format: ``conll`` (CoNLL-2003 style whitespace columns) or ``conllu``.
         column: ``conll`` only: Python index of the label column (-1 NER, 1 POS, 2 chunk).
         field: ``conllu`` only: ``upos`` or ``xpos``.
@@ -52,12 +46,11 @@ class TaggingDataModule(LabelledDataModule):
             ``text``: plain text, one sentence per line, split into words at whitespace (blank lines
             skipped), written back as ``word<TAB>tag`` lines with a blank line after each sentence.
         max_seq_len: Longest encoded sentence in subwords, [CLS] and [SEP] included.
-        batch_size: Training batch size.
-        batching: ``bucketed``, ``padded`` or ``packed`` training batches (see
-            `zoo.data.labelled.LabelledDataModule`).
-        eval_batch_size: Evaluation batch size (default ``2 * batch_size``).
-        seed: Shuffling seed.
-        num_workers: DataLoader workers.
+        **kwargs: Other arguments: `zoo.data.labelled.LabelledDataModule` (forwarded): ``tokenizer``,
+            ``train_file`` (its tags make the label set), ``val_file``, ``test_file``, ``predict_file``
+            (the sentences to tag, read as ``predict_format`` says; ``zoo predict`` writes them back with
+            the predicted tags), ``batch_size``, ``batching``, ``eval_batch_size``, ``seed``,
+            ``num_workers``.
     """
 
     sequence_keys = {"labels": IGNORE_INDEX, "word_index": -1}
@@ -65,35 +58,14 @@ class TaggingDataModule(LabelledDataModule):
     def __init__(
         self,
         *,
-        tokenizer: str,
-        train_file: str | None = None,
-        val_file: str | None = None,
-        test_file: str | None = None,
-        predict_file: str | None = None,
         format: Literal["conll", "conllu"] = "conll",
         column: int = -1,
         field: Literal["upos", "xpos"] = "upos",
         predict_format: Literal["same", "text"] = "same",
         max_seq_len: int = 256,
-        batch_size: int = 32,
-        batching: Batching = "bucketed",
-        eval_batch_size: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            tokenizer=tokenizer,
-            train_file=train_file,
-            val_file=val_file,
-            test_file=test_file,
-            predict_file=predict_file,
-            max_seq_len=max_seq_len,
-            batch_size=batch_size,
-            batching=batching,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-            num_workers=num_workers,
-        )
+        super().__init__(max_seq_len=max_seq_len, **kwargs)
         self.format = format
         self.column = column
         self.field = field

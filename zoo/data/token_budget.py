@@ -7,6 +7,8 @@ sentences or a few long ones, with little padding and about constant cost per st
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from zoo.data.resumable import ResumableSampler
@@ -44,10 +46,9 @@ class TokenBudgetSampler(ResumableSampler):
     Args:
         lengths: (N,) positions each pair needs (`ParallelExamples.lengths`).
         max_tokens: Budget per batch: ``batch size * longest pair``.
-        shuffle: Shuffle (training) or keep the length order (evaluation).
-        seed: Base seed; epoch ``e`` draws from ``(seed, e)``.
-        num_replicas: Number of ranks (default: the process group's size, or 1).
-        rank: This rank (default: the process group's rank, or 0).
+        **kwargs: Other arguments: `ResumableSampler` (forwarded): ``shuffle`` (training; ``False`` keeps
+            the length order, for evaluation), ``seed`` (epoch ``e`` draws from ``(seed, e)``),
+            ``num_replicas``, ``rank``.
     """
 
     def __init__(
@@ -55,15 +56,10 @@ class TokenBudgetSampler(ResumableSampler):
         lengths: np.ndarray,
         *,
         max_tokens: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
+        **kwargs: Any,
     ) -> None:
         lengths = np.asarray(lengths)
-        super().__init__(
-            lengths, batch_size=1, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank
-        )
+        super().__init__(lengths, batch_size=1, **kwargs)
         if len(lengths) < self.num_replicas:
             raise ValueError(f"{len(lengths)} pairs cannot give each of {self.num_replicas} ranks a batch")
         self.lengths, self.max_tokens = lengths, max_tokens

@@ -18,10 +18,8 @@ from torchmetrics.classification import (
 )
 
 from zoo.errors import check_probability
-from zoo.nn import LoRA, pool_first, pool_last, pool_mean, pool_packed, sequence_starts
-from zoo.tasks.adversarial import Adversarial
-from zoo.tasks.finetune import LR_SCHEDULER, OPTIMIZER, FinetuneTask
-from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable
+from zoo.nn import pool_first, pool_last, pool_mean, pool_packed, sequence_starts
+from zoo.tasks.finetune import FinetuneTask
 
 ProblemType = Literal["single_label", "multi_label", "regression"]
 Pooling = Literal["pooler", "first", "last", "mean"]
@@ -72,17 +70,9 @@ class SequenceClassification(FinetuneTask):
             hidden state; ``last``: the last real token (GPT-2; any padding side); ``mean``: the mean over
             real tokens (sentence-transformers models such as all-MiniLM-L6-v2 were trained with it).
         classifier_dropout: Dropout before the output layer.
-        pretrained: See `FinetuneTask`.
-        layer_lr_decay: See `FinetuneTask`.
-        freeze_embeddings: See `FinetuneTask`.
-        optimizer: Optimizer spec, see `BackboneTask`. Default
-            ``zoo.tasks.finetune.OPTIMIZER``: AdamW at 2e-5, betas (0.9, 0.999), decay 0.01.
-        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
-            ``zoo.tasks.finetune.LR_SCHEDULER``: no warm-up, cosine to 0.
-        compile: See `BackboneTask`.
-        activation_checkpointing: See `BackboneTask`.
-        lora: See `BackboneTask`.
-        adversarial: See `FinetuneTask`.
+        **kwargs: Other arguments: `FinetuneTask` (forwarded): ``pretrained``, ``layer_lr_decay``,
+            ``freeze_embeddings``, ``optimizer``, ``lr_scheduler``, ``adversarial``, and `BackboneTask`'s
+            ``compile``, ``activation_checkpointing``, ``lora``.
 
     Raises:
         ValueError: ``num_labels`` not a positive integer (not 1 for regression), ``threshold`` or
@@ -100,28 +90,9 @@ class SequenceClassification(FinetuneTask):
         threshold: float = 0.5,
         pooling: Pooling = "pooler",
         classifier_dropout: float = 0.1,
-        pretrained: str | None = None,
-        layer_lr_decay: float = 1.0,
-        freeze_embeddings: bool = False,
-        optimizer: OptimizerCallable = OPTIMIZER,
-        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
-        compile: bool = False,
-        activation_checkpointing: bool = False,
-        lora: LoRA | None = None,
-        adversarial: Adversarial | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            pretrained=pretrained,
-            layer_lr_decay=layer_lr_decay,
-            freeze_embeddings=freeze_embeddings,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            compile=compile,
-            activation_checkpointing=activation_checkpointing,
-            lora=lora,
-            adversarial=adversarial,
-        )
+        super().__init__(backbone, **kwargs)
         check_probability(type(self).__name__, threshold=threshold)
         if problem_type == "regression" and num_labels != 1:
             raise ValueError(f"regression predicts one number: num_labels must be 1, got {num_labels}")

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from zoo.checkpoint import init_arguments
 from zoo.errors import check_positive, check_probability
 from zoo.models.protocols import Encoder, HiddenStates, TokenEmbedder
-from zoo.nn import LoRA
 from zoo.tasks.adversarial import Adversarial, attack, perturbed
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
@@ -55,13 +54,12 @@ class FinetuneTask(BackboneTask):
             ``zoo.tasks.finetune.OPTIMIZER``: AdamW at 2e-5, betas (0.9, 0.999), decay 0.01.
         lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
             ``zoo.tasks.finetune.LR_SCHEDULER``: no warm-up, cosine to 0.
-        compile: See `BackboneTask`.
-        activation_checkpointing: See `BackboneTask`.
-        lora: See `BackboneTask`.
         adversarial: Adversarial training on the token embeddings (`zoo.tasks.adversarial.Adversarial`:
             ``method`` fgm/pgd/freelb, ``epsilon``, ``norm``, ``steps``, ``step_size``, ``weight``,
             ``attack_eval``); each step trains on ``L(e) + weight * L_adv``. ``None``: plain training.
             See the adversarial-training page of the docs.
+        **kwargs: Other arguments: `BackboneTask` (forwarded): ``compile``, ``activation_checkpointing``,
+            ``lora``.
 
     Raises:
         ValueError: ``layer_lr_decay`` outside (0, 1]; ``adversarial`` for a backbone without a
@@ -80,19 +78,10 @@ class FinetuneTask(BackboneTask):
         freeze_embeddings: bool = False,
         optimizer: OptimizerCallable = OPTIMIZER,
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
-        compile: bool = False,
-        activation_checkpointing: bool = False,
-        lora: LoRA | None = None,
         adversarial: Adversarial | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            compile=compile,
-            activation_checkpointing=activation_checkpointing,
-            lora=lora,
-        )
+        super().__init__(backbone, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
         check_probability(type(self).__name__, open_low=True, layer_lr_decay=layer_lr_decay)
         self.pretrained = pretrained
         self.layer_lr_decay = layer_lr_decay
@@ -118,7 +107,7 @@ class FinetuneTask(BackboneTask):
             raise ValueError(f"adversarial: {owner.__name__} defines no batch_loss to train against")
         if adversarial is not None and adversarial.attack_eval and owner.evaluate is FinetuneTask.evaluate:
             raise ValueError(f"adversarial.attack_eval: {owner.__name__} defines no evaluate to run attacked")
-        if "adversarial" in inspect.signature(owner.__init__).parameters:
+        if "adversarial" in init_arguments(owner):
             plain = dataclasses.asdict(adversarial) if adversarial is not None else None
             self.save_hyperparameters({"adversarial": plain})  # plain: weights_only loads
         else:

@@ -13,7 +13,6 @@ from torchmetrics.text import Perplexity
 from zoo.data.batch import IGNORE_INDEX
 from zoo.errors import check_positive
 from zoo.models.protocols import MaskedLMEncoder
-from zoo.nn import LoRA
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
@@ -95,10 +94,9 @@ class MaskedLM(BackboneTask):
             ``zoo.tasks.masked_lm.OPTIMIZER``: AdamW at 1e-4, betas (0.9, 0.999), decay 0.01 (BERT's).
         lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
             ``zoo.tasks.masked_lm.LR_SCHEDULER``: 10k warm-up steps (BERT: 10k of 1M), cosine to 0.
-        compile: See `BackboneTask`.
-        activation_checkpointing: See `BackboneTask`.
-        lora: See `BackboneTask`.
         top_k: Fillers ``predict_step`` returns per mask, most likely first.
+        **kwargs: Other arguments: `BackboneTask` (forwarded): ``compile``, ``activation_checkpointing``,
+            ``lora``.
     """
 
     backbone_protocol = MaskedLMEncoder
@@ -110,20 +108,11 @@ class MaskedLM(BackboneTask):
         nsp: bool = True,
         optimizer: OptimizerCallable = OPTIMIZER,
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
-        compile: bool = False,
-        activation_checkpointing: bool = False,
-        lora: LoRA | None = None,
         top_k: int = 5,
+        **kwargs: Any,
     ) -> None:
         check_positive("MaskedLM", top_k=top_k)
-        super().__init__(
-            backbone,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            compile=compile,
-            activation_checkpointing=activation_checkpointing,
-            lora=lora,
-        )
+        super().__init__(backbone, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
         self.nsp = nsp
         self.top_k = top_k
         if not nsp:

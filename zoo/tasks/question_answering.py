@@ -16,10 +16,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
 from zoo.errors import check_positive
-from zoo.nn import LoRA
-from zoo.tasks.adversarial import Adversarial
-from zoo.tasks.finetune import LR_SCHEDULER, FinetuneTask
-from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw
+from zoo.tasks.finetune import FinetuneTask
+from zoo.tasks.optim import OptimizerCallable, adamw
 
 OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
 """`QuestionAnswering`'s default ``optimizer``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01."""
@@ -175,18 +173,13 @@ class QuestionAnswering(FinetuneTask):
         n_best: Candidate spans kept per question (``zoo predict`` writes them all, best first).
         max_answer_length: Longest answer in tokens.
         classifier_dropout: Dropout before the span layer (BERT's SQuAD head has none).
-        pretrained: See `FinetuneTask`.
-        layer_lr_decay: See `FinetuneTask`.
-        freeze_embeddings: See `FinetuneTask`.
         optimizer: Optimizer spec, see `BackboneTask`. Default
             ``zoo.tasks.question_answering.OPTIMIZER``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01.
-        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default:
-            no warm-up, cosine to 0 (``zoo.tasks.finetune.LR_SCHEDULER``).
-        compile: See `BackboneTask`.
-        activation_checkpointing: See `BackboneTask`.
-        lora: See `BackboneTask`.
-        adversarial: See `FinetuneTask`; with ``attack_eval`` also logs ``val_adv_em``, ``val_adv_f1`` and
-            ``val_adv_loss`` (likewise ``test_adv_*``): the windows' token embeddings under attack.
+        **kwargs: Other arguments: `FinetuneTask` (forwarded): ``pretrained``, ``layer_lr_decay``,
+            ``freeze_embeddings``, ``lr_scheduler``, ``adversarial`` (with ``attack_eval`` it also logs
+            ``val_adv_em``, ``val_adv_f1`` and ``val_adv_loss``, likewise ``test_adv_*``: the windows'
+            token embeddings under attack), and `BackboneTask`'s ``compile``, ``activation_checkpointing``,
+            ``lora``.
 
     Raises:
         ValueError: ``n_best`` or ``max_answer_length`` not a positive integer, ``classifier_dropout``
@@ -200,28 +193,10 @@ class QuestionAnswering(FinetuneTask):
         n_best: int = 20,
         max_answer_length: int = 30,
         classifier_dropout: float = 0.0,
-        pretrained: str | None = None,
-        layer_lr_decay: float = 1.0,
-        freeze_embeddings: bool = False,
         optimizer: OptimizerCallable = OPTIMIZER,
-        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
-        compile: bool = False,
-        activation_checkpointing: bool = False,
-        lora: LoRA | None = None,
-        adversarial: Adversarial | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            pretrained=pretrained,
-            layer_lr_decay=layer_lr_decay,
-            freeze_embeddings=freeze_embeddings,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            compile=compile,
-            activation_checkpointing=activation_checkpointing,
-            lora=lora,
-            adversarial=adversarial,
-        )
+        super().__init__(backbone, optimizer=optimizer, **kwargs)
         check_positive(type(self).__name__, n_best=n_best, max_answer_length=max_answer_length)
         self.n_best = n_best
         self.max_answer_length = max_answer_length

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,11 +11,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.data.batch import IGNORE_INDEX
-from zoo.nn import LoRA
-from zoo.tasks.adversarial import Adversarial
-from zoo.tasks.finetune import LR_SCHEDULER, FinetuneTask
+from zoo.tasks.finetune import FinetuneTask
 from zoo.tasks.metrics import SpanF1
-from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw
+from zoo.tasks.optim import OptimizerCallable, adamw
 
 OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
 """`TokenClassification`'s default ``optimizer``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01."""
@@ -43,17 +41,11 @@ class TokenClassification(FinetuneTask):
             ``strict`` / ``conlleval``: that ``SpanF1`` mode (conlleval: an ``I-`` tag after ``O`` starts
             an entity); ``none``: accuracy only.
         classifier_dropout: Dropout before the output layer.
-        pretrained: See `FinetuneTask`.
-        layer_lr_decay: See `FinetuneTask`.
-        freeze_embeddings: See `FinetuneTask`.
         optimizer: Optimizer spec, see `BackboneTask`. Default
             ``zoo.tasks.tagging.OPTIMIZER``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01.
-        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default:
-            no warm-up, cosine to 0 (``zoo.tasks.finetune.LR_SCHEDULER``).
-        compile: See `BackboneTask`.
-        activation_checkpointing: See `BackboneTask`.
-        lora: See `BackboneTask`.
-        adversarial: See `FinetuneTask`.
+        **kwargs: Other arguments: `FinetuneTask` (forwarded): ``pretrained``, ``layer_lr_decay``,
+            ``freeze_embeddings``, ``lr_scheduler``, ``adversarial``, and `BackboneTask`'s ``compile``,
+            ``activation_checkpointing``, ``lora``.
 
     Raises:
         ValueError: ``num_labels`` not a positive integer or ``classifier_dropout`` outside [0, 1] (the
@@ -68,28 +60,10 @@ class TokenClassification(FinetuneTask):
         label_names: list[str] | None = None,
         entity_metric: Literal["auto", "strict", "conlleval", "none"] = "auto",
         classifier_dropout: float = 0.1,
-        pretrained: str | None = None,
-        layer_lr_decay: float = 1.0,
-        freeze_embeddings: bool = False,
         optimizer: OptimizerCallable = OPTIMIZER,
-        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
-        compile: bool = False,
-        activation_checkpointing: bool = False,
-        lora: LoRA | None = None,
-        adversarial: Adversarial | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            pretrained=pretrained,
-            layer_lr_decay=layer_lr_decay,
-            freeze_embeddings=freeze_embeddings,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            compile=compile,
-            activation_checkpointing=activation_checkpointing,
-            lora=lora,
-            adversarial=adversarial,
-        )
+        super().__init__(backbone, optimizer=optimizer, **kwargs)
         self.num_labels = num_labels
         self.label_names = label_names
         self.head = self.label_head(num_labels, label_names, dropout=classifier_dropout)

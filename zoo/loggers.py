@@ -48,24 +48,13 @@ class CSVLogger(_LightningCSVLogger):
         save_dir: Root of the logs; ``None`` means the trainer's ``default_root_dir`` (filled in by ``zoo``;
             the current directory in plain Python).
         name: Sub-folder of ``save_dir`` for this experiment.
-        version: Run version; ``None`` picks the next free ``version_N`` (``zoo fit --ckpt_path last``
-            continues the version the checkpoint came from).
-        flush_logs_every_n_steps: How often rows are written to disk.
+        **kwargs: Lightning's ``CSVLogger`` arguments (forwarded): ``version`` (``None`` picks the next
+            free ``version_N``; ``zoo fit --ckpt_path last`` continues the version the checkpoint came
+            from), ``flush_logs_every_n_steps`` (how often rows are written to disk), ``prefix``.
     """
 
-    def __init__(
-        self,
-        save_dir: str | None = None,
-        name: str = "logs",
-        version: int | str | None = None,
-        flush_logs_every_n_steps: int = 100,
-    ) -> None:
-        super().__init__(
-            save_dir=save_dir or ".",
-            name=name,
-            version=version,
-            flush_logs_every_n_steps=flush_logs_every_n_steps,
-        )
+    def __init__(self, save_dir: str | None = None, name: str = "logs", **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir or ".", name=name, **kwargs)
 
     @property
     @rank_zero_experiment
@@ -89,8 +78,9 @@ class TensorBoardLogger(_LightningTensorBoardLogger):
         save_dir: Root of the logs; ``None`` means the trainer's ``default_root_dir`` (filled in by ``zoo``;
             the current directory in plain Python).
         name: Sub-folder of ``save_dir`` for this experiment.
-        version: Run version; ``None`` picks the next free ``version_N``.
         default_hp_metric: Log a placeholder ``hp_metric`` (Lightning's default; off here).
+        **kwargs: Lightning's ``TensorBoardLogger`` arguments (forwarded), e.g. ``version`` (``None``
+            picks the next free ``version_N``), ``log_graph``, ``prefix``.
 
     Raises:
         ModuleNotFoundError: Neither ``tensorboard`` nor ``tensorboardX`` is installed.
@@ -100,14 +90,12 @@ class TensorBoardLogger(_LightningTensorBoardLogger):
         self,
         save_dir: str | None = None,
         name: str = "logs",
-        version: int | str | None = None,
         default_hp_metric: bool = False,
+        **kwargs: Any,
     ) -> None:
         if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
             raise ModuleNotFoundError(
                 "TensorBoardLogger needs the tensorboard package: pip install tensorboard "
                 "(or use zoo.loggers.CSVLogger, which needs nothing)"
             )
-        super().__init__(
-            save_dir=save_dir or ".", name=name, version=version, default_hp_metric=default_hp_metric
-        )
+        super().__init__(save_dir=save_dir or ".", name=name, default_hp_metric=default_hp_metric, **kwargs)

@@ -174,6 +174,8 @@ class ThroughputMonitor(L.Callback):
             Lightning's table) for the trainer's precision, or measures a CPU's matrix products.
     """
 
+    _printing = False  # ProgressMonitor prints its lines
+
     def __init__(self, *, every_n_steps: int | None = None, peak_flops: float | None = None) -> None:
         super().__init__()
         name = type(self).__name__
@@ -182,7 +184,7 @@ class ThroughputMonitor(L.Callback):
             raise ValueError(f"{name}: peak_flops must be > 0, got {peak_flops!r}")
         self.every_n_steps = every_n_steps
         self.peak_flops = peak_flops
-        self._enabled = False  # prints nothing
+        self._enabled = self._printing
         # seq_len, or (side, seq_len) for an encoder-decoder counted per side -> tokens since the last line
         self._window: dict[int | tuple[str, int], Tensor | int] = {}
         self._per_side = False  # set in on_train_start
@@ -333,9 +335,7 @@ class ProgressMonitor(ThroughputMonitor, ProgressBar):
         peak_flops: Peak FLOP/s of one device for MFU (`ThroughputMonitor`).
     """
 
-    def __init__(self, *, every_n_steps: int | None = None, peak_flops: float | None = None) -> None:
-        super().__init__(every_n_steps=every_n_steps, peak_flops=peak_flops)
-        self._enabled = True
+    _printing = True
 
     def quiet(self) -> ThroughputMonitor:
         """The same monitor without the lines (for ``enable_progress_bar: false``)."""

@@ -21,6 +21,7 @@ from torchmetrics import Metric
 from zoo.checkpoint import (
     CheckpointError,
     checkpoint_error,
+    init_arguments,
     install_atomic_checkpoint_io,
     migrate_hparams,
     migrate_overrides,
@@ -120,6 +121,11 @@ class BackboneTask(L.LightningModule):
         base_only = _base_only_arguments(type(self))
         ignored = ["backbone", "optimizer", "lr_scheduler", "lora", *base_only]
         self.save_hyperparameters(ignore=ignored, frame=caller)
+        # LightningCLI records the data links it skipped for a task without such an argument
+        # (``num_labels``, ``label_names``); a checkpoint would pass them back through ``**kwargs``
+        accepted = init_arguments(type(self))
+        for name in [name for name in self.hparams if not name.startswith("_") and name not in accepted]:
+            del self.hparams[name]
         self.optimizer_spec = to_spec(_cli_config("optimizer") or optimizer, "optimizer")
         self.lr_scheduler_spec = to_spec(
             lr_scheduler and (_cli_config("lr_scheduler") or lr_scheduler), "lr_scheduler"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -10,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from zoo.checkpoint import init_arguments
 from zoo.nn import pool_first, pool_last, pool_mean
 from zoo.tasks.classification import Pooling
 from zoo.tasks.finetune import FinetuneTask
@@ -55,14 +53,6 @@ class MultipleChoice(FinetuneTask):
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, **kwargs)
-        if self.adversarial is not None:  # FinetuneTask records it only when this signature names it
-            self.save_hyperparameters({"adversarial": dataclasses.asdict(self.adversarial)})
-        # LightningCLI records the data links it skipped (``num_labels``, ``label_names``: the data's K)
-        # among the hyper-parameters; through **kwargs they would reach FinetuneTask when a checkpoint
-        # rebuilds the task
-        accepted = init_arguments(type(self))
-        for name in [name for name in self.hparams if not name.startswith("_") and name not in accepted]:
-            del self.hparams[name]
         if pooling == "pooler" and not hasattr(self.backbone, "pool"):
             raise ValueError(
                 f"{type(self.backbone).__name__} has no pooler; use pooling 'first', 'last' or 'mean'"

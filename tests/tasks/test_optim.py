@@ -79,7 +79,7 @@ def test_layer_lr_decay_groups_and_schedule_match_the_old_formula():
         name = names[id(group["params"][0])]
         layer = re.search(r"\.layers\.(\d+)\.", name)  # backbone.encoder.layers.<i>. in Bert
         depth = 0 if ".embeddings." in name else int(layer.group(1)) + 1 if layer else 4
-        peak = 2e-5 * 0.8 ** max(0, 3 - depth)  # FinetuneTask's old group lr: learning_rate * decay ** ...
+        peak = 5e-5 * 0.8 ** max(0, 3 - depth)  # FinetuneTask's group lr: learning_rate * decay ** ...
         assert lr_at_0 == pytest.approx(peak, rel=1e-12, abs=0), name
         decays = group["params"][0].dim() >= 2
         assert group["weight_decay"] == (0.01 if decays else 0.0), name
@@ -96,7 +96,7 @@ def test_layer_lr_decay_finds_the_blocks_and_embeddings_of_every_layout(family):
         backbone, num_labels=2, layer_lr_decay=0.5, pooling="last", lr_scheduler=None
     )
     groups = task.configure_optimizers()["optimizer"].param_groups
-    lr = {id(p): g["lr"] / 2e-5 for g in groups for p in g["params"]}  # the scale of each parameter
+    lr = {id(p): g["lr"] / 5e-5 for g in groups for p in g["params"]}  # the scale of each parameter
     for module, scale in [(backbone.embeddings, 0.25), *zip(backbone.layers, [0.5, 1.0]), (task.head, 1.0)]:
         assert {lr[id(p)] for p in module.parameters()} == {scale}, module
 

@@ -12,15 +12,14 @@ from torchmetrics import Metric
 
 from zoo.data.batch import IGNORE_INDEX
 from zoo.models.protocols import CausalDecoder, PackedDecoder
+from zoo.tasks.base import LR_SCHEDULER as LR_SCHEDULER  # CausalLM's default schedule is BackboneTask's
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.decoding import generate
-from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
+from zoo.tasks.optim import OptimizerCallable, adamw
 from zoo.tasks.settings import SOURCE_BOUND, Decoding
 
 OPTIMIZER = adamw(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
 """`CausalLM`'s default ``optimizer``: AdamW, peak learning rate 6e-4, betas (0.9, 0.95), decay 0.1."""
-LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=100, min_lr_ratio=0.1)
-"""`CausalLM`'s default ``lr_scheduler``: 100 warm-up steps, cosine to 0.1 of the peak at max_steps."""
 DECODING = Decoding()
 """`CausalLM`'s default ``decoding``: up to 200 new tokens sampled at temperature 1, no filter."""
 
@@ -42,14 +41,14 @@ class CausalLM(BackboneTask):
         backbone: Decoder network, e.g. `zoo.models.gpt2.GPT2`, or its spec.
         optimizer: Optimizer spec, see `BackboneTask`. Default
             ``zoo.tasks.causal_lm.OPTIMIZER``: AdamW at 6e-4, betas (0.9, 0.95), decay 0.1.
-        lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
-            ``zoo.tasks.causal_lm.LR_SCHEDULER``: 100 warm-up steps, cosine to 0.1 of the peak.
         decoding: How ``predict_step`` decodes (`zoo.tasks.settings.Decoding`): ``max_new_tokens`` per
             prompt, ``num_beams`` (1 samples as ``temperature``, ``top_k``, ``top_p`` say; more decodes
             by beam search, which does not sample), ``length_penalty`` (beams are ranked by ``log_prob /
             length ** length_penalty``, ``length`` counting a final stop token) and ``stop_tokens``.
             Default: `Decoding`'s own (200 tokens, sampling at temperature 1).
-        **kwargs: `BackboneTask`'s other arguments: ``compile``, ``activation_checkpointing``, ``lora``.
+        **kwargs: `BackboneTask`'s other arguments: ``lr_scheduler`` (default
+            ``zoo.tasks.base.LR_SCHEDULER``: 100 warm-up steps, cosine to 0.1 of the peak), ``compile``,
+            ``activation_checkpointing``, ``lora``.
     """
 
     backbone_protocol = CausalDecoder
@@ -60,10 +59,9 @@ class CausalLM(BackboneTask):
         *,
         decoding: Decoding = DECODING,
         optimizer: OptimizerCallable = OPTIMIZER,
-        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer=optimizer, lr_scheduler=lr_scheduler, **kwargs)
+        super().__init__(backbone, optimizer=optimizer, **kwargs)
         self.decoding = Decoding.of(decoding)
         self.decoding.check_unused(type(self).__name__, SOURCE_BOUND)
         self.save_hyperparameters({"decoding": self.decoding.plain()})  # plain: weights_only loads

@@ -19,8 +19,9 @@ from zoo.tasks.adversarial import Adversarial, attack, perturbed
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.optim import LRSchedulerCallable, OptimizerCallable, adamw, warmup_cosine_schedule
 
-OPTIMIZER = adamw(lr=2e-5, betas=(0.9, 0.999), weight_decay=0.01)
-"""`FinetuneTask`'s default ``optimizer``: AdamW at 2e-5, betas (0.9, 0.999), decay 0.01."""
+OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
+"""Every fine-tuning task's default ``optimizer``: AdamW at 5e-5 (the top of BERT's fine-tuning grid and
+the Hugging Face Trainer's default), betas (0.9, 0.999), decay 0.01."""
 LR_SCHEDULER = warmup_cosine_schedule(warmup_steps=0, min_lr_ratio=0.0)
 """`FinetuneTask`'s default ``lr_scheduler``: no warm-up, cosine to 0."""
 
@@ -51,7 +52,7 @@ class FinetuneTask(BackboneTask):
         freeze_embeddings: Keep the backbone's embedding module (tokens, positions, segments, its norm)
             fixed; saves their gradients and optimizer state (the token table is most of a small BERT).
         optimizer: Optimizer spec, see `BackboneTask`. Default
-            ``zoo.tasks.finetune.OPTIMIZER``: AdamW at 2e-5, betas (0.9, 0.999), decay 0.01.
+            ``zoo.tasks.finetune.OPTIMIZER``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01.
         lr_scheduler: Learning-rate schedule spec, see `BackboneTask` (``None``: constant). Default
             ``zoo.tasks.finetune.LR_SCHEDULER``: no warm-up, cosine to 0.
         adversarial: Adversarial training on the token embeddings (`zoo.tasks.adversarial.Adversarial`:

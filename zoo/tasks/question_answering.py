@@ -16,11 +16,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
 from zoo.errors import check_positive
+from zoo.tasks.finetune import OPTIMIZER as OPTIMIZER  # every fine-tuning task's default optimizer
 from zoo.tasks.finetune import FinetuneTask
-from zoo.tasks.optim import OptimizerCallable, adamw
-
-OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
-"""`QuestionAnswering`'s default ``optimizer``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01."""
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
@@ -173,13 +170,11 @@ class QuestionAnswering(FinetuneTask):
         n_best: Candidate spans kept per question (``zoo predict`` writes them all, best first).
         max_answer_length: Longest answer in tokens.
         classifier_dropout: Dropout before the span layer (BERT's SQuAD head has none).
-        optimizer: Optimizer spec, see `BackboneTask`. Default
-            ``zoo.tasks.question_answering.OPTIMIZER``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01.
         **kwargs: Other arguments: `FinetuneTask` (forwarded): ``pretrained``, ``layer_lr_decay``,
-            ``freeze_embeddings``, ``lr_scheduler``, ``adversarial`` (with ``attack_eval`` it also logs
-            ``val_adv_em``, ``val_adv_f1`` and ``val_adv_loss``, likewise ``test_adv_*``: the windows'
-            token embeddings under attack), and `BackboneTask`'s ``compile``, ``activation_checkpointing``,
-            ``lora``.
+            ``freeze_embeddings``, ``optimizer``, ``lr_scheduler``, ``adversarial`` (with ``attack_eval``
+            it also logs ``val_adv_em``, ``val_adv_f1`` and ``val_adv_loss``, likewise ``test_adv_*``: the
+            windows' token embeddings under attack), and `BackboneTask`'s ``compile``,
+            ``activation_checkpointing``, ``lora``.
 
     Raises:
         ValueError: ``n_best`` or ``max_answer_length`` not a positive integer, ``classifier_dropout``
@@ -193,10 +188,9 @@ class QuestionAnswering(FinetuneTask):
         n_best: int = 20,
         max_answer_length: int = 30,
         classifier_dropout: float = 0.0,
-        optimizer: OptimizerCallable = OPTIMIZER,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer=optimizer, **kwargs)
+        super().__init__(backbone, **kwargs)
         check_positive(type(self).__name__, n_best=n_best, max_answer_length=max_answer_length)
         self.n_best = n_best
         self.max_answer_length = max_answer_length

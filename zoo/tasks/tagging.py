@@ -11,12 +11,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.data.batch import IGNORE_INDEX
+from zoo.tasks.finetune import OPTIMIZER as OPTIMIZER  # every fine-tuning task's default optimizer
 from zoo.tasks.finetune import FinetuneTask
 from zoo.tasks.metrics import SpanF1
-from zoo.tasks.optim import OptimizerCallable, adamw
-
-OPTIMIZER = adamw(lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01)
-"""`TokenClassification`'s default ``optimizer``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01."""
 
 _IOB2 = re.compile(r"^(O|[BI]-.+)$")
 
@@ -41,11 +38,9 @@ class TokenClassification(FinetuneTask):
             ``strict`` / ``conlleval``: that ``SpanF1`` mode (conlleval: an ``I-`` tag after ``O`` starts
             an entity); ``none``: accuracy only.
         classifier_dropout: Dropout before the output layer.
-        optimizer: Optimizer spec, see `BackboneTask`. Default
-            ``zoo.tasks.tagging.OPTIMIZER``: AdamW at 5e-5, betas (0.9, 0.999), decay 0.01.
         **kwargs: Other arguments: `FinetuneTask` (forwarded): ``pretrained``, ``layer_lr_decay``,
-            ``freeze_embeddings``, ``lr_scheduler``, ``adversarial``, and `BackboneTask`'s ``compile``,
-            ``activation_checkpointing``, ``lora``.
+            ``freeze_embeddings``, ``optimizer``, ``lr_scheduler``, ``adversarial``, and `BackboneTask`'s
+            ``compile``, ``activation_checkpointing``, ``lora``.
 
     Raises:
         ValueError: ``num_labels`` not a positive integer or ``classifier_dropout`` outside [0, 1] (the
@@ -60,10 +55,9 @@ class TokenClassification(FinetuneTask):
         label_names: list[str] | None = None,
         entity_metric: Literal["auto", "strict", "conlleval", "none"] = "auto",
         classifier_dropout: float = 0.1,
-        optimizer: OptimizerCallable = OPTIMIZER,
         **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, optimizer=optimizer, **kwargs)
+        super().__init__(backbone, **kwargs)
         self.num_labels = num_labels
         self.label_names = label_names
         self.head = self.label_head(num_labels, label_names, dropout=classifier_dropout)

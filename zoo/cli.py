@@ -45,7 +45,8 @@ class ZooCLI(LightningCLI):
 
     ``data.vocab_size`` (known once the tokenizer exists) is linked to
     ``model.init_args.backbone.init_args.vocab_size``; a fine-tuning data module's ``num_labels`` and
-    ``label_names`` (read from its training file) to the model's.
+    ``label_names`` (read from its training file) to the model's. A task's ``pretrained`` source gives
+    the backbone's architecture (`zoo.models.pretrained.fill_architecture`): the recipe names the class.
     """
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - LightningArgumentParser
@@ -68,6 +69,7 @@ class ZooCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             place_run_outputs(self.config[subcommand].trainer)
+            _fill_pretrained_architecture(self.config[subcommand].get("model"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """``trainer.strategy: fsdp`` means `zoo.strategies.FSDP`, which wraps the blocks the model
@@ -142,6 +144,26 @@ class ZooCLI(LightningCLI):
         except BaseException:
             remove_empty_log_dirs(self.trainer, before)
             raise
+
+
+def _fill_pretrained_architecture(model: Any) -> None:
+    """Write the architecture of the task's ``pretrained`` source into its backbone's ``init_args``
+    (`zoo.models.pretrained.fill_architecture`), so ``config.yaml`` and the checkpoint record it whole."""
+    from jsonargparse import Namespace
+
+    from zoo.models.pretrained import fill_architecture
+    from zoo.models.spec import import_class
+
+    init_args = model.get("init_args") if isinstance(model, Namespace) else None
+    pretrained = init_args.get("pretrained") if isinstance(init_args, Namespace) else None
+    backbone = init_args.get("backbone") if isinstance(init_args, Namespace) else None
+    if not isinstance(pretrained, str) or not isinstance(backbone, Namespace) or "class_path" not in backbone:
+        return
+    if not isinstance(backbone.get("init_args"), Namespace):
+        backbone.init_args = Namespace(**dict(backbone.get("init_args") or {}))
+    given = backbone.init_args.as_dict()
+    for name in fill_architecture(import_class(backbone.class_path), given, pretrained):
+        backbone.init_args[name] = given[name]
 
 
 def run_callbacks(trainer_config: dict[str, Any], subcommand: str | None, argv: list[str]) -> list[Any]:

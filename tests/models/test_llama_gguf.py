@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMOLLM2_DIR, SMOLLM2_FILE, needs_gguf, needs_smollm2, shared_file
+from conftest import needs_gguf, needs_smollm2, shared_file
 
 from zoo.models.llama import Llama
 from zoo.models.llama.gguf import GGUF_MISSING
@@ -197,19 +197,6 @@ def test_bad_files_one_line_each(tmp_path):
         Llama.from_gguf(tmp_path / "absent.gguf")
     with pytest.raises(FileNotFoundError, match="no installed Python package"):
         Llama.from_gguf("python:zoo_no_such_package")
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    """zoo's and transformers' SmolLM2-135M-Instruct from the same Q4_1 file, fp32, and its tokenizer."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate", reason="transformers' GGUF loading needs accelerate")
-    ours = Llama.from_gguf(SMOLLM2).eval()
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(
-        SMOLLM2_DIR, gguf_file=SMOLLM2_FILE, dtype=torch.float32
-    ).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE)
-    return ours, theirs, tokenizer
 
 
 @needs_smollm2

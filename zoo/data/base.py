@@ -3,12 +3,15 @@ training sampler that resumes mid-epoch."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from tokenizers import Tokenizer
 
+from zoo.data.chat import ChatTemplate, load_chat_template
 from zoo.data.resumable import ResumableSampler, TrainPosition, loader_position
+from zoo.models.hf_io import PACKAGE_PREFIX
 
 
 class TokenizedDataModule(L.LightningDataModule):
@@ -16,8 +19,9 @@ class TokenizedDataModule(L.LightningDataModule):
     training sampler through ``_resumable``.
 
     Checkpoints hold the tokenizer's JSON (a reloaded model can always decode its own ids, and resuming
-    with different data is refused) and the training position (a resumed run continues with exactly
-    the next batch).
+    with different data is refused), the training position (a resumed run continues with exactly the
+    next batch) and, for a tokenizer read from a model file, that model's chat template and special
+    tokens (``zoo export`` writes them back).
     """
 
     tokenizer_spec: str = ""
@@ -43,6 +47,16 @@ class TokenizedDataModule(L.LightningDataModule):
     def _build_tokenizer(self) -> Tokenizer:
         raise NotImplementedError
 
+    @property
+    def chat_template(self) -> ChatTemplate | None:
+        """The chat template of the model file the tokenizer comes from (`zoo.data.chat`); ``None`` for
+        a tokenizer zoo trains, or a model without one."""
+        if not hasattr(self, "_chat_template"):
+            spec = str(self.tokenizer_spec)
+            from_file = spec.startswith(PACKAGE_PREFIX) or Path(spec).expanduser().exists()
+            self._chat_template = load_chat_template(spec) if from_file else None
+        return self._chat_template
+
     def _resumable(self, sampler: ResumableSampler) -> ResumableSampler:
         """Register the training sampler, skipping ahead if a checkpoint was restored."""
         self._train_sampler = sampler
@@ -51,7 +65,8 @@ class TokenizedDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         position = loader_position(self.trainer, self._train_sampler)
-        return {"tokenizer": self.tokenizer.to_str(), "train_position": position.as_dict()}
+        chat = self.chat_template.state() if self.chat_template is not None else {}
+        return {"tokenizer": self.tokenizer.to_str(), "train_position": position.as_dict(), **chat}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.check_tokenizer(state_dict.get("tokenizer"))

@@ -23,6 +23,7 @@ from zoo.data.tokenizers import load_tokenizer
 from zoo.data.wordpiece import load_wordpiece
 from zoo.errors import check_non_negative, check_positive
 from zoo.models.hf_io import resolve_model_dir
+from zoo.models.pretrained import is_gguf
 
 __all__ = ["Batching", "Examples", "LabelledDataModule", "LengthBucketSampler", "pack_batch", "pad_batch"]
 
@@ -36,10 +37,12 @@ def load_pretrained_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """The tokenizer of a pretrained model: a BERT ``vocab.txt`` (or a model directory with one), any
     ``tokenizer.json``, GPT-2's ``vocab.json`` + ``merges.txt``, or a model named as for
     `zoo.models.hf_io.resolve_model_dir` (``python:<package>``, a Hub name). Padding and truncation
-    stored in the file are switched off."""
+    stored in the file are switched off. A GGUF model file as `zoo.data.tokenizers.load_tokenizer`."""
     p = Path(path).expanduser()
-    if not p.exists():  # python:<package> or a Hub name
+    if not p.exists() and not is_gguf(path):  # python:<package> or a Hub name
         p = resolve_model_dir(path)
+    if is_gguf(path):
+        return load_tokenizer(path)
     if p.name == "vocab.txt" or (p.is_dir() and (p / "vocab.txt").is_file()):
         return load_wordpiece(p)
     return load_tokenizer(p)

@@ -55,10 +55,18 @@ def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int) -> Tokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load ``tokenizer.json``, or a directory with it or with GPT-2's ``vocab.json`` + ``merges.txt``.
+    """Load ``tokenizer.json``, a directory with it or with GPT-2's ``vocab.json`` + ``merges.txt``, or the
+    tokenizer of a GGUF model file (``.gguf``, or ``python:<package>`` holding one;
+    `zoo.data.gguf_tokenizer.load_gguf_tokenizer`).
 
     Padding or truncation saved in a ``tokenizer.json`` is switched off: the data modules decide lengths.
     """
+    from zoo.models.pretrained import is_gguf
+
+    if is_gguf(path):
+        from zoo.data.gguf_tokenizer import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(path)
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / "tokenizer.json").is_file():

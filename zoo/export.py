@@ -1,8 +1,14 @@
-"""``zoo export --ckpt_path ... --output DIR``: a Hugging Face model directory from a zoo checkpoint.
+"""``zoo export --ckpt_path ... --output DIR``: a Hugging Face model directory from a zoo checkpoint, or with
+``--format gguf`` one GGUF file for llama.cpp.
 
 The directory holds ``model.safetensors`` and ``config.json`` for the transformers class that computes
 what the checkpoint's task computes, and the run's tokenizer (``tokenizer.json`` + ``tokenizer_config.json``,
-loadable with ``AutoTokenizer``). It is written atomically: complete, or not at all.
+loadable with ``AutoTokenizer``, with the chat template and special tokens of a tokenizer that came from a
+model file). It is written atomically: complete, or not at all.
+
+``--format gguf`` writes a ``CausalLM`` over ``Llama`` as llama.cpp's ``llama`` architecture
+(`zoo.models.llama.gguf_write`): weights in ``--gguf_type`` (``f32``, ``f16``, ``bf16``, ``q8_0``), the
+tokenizer and the chat template, in one file; other tasks and backbones are refused.
 
 - ``CausalLM``: ``GPT2LMHeadModel`` (``GPT2``) or ``LlamaForCausalLM`` (``Llama``).
 - ``MaskedLM`` over ``Bert``: ``BertForPreTraining`` (``nsp: true``) or ``BertForMaskedLM`` (``nsp: false``).
@@ -58,7 +64,17 @@ from zoo.data.labelled import pad_token_id
 from zoo.data.tokenizers import EOT, UNK
 from zoo.data.wordpiece import special_token_ids
 from zoo.io import atomic_directory
-from zoo.models.hf_io import Converter, LabelHead, SpanHead, converter, read_config, tokenizer_files
+from zoo.models.hf_io import (
+    TOKEN_ROLES,
+    Converter,
+    LabelHead,
+    SpanHead,
+    converter,
+    read_config,
+    tokenizer_files,
+)
+from zoo.models.llama import Llama
+from zoo.models.llama.gguf_write import GGUF_TYPES, save_gguf
 from zoo.models.spec import import_class
 from zoo.nn.lora import lora_layers, merge_lora
 from zoo.runs import checkpoint_in
@@ -82,13 +98,30 @@ def main(argv: list[str]) -> None:
     """``zoo export``'s command line (the arguments after ``export``)."""
     parser = argparse.ArgumentParser(
         prog="zoo export",
-        description="Write a Hugging Face model directory (safetensors weights, config.json, tokenizer) "
-        "from a zoo checkpoint.",
+        description="Write a Hugging Face model directory (safetensors weights, config.json, tokenizer, "
+        "chat template) from a zoo checkpoint, or with --format gguf one GGUF file that llama.cpp runs "
+        "(a CausalLM over Llama).",
     )
     parser.add_argument("--ckpt_path", required=True, help="the .ckpt file a zoo task wrote")
-    parser.add_argument("--output", required=True, help="the directory to write (created)")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace --output if it exists and is not empty"
+        "--output", required=True, help="the directory to write (created); with --format gguf, the .gguf file"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output if it exists (and, a directory, is not empty)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("hf", "gguf"),
+        default="hf",
+        help="hf: a Hugging Face directory (default); gguf: one llama.cpp GGUF file (CausalLM over Llama)",
+    )
+    parser.add_argument(
+        "--gguf_type",
+        choices=tuple(GGUF_TYPES),
+        default=None,
+        help="with --format gguf: the weights' type, f32 (default, exact), f16, bf16 or q8_0 (8-bit blocks)",
     )
     parser.add_argument(
         "--peft",
@@ -96,7 +129,25 @@ def main(argv: list[str]) -> None:
         help="also write OUTPUT/adapter: the checkpoint's LoRA adapters in PEFT's format, for the base model",
     )
     args = parser.parse_args(argv)
+    if args.format != "gguf" and args.gguf_type is not None:
+        raise ValueError("--gguf_type is for --format gguf")
+    if args.format == "gguf":
+        if args.peft:
+            raise ValueError("--peft is for --format hf (a GGUF file holds the merged weights)")
+        export_gguf(args.ckpt_path, args.output, overwrite=args.overwrite, gguf_type=args.gguf_type or "f32")
+        return
     export_checkpoint(args.ckpt_path, args.output, overwrite=args.overwrite, peft=args.peft)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DataState:
+    """What a zoo data module stored in the checkpoint: the tokenizer, label names, and for a tokenizer that
+    came from a model file its chat template (jinja) and special tokens by role (``bos``, ``eos``, ...)."""
+
+    tokenizer: Tokenizer | None = None
+    labels: list[str] | None = None
+    chat_template: str | None = None
+    special_tokens: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,17 +192,19 @@ def export_checkpoint(
     _check_output(target, source, overwrite)
     checkpoint = read_checkpoint(source)
     task = _rebuild_task(checkpoint, source)
-    tokenizer, saved_labels = _saved_data_state(checkpoint)
-    plan = _plan(task, tokenizer, saved_labels, source)
+    state = _saved_data_state(checkpoint)
+    tokenizer = state.tokenizer
+    plan = _plan(task, tokenizer, state.labels, source)
     adapter = _peft_adapter(task, plan, source) if peft else None
     merge_lora(task.backbone)  # plain weights: what transformers computes
     files = None
     if tokenizer is not None:
         files = tokenizer_files(
             tokenizer.to_str(),
-            special_tokens=_special_tokens(tokenizer),
+            special_tokens=_special_tokens(tokenizer, state.special_tokens),
             max_seq_len=task.backbone.max_seq_len,
             input_names=plan.converter.input_names,
+            chat_template=state.chat_template,
         )
     try:
         path = plan.converter.save(task.backbone, target, files=files, **plan.kwargs)
@@ -170,6 +223,74 @@ def export_checkpoint(
     elif getattr(task, "lora", None) is not None:
         what += " (LoRA merged)"
     print(f"exported {source} as {what} to {target}" + (f"; {plan.note}" if plan.note else ""))
+    return path
+
+
+def export_gguf(
+    ckpt_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    gguf_type: str = "f32",
+) -> Path:
+    """Write a ``CausalLM`` over ``Llama`` as one GGUF file (`zoo.models.llama.gguf_write.save_gguf`: LoRA
+    merged, the tokenizer and chat template included) and print one line saying what went where.
+
+    Args:
+        ckpt_path: A checkpoint written by a zoo task (``zoo fit`` or a ``Trainer``).
+        output: The ``.gguf`` file to write (atomically).
+        overwrite: Replace ``output`` when it exists.
+        gguf_type: ``f32``, ``f16``, ``bf16`` or ``q8_0`` (`zoo.models.llama.gguf_write.GGUF_TYPES`).
+
+    Returns:
+        The written file.
+
+    Raises:
+        FileNotFoundError: No file at ``ckpt_path``.
+        FileExistsError: ``output`` is a directory, or exists without ``overwrite``.
+        CheckpointError: The file is not a loadable zoo checkpoint.
+        ImportError: No ``gguf`` package.
+        ValueError: Another task or backbone, no tokenizer in the checkpoint, or one llama.cpp cannot read.
+    """
+    source, target = Path(checkpoint_in(Path(ckpt_path).expanduser())), Path(output).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"checkpoint {source} not found")
+    if target.is_dir():
+        raise FileExistsError(f"--output {target} is a directory; give the path of the .gguf file to write")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"--output {target} exists; pass --overwrite to replace it")
+    checkpoint = read_checkpoint(source)
+    task = _rebuild_task(checkpoint, source)
+    backbone = type(task.backbone)
+    if backbone is not Llama:
+        raise ValueError(
+            f"{source}: --format gguf writes zoo.models.llama.Llama backbones (llama.cpp's 'llama'), "
+            f"not a {backbone.__module__}.{backbone.__qualname__}; export it without --format gguf"
+        )
+    if not isinstance(task, CausalLM):
+        raise ValueError(
+            f"{source}: --format gguf writes a CausalLM's language model, not a {type(task).__name__}; "
+            "export it without --format gguf"
+        )
+    state = _saved_data_state(checkpoint)
+    if state.tokenizer is None:
+        raise ValueError(f"{source}: the checkpoint holds no tokenizer, and a GGUF file must carry one")
+    merge_lora(task.backbone)
+    try:
+        path = save_gguf(
+            task.backbone,
+            target,
+            tokenizer=state.tokenizer,
+            special_tokens=_special_tokens(state.tokenizer, state.special_tokens),
+            chat_template=state.chat_template,
+            gguf_type=gguf_type,
+        )
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from err
+    what = f"GGUF (llama, {GGUF_TYPES[gguf_type]}) + tokenizer"
+    what += " + chat template" if state.chat_template else ""
+    what += " (LoRA merged)" if getattr(task, "lora", None) is not None else ""
+    print(f"exported {source} as {what} to {target}")
     return path
 
 
@@ -213,13 +334,21 @@ def _rebuild_task(checkpoint: dict[str, Any], source: Path) -> BackboneTask:
     return task.eval()
 
 
-def _saved_data_state(checkpoint: dict[str, Any]) -> tuple[Tokenizer | None, list[str] | None]:
-    """The tokenizer and label names a zoo data module stored in the checkpoint (under its class name)."""
+def _saved_data_state(checkpoint: dict[str, Any]) -> _DataState:
+    """What a zoo data module stored in the checkpoint (under its class name): the tokenizer, label names,
+    chat template and special tokens (``{"bos_token": "<|im_start|>", ...}``; ``bos`` is read too)."""
     for value in checkpoint.values():
         if isinstance(value, dict) and isinstance(value.get("tokenizer"), str):
-            labels = value.get("labels")
-            return Tokenizer.from_str(value["tokenizer"]), list(labels) if labels else None
-    return None, None
+            labels, template = value.get("labels"), value.get("chat_template")
+            special = value.get("special_tokens") or {}
+            roles = {str(role).removesuffix("_token"): token for role, token in special.items()}
+            return _DataState(
+                tokenizer=Tokenizer.from_str(value["tokenizer"]),
+                labels=list(labels) if labels else None,
+                chat_template=template if isinstance(template, str) and template else None,
+                special_tokens={r: t for r, t in roles.items() if r in TOKEN_ROLES and isinstance(t, str)},
+            )
+    return _DataState()
 
 
 def _plan(
@@ -340,9 +469,10 @@ def _write_adapter(directory: Path, config: dict[str, Any], tensors: dict[str, T
         save_file(weights, str(partial / "adapter_model.safetensors"))
 
 
-def _special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
+def _special_tokens(tokenizer: Tokenizer, saved: dict[str, str] | None = None) -> dict[str, str]:
     """Token strings by role, for the tokens the tokenizer itself treats as special (so that transformers
-    splits text exactly as zoo does)."""
+    splits text exactly as zoo does): the ``saved`` ones (the model file's), else those zoo's tokenizers
+    name by convention."""
     special = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
     roles: dict[str, str] = {}
     with suppress(ValueError):  # not a BERT WordPiece tokenizer
@@ -352,6 +482,7 @@ def _special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
     if tokenizer.token_to_id(UNK) is not None:
         roles.setdefault("unk", UNK)
     roles.setdefault("pad", tokenizer.id_to_token(pad_token_id(tokenizer)))
+    roles.update(saved or {})
     return {role: token for role, token in roles.items() if token in special}
 
 

@@ -4,24 +4,29 @@ A GGUF holds no ``tokenizer.json``: llama.cpp keeps the vocabulary, merges, toke
 ``tokenizer.ggml.*`` metadata and names the text splitting by a key (``tokenizer.ggml.pre``) whose rules
 live in llama.cpp's code. zoo rebuilds byte-level BPE files (``tokenizer.ggml.model = "gpt2"``, GPT-2,
 SmolLM, StarCoder, Llama 3 ...) with the splitting llama.cpp applies for that key, so ids are the ones
-the model was trained with; a key zoo does not know is refused rather than guessed.
+the model was trained with; a key zoo does not know is refused rather than guessed. `write_gguf_tokenizer`
+goes the other way (``zoo export --format gguf``): a zoo tokenizer as that metadata, its splitting named by
+the key whose rules it follows.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from zoo.models.llama.gguf import field, open_gguf
 
 if TYPE_CHECKING:
-    from gguf import GGUFReader
+    from gguf import GGUFReader, GGUFWriter
 
-CONTROL, USER_DEFINED = 3, 4
-"""``tokenizer.ggml.token_type`` values: special tokens (``<|im_start|>``) and plain added tokens."""
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+"""``tokenizer.ggml.token_type`` values: vocabulary entries, special tokens (``<|im_start|>``), plain added
+tokens, and the padding entries of an embedding larger than the vocabulary."""
 
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -134,3 +139,107 @@ def _add_bos_eos(tok: Tokenizer, reader: GGUFReader, source: Path, tokens: list[
         tok.post_processor = processors.TemplateProcessing(
             single=" ".join([*bos, "$A", *eos]), special_tokens=list(dict(ends.values()).items())
         )
+
+
+def write_gguf_tokenizer(
+    writer: GGUFWriter,
+    tokenizer: Tokenizer,
+    *,
+    vocab_size: int,
+    special_tokens: Mapping[str, str],
+    chat_template: str | None = None,
+) -> None:
+    """Add ``tokenizer`` to a GGUF file being written, as `load_gguf_tokenizer` and llama.cpp read it: the
+    vocabulary (byte-level spellings; added tokens as written, special ones as control tokens), merges, the
+    ``tokenizer.ggml.pre`` key of its splitting, the ids of its ``bos``/``eos``/``unk``/``pad`` tokens,
+    whether it adds BOS/EOS itself, and the chat template (jinja source).
+
+    Args:
+        writer: A ``gguf.GGUFWriter`` before its key-value data is written.
+        tokenizer: A byte-level BPE tokenizer (zoo's, GPT-2's, or one `load_gguf_tokenizer` built).
+        vocab_size: The model's number of token ids; ids the tokenizer lacks become unused ``[PAD<id>]``
+            entries (llama.cpp needs one token per embedding row).
+        special_tokens: Token strings by role (``bos``, ``eos``, ``unk``, ``pad``; others are not GGUF keys).
+        chat_template: ``tokenizer.chat_template``; ``None``: none written.
+
+    Raises:
+        ValueError: Not a byte-level BPE tokenizer, a splitting llama.cpp has no key for, a normalizer, or
+            more ids than ``vocab_size``; the message says which.
+    """
+    spec = json.loads(tokenizer.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        raise ValueError("GGUF export writes byte-level BPE tokenizers (llama.cpp's 'gpt2' model) only")
+    if spec.get("normalizer") is not None:
+        raise ValueError(
+            f"the tokenizer has a normalizer ({spec['normalizer'].get('type')}); llama.cpp applies none"
+        )
+    pre = gguf_pre_name(spec.get("pre_tokenizer"))
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > vocab_size:
+        raise ValueError(f"the tokenizer has {size} ids but the model's embedding only {vocab_size}")
+    added = {t.content: t.special for t in tokenizer.get_added_tokens_decoder().values()}
+    tokens, kinds = [], []
+    for i in range(vocab_size):
+        token = tokenizer.id_to_token(i) if i < size else None
+        tokens.append(f"[PAD{i}]" if token is None else token)
+        kinds.append(
+            UNUSED if token is None else {True: CONTROL, False: USER_DEFINED}.get(added.get(token), NORMAL)
+        )
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(kinds)
+    writer.add_token_merges(merges)
+    for role, key in _ROLES.items():
+        index = tokenizer.token_to_id(special_tokens[role]) if role in special_tokens else None
+        if index is not None:
+            writer.add_uint32(f"tokenizer.ggml.{key}", index)
+    for role, added_too in _adds_bos_eos(tokenizer, special_tokens).items():
+        writer.add_bool(f"tokenizer.ggml.add_{role}_token", added_too)
+    if chat_template:
+        writer.add_chat_template(chat_template)
+
+
+def gguf_pre_name(pre_tokenizer: dict[str, Any] | None) -> str:
+    """The ``tokenizer.ggml.pre`` key whose splitting (`PRE_TOKENIZERS`) is ``pre_tokenizer`` (a
+    tokenizer.json's ``pre_tokenizer`` entry), the first of equal ones (``gpt2``, ``smollm``, ``llama-bpe``).
+
+    Raises:
+        ValueError: No key splits text this way.
+    """
+    for name, build in PRE_TOKENIZERS.items():
+        if _without_offsets(_serialised(build())) == _without_offsets(pre_tokenizer):
+            return name
+    raise ValueError(
+        "the tokenizer's text splitting is none llama.cpp names (its tokenizer.ggml.pre keys split as GPT-2, "
+        "as SmolLM/StarCoder (digits apart) or as Llama 3); GGUF export cannot write it"
+    )
+
+
+def _serialised(pre: pre_tokenizers.PreTokenizer) -> dict[str, Any]:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre
+    return json.loads(tok.to_str())["pre_tokenizer"]
+
+
+def _without_offsets(value: Any) -> Any:
+    """A pre-tokenizer's JSON without ``trim_offsets`` (offsets only; the split and the ids are the same)."""
+    if isinstance(value, dict):
+        return {k: _without_offsets(v) for k, v in value.items() if k != "trim_offsets"}
+    if isinstance(value, list):
+        return [_without_offsets(v) for v in value]
+    return value
+
+
+def _adds_bos_eos(tokenizer: Tokenizer, special_tokens: Mapping[str, str]) -> dict[str, bool]:
+    """Whether encoding adds the ``bos``/``eos`` token itself (its post-processor), by encoding a word."""
+    plain, full = tokenizer.encode("a", add_special_tokens=False).ids, tokenizer.encode("a").ids
+    ids = {
+        role: tokenizer.token_to_id(special_tokens[role]) for role in ("bos", "eos") if role in special_tokens
+    }
+    return {
+        "bos": "bos" in ids and len(full) > len(plain) and full[0] == ids["bos"],
+        "eos": "eos" in ids and len(full) > len(plain) and full[-1] == ids["eos"],
+    }

@@ -280,7 +280,7 @@ _PROBLEM_TYPES = {
     "multi_label": "multi_label_classification",
     "regression": "regression",
 }
-_TOKEN_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+TOKEN_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 
 
 @dataclass(frozen=True)
@@ -340,6 +340,7 @@ def tokenizer_files(
     special_tokens: Mapping[str, str],
     max_seq_len: int,
     input_names: Sequence[str],
+    chat_template: str | None = None,
 ) -> dict[str, str]:
     """``tokenizer.json`` as given plus the ``tokenizer_config.json`` with which ``AutoTokenizer`` loads
     it unchanged (as ``PreTrainedTokenizerFast``), for `write_model_dir`'s ``files``.
@@ -350,10 +351,11 @@ def tokenizer_files(
         max_seq_len: The model's number of positions (``model_max_length``).
         input_names: The inputs the model takes, e.g. ``("input_ids", "attention_mask")``: what calling
             the tokenizer returns.
+        chat_template: The jinja chat template (``apply_chat_template``); ``None``: none.
     """
-    unknown = sorted(set(special_tokens) - set(_TOKEN_ROLES))
+    unknown = sorted(set(special_tokens) - set(TOKEN_ROLES))
     if unknown:
-        raise ValueError(f"unknown special token roles {unknown}; expected some of {list(_TOKEN_ROLES)}")
+        raise ValueError(f"unknown special token roles {unknown}; expected some of {list(TOKEN_ROLES)}")
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_seq_len,
@@ -362,6 +364,8 @@ def tokenizer_files(
         "clean_up_tokenization_spaces": False,  # decode as the tokenizer's own decoder does
         **{f"{role}_token": token for role, token in special_tokens.items()},
     }
+    if chat_template:
+        config["chat_template"] = chat_template
     return {
         "tokenizer.json": tokenizer_json,
         "tokenizer_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n",

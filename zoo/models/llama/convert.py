@@ -194,7 +194,9 @@ def head_to_hf(head: LabelHead | SpanHead) -> dict[str, Tensor]:
     return {"score.weight": head.weight}
 
 
-def _check_exportable(args: dict[str, Any] | None) -> dict[str, Any]:
+def check_exportable(args: dict[str, Any] | None) -> dict[str, Any]:
+    """A Llama's init arguments (``model.spec["init_args"]``) when its architecture is one transformers and
+    llama.cpp compute (rotary positions, none absolute); a `ValueError` saying why not."""
     if args is None:
         raise ValueError("this Llama was built with non-plain arguments; cannot write its config.json")
     for key in ("positions", "absolute_positions"):
@@ -233,7 +235,7 @@ def save_hf(
         ValueError: Positions other than rotary, or a head transformers cannot reproduce (the message says
             why).
     """
-    args = _check_exportable(model.spec["init_args"] if model.spec else None)
+    args = check_exportable(model.spec["init_args"] if model.spec else None)
     config = config_to_hf(model, args, eot_token_id=eot_token_id, pad_token_id=pad_token_id)
     config["architectures"] = [decoder_architecture(head, config, family="Llama", lm="LlamaForCausalLM")]
     ours, prefix = model.state_dict(), _prefix(head)

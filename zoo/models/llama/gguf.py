@@ -1,11 +1,12 @@
 """GGUF files (llama.cpp's one-file format) -> `zoo.models.llama.Llama`.
 
-The only module that knows llama.cpp's names (``blk.0.attn_q.weight``, ``llama.embedding_length``, ...).
-Reading needs the optional ``gguf`` package (the ``gguf`` extra). Weights of every type ``gguf`` can
-dequantize (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ...) become fp32 tensors. llama.cpp's
-``convert_hf_to_gguf.py`` stores the query and key rows permuted for its rotary layout (each head's
-channels interleaved in pairs); `unpermute` restores the layout zoo shares with transformers (the two
-halves of each head rotated together).
+The one table of llama.cpp's tensor names (``blk.0.attn_q.weight``, ...) and of its rotary permutation,
+which the writer (`zoo.models.llama.gguf_write`) shares. Reading needs the optional ``gguf`` package (the
+``gguf`` extra). Weights of every type ``gguf`` can dequantize (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
+Q6_K, ...) become fp32 tensors. llama.cpp's ``convert_hf_to_gguf.py`` stores the query and key rows
+permuted for its rotary layout (each head's channels interleaved in pairs); `unpermute` restores the
+layout zoo shares with transformers (the two halves of each head rotated together); `permute` is its
+inverse, for writing.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ if TYPE_CHECKING:
 
     from zoo.models.llama.model import Llama
 
-GGUF_MISSING = "reading GGUF files needs the gguf package: pip install gguf"
+_MISSING = "{} GGUF files needs the gguf package: pip install gguf"
+GGUF_MISSING = _MISSING.format("reading")
 
 # ours -> theirs, per layer (both (out, in), as nn.Linear)
-_LAYER_KEYS = {
+LAYER_KEYS = {
     "self_attn_norm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",
     "self_attn.k_proj.weight": "attn_k.weight",
@@ -40,16 +42,17 @@ _LAYER_KEYS = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
-_TOP_KEYS = {"tokens.weight": "token_embd.weight", "decoder.norm.weight": "output_norm.weight"}
+TOP_KEYS = {"tokens.weight": "token_embd.weight", "decoder.norm.weight": "output_norm.weight"}
 _REQUIRED = object()
 
 
-def import_gguf() -> Any:
-    """The ``gguf`` module, or an ImportError of one line that says how to install it."""
+def import_gguf(doing: str = "reading") -> Any:
+    """The ``gguf`` module, or an ImportError of one line that says how to install it (``doing``: what
+    needs it, ``"reading"`` or ``"writing"``)."""
     try:
         import gguf
     except ImportError:
-        raise ImportError(GGUF_MISSING) from None
+        raise ImportError(_MISSING.format(doing)) from None
     return gguf
 
 
@@ -155,6 +158,14 @@ def unpermute(weight: Tensor, num_heads: int) -> Tensor:
     return w.transpose(1, 2).reshape(weight.shape)  # (nh, 2, hs/2, C) -> (nh·hs, C)
 
 
+def permute(weight: Tensor, num_heads: int) -> Tensor:
+    """llama.cpp's rotary permutation of a query or key projection (num_heads·hs, C), the inverse of
+    `unpermute`: each head's (2, hs/2) halves stored as (hs/2, 2) pairs."""
+    rows = weight.shape[0]
+    w = weight.reshape(num_heads, 2, rows // num_heads // 2, -1)  # (nh, 2, hs/2, C)
+    return w.transpose(1, 2).reshape(weight.shape)  # (nh, hs/2, 2, C) -> (nh·hs, C)
+
+
 def config_from_gguf(reader: GGUFReader, source: Path) -> dict[str, Any]:
     """``Llama`` constructor arguments from the file's ``llama.*`` metadata and tensor names.
 
@@ -229,10 +240,10 @@ def state_dict_from_gguf(reader: GGUFReader, config: dict[str, Any], source: Pat
         used.add(name)
         return read_tensor(tensors[name], source)
 
-    ours = {mine: take(theirs) for mine, theirs in _TOP_KEYS.items()}
+    ours = {mine: take(theirs) for mine, theirs in TOP_KEYS.items()}
     heads = {"attn_q.weight": config["num_heads"], "attn_k.weight": config["num_kv_heads"]}
     for i in range(config["num_layers"]):
-        for mine, theirs in _LAYER_KEYS.items():
+        for mine, theirs in LAYER_KEYS.items():
             weight = take(f"blk.{i}.{theirs}")
             ours[f"decoder.layers.{i}.{mine}"] = (
                 unpermute(weight, heads[theirs]) if theirs in heads else weight

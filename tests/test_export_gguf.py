@@ -121,6 +121,12 @@ def test_hf_export_has_zoos_logits_and_the_chat_template(smollm2, hf_export):
     assert tokenizer(ours).input_ids == ids[0].tolist()
     assert (tokenizer.bos_token, tokenizer.eos_token) == ("<|im_start|>", "<|im_end|>")
     assert (tokenizer.unk_token, tokenizer.pad_token) == ("<|endoftext|>", "<|im_end|>")
+    # the config's ids are the chat model's own, so transformers' generate stops at the end of the turn
+    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert (exported.config.bos_token_id, exported.config.eos_token_id) == (im_start, im_end)
+    with torch.no_grad():
+        answer = exported.generate(ids, max_new_tokens=40, do_sample=False)[0, ids.shape[1] :].tolist()
+    assert answer[-1] == im_end and im_end not in answer[:-1], tokenizer.decode(answer)
 
 
 @needs_smollm2

@@ -194,7 +194,7 @@ def export_checkpoint(
     task = _rebuild_task(checkpoint, source)
     state = _saved_data_state(checkpoint)
     tokenizer = state.tokenizer
-    plan = _plan(task, tokenizer, state.labels, source)
+    plan = _plan(task, tokenizer, state.labels, source, state.special_tokens)
     adapter = _peft_adapter(task, plan, source) if peft else None
     merge_lora(task.backbone)  # plain weights: what transformers computes
     files = None
@@ -352,7 +352,11 @@ def _saved_data_state(checkpoint: dict[str, Any]) -> _DataState:
 
 
 def _plan(
-    task: BackboneTask, tokenizer: Tokenizer | None, saved_labels: list[str] | None, source: Path
+    task: BackboneTask,
+    tokenizer: Tokenizer | None,
+    saved_labels: list[str] | None,
+    source: Path,
+    special: dict[str, str] | None = None,
 ) -> _Plan:
     """What to write for ``task``; a `ValueError` names a backbone or task that transformers has no class
     for, and why."""
@@ -376,7 +380,7 @@ def _plan(
             "only"
         )
     head, note = _head(task, convert, saved_labels, source)
-    kwargs = {"head": head, **_token_ids(convert, tokenizer, head)}
+    kwargs = {"head": head, **_token_ids(convert, tokenizer, head, special)}
     return _Plan(convert, kwargs, head, note)
 
 
@@ -486,15 +490,24 @@ def _special_tokens(tokenizer: Tokenizer, saved: dict[str, str] | None = None) -
     return {role: token for role, token in roles.items() if token in special}
 
 
-def _token_ids(convert: Converter, tokenizer: Tokenizer | None, head: Any) -> dict[str, int | None]:
+def _token_ids(
+    convert: Converter, tokenizer: Tokenizer | None, head: Any, saved: dict[str, str] | None = None
+) -> dict[str, int | None]:
     """A decoder's (GPT-2's, Llama's) config ids: the tokenizer's ``<|endoftext|>``, and the id zoo padded
-    with (how transformers' sequence classifier finds each row's last token). BERT's come with the model."""
+    with (how transformers' sequence classifier finds each row's last token); a model file's own begin and
+    end tokens (``saved``: a chat model's ``<|im_start|>``, ``<|im_end|>``) as its bos and eos ids, so
+    ``generate`` stops at the end of a turn. BERT's come with the model."""
     if convert.kind != "decoder" or tokenizer is None:
         return {}
     pad = pad_token_id(tokenizer)
     sequence_head = isinstance(head, LabelHead) and head.pooling is not None
     is_special = tokenizer.id_to_token(pad) in _special_tokens(tokenizer).values()
-    return {
+    ids = {
         "eot_token_id": tokenizer.token_to_id(EOT),
         "pad_token_id": pad if sequence_head or is_special else None,
     }
+    for role in ("bos", "eos"):
+        token = (saved or {}).get(role)
+        if token is not None and tokenizer.token_to_id(token) is not None:
+            ids[f"{role}_token_id"] = tokenizer.token_to_id(token)
+    return ids

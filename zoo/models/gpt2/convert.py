@@ -153,12 +153,17 @@ def head_to_hf(head: LabelHead | SpanHead) -> dict[str, Tensor]:
 
 
 def config_to_hf(
-    args: dict[str, Any], *, eot_token_id: int | None = None, pad_token_id: int | None = None
+    args: dict[str, Any],
+    *,
+    eot_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
 ) -> dict[str, Any]:
     """A ``config.json`` dict (for ``GPT2LMHeadModel``) for ``GPT2`` init arguments.
 
     ``eot_token_id`` (the tokenizer's ``<|endoftext|>``) becomes the begin/end-of-text id; without it,
-    OpenAI's 50256 when the vocabulary has it.
+    OpenAI's 50256 when the vocabulary has it. ``bos_token_id`` / ``eos_token_id`` override each.
     """
     if not args["bias"]:
         raise ValueError("Hugging Face GPT-2 has biases everywhere; a bias=False model cannot be exported")
@@ -183,7 +188,10 @@ def config_to_hf(
     # transformers defaults both to GPT-2's <|endoftext|> (50256), which is no id of a smaller vocabulary
     if eot_token_id is None and args["vocab_size"] > 50256:
         eot_token_id = 50256
-    config.update(bos_token_id=eot_token_id, eos_token_id=eot_token_id)
+    config.update(
+        bos_token_id=eot_token_id if bos_token_id is None else bos_token_id,
+        eos_token_id=eot_token_id if eos_token_id is None else eos_token_id,
+    )
     if pad_token_id is not None:
         config["pad_token_id"] = pad_token_id
     return config
@@ -207,6 +215,8 @@ def save_hf(
     head: LabelHead | SpanHead | Literal["lm", "none"] = "lm",
     eot_token_id: int | None = None,
     pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
     files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``model`` as a Hugging Face directory (safetensors, atomic; see `write_model_dir`).
@@ -220,6 +230,8 @@ def save_hf(
             ``GPT2ForQuestionAnswering``.
         eot_token_id: Id of the tokenizer's ``<|endoftext|>`` (config's begin/end-of-text id).
         pad_token_id: Padding id; ``GPT2ForSequenceClassification`` finds each row's last token with it.
+        bos_token_id: The config's begin-of-text id when not ``eot_token_id``.
+        eos_token_id: The config's end id when not ``eot_token_id`` (where ``generate`` stops).
         files: Tokenizer files and the like, written in the same atomic step.
 
     Raises:
@@ -228,7 +240,13 @@ def save_hf(
     args = model.spec["init_args"] if model.spec else None
     if args is None:
         raise ValueError("this GPT2 was built with non-plain arguments; cannot write its config.json")
-    config = config_to_hf(args, eot_token_id=eot_token_id, pad_token_id=pad_token_id)
+    config = config_to_hf(
+        args,
+        eot_token_id=eot_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+    )
     backbone = _backbone_to_hf(model, args["num_layers"])
     if head == "none":
         config["architectures"] = ["GPT2Model"]

@@ -117,10 +117,17 @@ def load_hf(cls: type[Llama], name_or_path: str | os.PathLike) -> Llama:
 
 
 def config_to_hf(
-    model: Llama, args: dict[str, Any], *, eot_token_id: int | None = None, pad_token_id: int | None = None
+    model: Llama,
+    args: dict[str, Any],
+    *,
+    eot_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
 ) -> dict[str, Any]:
     """A ``config.json`` dict for ``LlamaForCausalLM`` from ``Llama`` init arguments; ``eot_token_id``
-    (the tokenizer's end-of-text token), when given, becomes the begin/end-of-text id."""
+    (the tokenizer's end-of-text token), when given, becomes the begin/end-of-text id, unless
+    ``bos_token_id`` / ``eos_token_id`` (a chat model's: ``<|im_start|>``, ``<|im_end|>``) say otherwise."""
     attn = model.decoder.layers[0].self_attn
     config = {
         "architectures": ["LlamaForCausalLM"],
@@ -143,8 +150,10 @@ def config_to_hf(
         "tie_word_embeddings": args["tie_weights"],
         "initializer_range": 0.02,
     }
-    if eot_token_id is not None:
-        config.update(bos_token_id=eot_token_id, eos_token_id=eot_token_id)
+    for key, value in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id)):
+        value = eot_token_id if value is None else value
+        if value is not None:
+            config[key] = value
     if pad_token_id is not None:
         config["pad_token_id"] = pad_token_id
     return config
@@ -216,6 +225,8 @@ def save_hf(
     head: LabelHead | SpanHead | Literal["lm", "none"] = "lm",
     eot_token_id: int | None = None,
     pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
     files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``model`` as a Hugging Face directory (safetensors, atomic; see `write_model_dir`).
@@ -229,6 +240,9 @@ def save_hf(
             ``LlamaForQuestionAnswering``.
         eot_token_id: Id of the tokenizer's end-of-text token (config's begin/end-of-text id).
         pad_token_id: Padding id; ``LlamaForSequenceClassification`` finds each row's last token with it.
+        bos_token_id: The config's begin-of-text id when not ``eot_token_id`` (a chat model's own).
+        eos_token_id: The config's end id when not ``eot_token_id``: where ``generate`` stops (a chat
+            model's end of turn, ``<|im_end|>``).
         files: Tokenizer files and the like, written in the same atomic step.
 
     Raises:
@@ -236,7 +250,14 @@ def save_hf(
             why).
     """
     args = check_exportable(model.spec["init_args"] if model.spec else None)
-    config = config_to_hf(model, args, eot_token_id=eot_token_id, pad_token_id=pad_token_id)
+    config = config_to_hf(
+        model,
+        args,
+        eot_token_id=eot_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+    )
     config["architectures"] = [decoder_architecture(head, config, family="Llama", lm="LlamaForCausalLM")]
     ours, prefix = model.state_dict(), _prefix(head)
     theirs = {prefix + t.removeprefix(_PREFIX): ours[m] for m, t in _TOP_KEYS.items()}

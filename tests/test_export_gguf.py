@@ -9,6 +9,7 @@ per module, with the data state a data module saves for a tokenizer that came fr
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from zoo.data.gguf_tokenizer import (
     load_gguf_tokenizer,
     special_tokens_from_reader,
     tokenizer_from_reader,
+    write_gguf_tokenizer,
 )
 from zoo.data.tokenizers import train_bpe_tokenizer
 from zoo.models.gpt2 import GPT2
@@ -167,7 +169,8 @@ def test_lower_precision_gguf_reads_back_within_tolerance(smollm2, tmp_path, cap
         line = _export(ckpt, out, capsys, "--format", "gguf", "--gguf_type", kind)
         assert line == f"exported {ckpt} as GGUF (llama, Q8_0) + tokenizer + chat template to {out}"
     else:
-        save_gguf(model, out, tokenizer=tokenizer, special_tokens=special, gguf_type=kind)
+        save_gguf(model, out, add_tokenizer=partial(write_gguf_tokenizer, tokenizer=tokenizer,
+                  special_tokens=special), gguf_type=kind)  # fmt: skip
     loaded = Llama.from_gguf(out).eval()
     state = loaded.state_dict()
     weights = max(((state[k] - v).abs().max() / v.abs().max()).item() for k, v in model.state_dict().items())

@@ -60,6 +60,7 @@ from zoo.checkpoint import (
     read_checkpoint,
     upgrade_state_dict,
 )
+from zoo.data.gguf_tokenizer import write_gguf_tokenizer
 from zoo.data.labelled import pad_token_id
 from zoo.data.tokenizers import EOT, UNK
 from zoo.data.wordpiece import special_token_ids
@@ -277,14 +278,18 @@ def export_gguf(
         raise ValueError(f"{source}: the checkpoint holds no tokenizer, and a GGUF file must carry one")
     merge_lora(task.backbone)
     try:
-        path = save_gguf(
-            task.backbone,
-            target,
-            tokenizer=state.tokenizer,
-            special_tokens=_special_tokens(state.tokenizer, state.special_tokens),
-            chat_template=state.chat_template,
-            gguf_type=gguf_type,
-        )
+        special = _special_tokens(state.tokenizer, state.special_tokens)
+
+        def add_tokenizer(writer: Any, vocab_size: int) -> None:
+            write_gguf_tokenizer(
+                writer,
+                state.tokenizer,
+                vocab_size=vocab_size,
+                special_tokens=special,
+                chat_template=state.chat_template,
+            )
+
+        path = save_gguf(task.backbone, target, add_tokenizer=add_tokenizer, gguf_type=gguf_type)
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from err
     what = f"GGUF (llama, {GGUF_TYPES[gguf_type]}) + tokenizer"

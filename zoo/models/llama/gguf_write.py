@@ -3,22 +3,21 @@
 The writer of ``zoo export --format gguf``; `zoo.models.llama.gguf` reads such files back and holds the
 names both share (llama.cpp's tensor names, its rotary permutation of the query and key rows). The file
 carries llama.cpp's ``llama`` architecture: its hyper-parameters (``llama.*``), the weights under
-llama.cpp's names, the tokenizer (`zoo.data.gguf_tokenizer.write_gguf_tokenizer`) and the chat template.
-Writing needs the optional ``gguf`` package (the ``gguf`` extra).
+llama.cpp's names, and what the caller adds: ``zoo export`` adds the tokenizer and the chat template
+(`zoo.data.gguf_tokenizer.write_gguf_tokenizer`; the data floor sits above this one, so the writer takes
+it as a function). Writing needs the optional ``gguf`` package (the ``gguf`` extra).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tokenizers import Tokenizer
 from torch import Tensor
 
-from zoo.data.gguf_tokenizer import write_gguf_tokenizer
 from zoo.io import atomic_write
 from zoo.models.llama.convert import check_exportable
 from zoo.models.llama.gguf import LAYER_KEYS, TOP_KEYS, import_gguf, permute
@@ -37,9 +36,7 @@ def save_gguf(
     model: Llama,
     path: str | os.PathLike,
     *,
-    tokenizer: Tokenizer,
-    special_tokens: Mapping[str, str],
-    chat_template: str | None = None,
+    add_tokenizer: Callable[..., None],
     gguf_type: str = "f32",
 ) -> Path:
     """Write ``model`` and its tokenizer as one GGUF file (atomically: `zoo.io.atomic_write`).
@@ -47,9 +44,10 @@ def save_gguf(
     Args:
         model: The Llama (LoRA adapters merged: `zoo.nn.lora.merge_lora`).
         path: The ``.gguf`` file to write; an existing one is replaced.
-        tokenizer: The byte-level BPE tokenizer the model was trained with.
-        special_tokens: Token strings by role (``bos``, ``eos``, ``unk``, ``pad``).
-        chat_template: The jinja chat template (``tokenizer.chat_template``); ``None``: none.
+        add_tokenizer: ``add_tokenizer(writer, vocab_size=)`` adds the ``tokenizer.*`` keys (the
+            vocabulary padded to the model's ``vocab_size``), e.g. a `functools.partial` of
+            `zoo.data.gguf_tokenizer.write_gguf_tokenizer` with the tokenizer, its special tokens and
+            chat template.
         gguf_type: The matrices' type, a key of `GGUF_TYPES`: ``f32`` (exact), ``f16``, ``bf16`` or
             ``q8_0`` (a matrix whose rows do not split into Q8_0's 32-value blocks is written F16, as
             llama.cpp's converter does).
@@ -67,13 +65,7 @@ def save_gguf(
     _add_hyper_parameters(writer, model, args)
     writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[gguf_type]])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    write_gguf_tokenizer(
-        writer,
-        tokenizer,
-        vocab_size=args["vocab_size"],
-        special_tokens=special_tokens,
-        chat_template=chat_template,
-    )
+    add_tokenizer(writer, vocab_size=args["vocab_size"])
     kind = gguf.GGMLQuantizationType[GGUF_TYPES[gguf_type]]
     for name, weight in gguf_tensors(model, args).items():
         data, raw = _encode(weight, kind, gguf)

@@ -209,12 +209,21 @@ def _migrated_config_files(args: list[str], task: str | None) -> list[str]:
     (`zoo.checkpoint.migrate_config`) replaced by the migrated config, as a YAML string."""
     new = list(args)
     for i, (flag, value) in enumerate(zip(args, list(args[1:]) + [None])):
-        if flag not in ("--config", "-c") or not isinstance(value, str) or not Path(value).is_file():
+        joined = isinstance(flag, str) and flag.startswith("--config=")  # --config=FILE, one argument
+        if joined:
+            value = flag.split("=", 1)[1]
+        elif flag not in ("--config", "-c"):
+            continue
+        if not isinstance(value, str) or not Path(value).is_file():
             continue
         config = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
         migrated = migrate_config(config, task)
         if migrated is not config:
-            new[i + 1] = yaml.safe_dump(migrated, sort_keys=False)
+            text = yaml.safe_dump(migrated, sort_keys=False)
+            if joined:
+                new[i] = f"--config={text}"
+            else:
+                new[i + 1] = text
     return new if new != list(args) else args
 
 

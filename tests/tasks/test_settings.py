@@ -100,3 +100,16 @@ def _gpt():
     from zoo.models.gpt2 import GPT2
 
     return GPT2(vocab_size=32, max_seq_len=16, embed_dim=16, num_heads=2, num_layers=1)
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_old_config_files_are_rewritten_given_either_way(tmp_path, joined):
+    from zoo.cli import _migrated_config_files
+
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  class_path: zoo.tasks.Translation\n  init_args:\n    beam_size: 3\n")
+    args = ["fit", f"--config={old}"] if joined else ["fit", "--config", str(old)]
+    new = _migrated_config_files(args, "zoo.tasks.Translation")
+    text = new[1].removeprefix("--config=") if joined else new[2]
+    assert new[1].startswith("--config=") == joined and "beam_size" not in text
+    assert "num_beams: 3" in text

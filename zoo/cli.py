@@ -21,6 +21,7 @@ from zoo.checkpoint import (
     migrate_hparams,
     read_checkpoint,
 )
+from zoo.precision import choose_precision, say
 from zoo.runs import (
     checkpoint_in,
     existing_log_dirs,
@@ -73,11 +74,16 @@ class ZooCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """``trainer.strategy: fsdp`` means `zoo.strategies.FSDP`, which wraps the blocks the model
-        declares (Lightning's plain ``"fsdp"`` would wrap the whole model as one unit); the callbacks
-        follow the Trainer's flags (`run_callbacks`)."""
+        declares (Lightning's plain ``"fsdp"`` would wrap the whole model as one unit); an unset
+        ``trainer.precision`` is bf16 autocast on a CPU with native bf16, else fp32
+        (`zoo.precision.choose_precision`, said in one line); the callbacks follow the Trainer's flags
+        (`run_callbacks`)."""
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         if config.get("strategy") == "fsdp":
             kwargs["strategy"] = FSDP()
+        if config.get("precision") is None:
+            kwargs["precision"], line = choose_precision(config.get("accelerator", "auto"))
+            say(line)
         kwargs["callbacks"] = run_callbacks(config, self.subcommand, getattr(self, "_given_args", []))
         return super().instantiate_trainer(**kwargs)
 

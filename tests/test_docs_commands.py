@@ -49,7 +49,7 @@ PLACEHOLDERS = {
     "FILE": "../shared/data/conll2003/valid.txt",  # recipes/finetune/conll2003-minilm.yaml names this one
 }
 # Input files a page asks the reader to write (it shows their lines); the check writes a stand-in.
-READER_FILES = ("sentences.txt", "reviews.txt", "held_out.txt", "my_lm.yaml")
+READER_FILES = ("sentences.txt", "reviews.txt", "held_out.txt", "my_lm.yaml", "conversations.jsonl")
 # data keys that name input files, checked to exist (other than under ../shared/data)
 FILE_KEYS = ("files", "val_files", "train_files", "test_files", "train_file", "val_file", "test_file")
 FILE_KEYS += ("predict_file",)

@@ -1,5 +1,6 @@
 """Everything before a batch reaches the model: tokenizers, datasets, collators, DataModules."""
 
+from zoo.data.chat_data import ChatDataModule
 from zoo.data.classification import TextClassificationDataModule
 from zoo.data.multiple_choice import MultipleChoiceDataModule
 from zoo.data.parallel import ParallelTextDataModule
@@ -12,6 +13,7 @@ from zoo.data.token_budget import TokenBudgetSampler
 
 __all__ = [
     "BertPretrainingDataModule",
+    "ChatDataModule",
     "MultipleChoiceDataModule",
     "ParallelTextDataModule",
     "QuestionAnsweringDataModule",

@@ -32,20 +32,24 @@ def pad_batch(
 
 
 def pack_batch(
-    items: list[dict[str, Any]], *, pad_token_id: int, sequence_keys: dict[str, int] | None = None
+    items: list[dict[str, Any]],
+    *,
+    pad_token_id: int,
+    sequence_keys: dict[str, int] | None = None,
+    width: int | None = None,
 ) -> dict[str, Tensor]:
     """Collate encoded examples into as few rows as fit them, several per row, without padding between.
 
-    Rows are as wide as the longest example; examples go into the first row with room, longest first
-    (first-fit decreasing). Keys as `pad_batch` makes them, plus ``document_ids`` (R, W), the example
-    (0..N-1, its place in ``items``) at each position and -1 at padding, and ``sequence_spans`` (N, 3),
-    each example's row, first position and length. A `zoo.models.protocols.PackedHiddenStates` keeps the
-    examples of a row apart, so each gets the hidden states it gets alone; per-example keys stay in
-    ``items`` order.
+    Rows are ``width`` positions wide (default: as wide as the longest example); examples go into the
+    first row with room, longest first (first-fit decreasing). Keys as `pad_batch` makes them, plus
+    ``document_ids`` (R, W), the example (0..N-1, its place in ``items``) at each position and -1 at
+    padding, and ``sequence_spans`` (N, 3), each example's row, first position and length. A
+    `zoo.models.protocols.PackedHiddenStates` keeps the examples of a row apart, so each gets the hidden
+    states it gets alone; per-example keys stay in ``items`` order.
     """
     sequence_keys = sequence_keys or {}
     lengths = [len(item["input_ids"]) for item in items]
-    width = max(lengths)
+    width = width or max(lengths)
     rows = first_fit_rows(lengths, width)
     batch = _empty_rows(len(rows), width, pad_token_id, sequence_keys)
     batch["document_ids"] = torch.full((len(rows), width), -1, dtype=torch.long)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,9 @@ class PredictionWriter(BasePredictionWriter):
             ``"-"``: stdout.
     """
 
+    default_name = "predictions.txt"
+    """The file name in the run's folder when ``output_file`` is ``None``."""
+
     def __init__(self, output_file: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_file = output_file
@@ -145,7 +149,7 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         texts = self.format_batch(trainer, prediction, batch)
         self._count += len(texts)
-        if output_path(trainer, self.output_file, "predictions.txt") is None:
+        if output_path(trainer, self.output_file, self.default_name) is None:
             sys.stdout.write("".join(texts))
             sys.stdout.flush()
         else:
@@ -157,7 +161,7 @@ class PredictionWriter(BasePredictionWriter):
         return [data.format_prediction(int(i), p) for i, p in zip(batch["index"], prediction)]
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        path = output_path(trainer, self.output_file, "predictions.txt")
+        path = output_path(trainer, self.output_file, self.default_name)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, "".join(self._parts))
@@ -185,3 +189,26 @@ class TextPredictionWriter(PredictionWriter):
             (codec.decode(prompts[i]) if prompts is not None else "") + codec.decode(new) + self.separator
             for i, new in enumerate(prediction)
         ]
+
+
+class JsonlPredictionWriter(PredictionWriter):
+    """Write ``zoo predict`` outputs as JSON Lines, one object per input record, in input order: the data
+    module's ``prediction_record(index, prediction)`` (`zoo.data.chat_data.ChatDataModule`: the answer as
+    ``"response"``, followed by the record's own fields).
+
+    Args:
+        output_file: Destination; ``None``: ``predictions.jsonl`` in the run's folder (`run_dir`:
+            ``logs/version_N/`` beside ``config.yaml``, or ``default_root_dir`` without a logger);
+            ``"-"``: stdout.
+    """
+
+    default_name = "predictions.jsonl"
+
+    def format_batch(self, trainer: L.Trainer, prediction: Any, batch: Any) -> list[str]:
+        data = trainer.datamodule
+        if data is None or not hasattr(data, "prediction_record"):
+            raise RuntimeError(
+                f"{type(self).__name__} needs a data module with prediction_record(index, ids)"
+            )
+        records = (data.prediction_record(int(i), p) for i, p in zip(batch["index"], prediction))
+        return [json.dumps(record, ensure_ascii=False) + "\n" for record in records]

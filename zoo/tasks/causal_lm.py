@@ -122,7 +122,9 @@ class CausalLM(BackboneTask):
         self._log_scores("test", self.test_nll)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[list[int]]:
-        """Continue each prompt in ``batch["prompts"]`` (lists of ids); returns the new ids."""
+        """Continue each prompt in ``batch["prompts"]`` (lists of ids); returns the new ids. A batch's
+        ``stop_tokens`` (ids: a chat template's end of turn, `zoo.data.chat_data.ChatDataModule`) end
+        its continuations as well as ``decoding.stop_tokens``."""
         d = self.decoding
         return self.generate(
             batch["prompts"],
@@ -130,7 +132,7 @@ class CausalLM(BackboneTask):
             temperature=d.temperature,
             top_k=d.top_k,
             top_p=d.top_p,
-            stop_tokens=list(d.stop_tokens),
+            stop_tokens=[*d.stop_tokens, *batch.get("stop_tokens", ())],
             num_beams=d.num_beams,
             length_penalty=d.length_penalty,
         )

@@ -202,3 +202,37 @@ def test_smollm2_answers_and_stops_at_the_end_of_its_turn(smollm2, smollm2_text,
     for line, ids in zip(lines, (first, second)):
         assert len(ids) < 48  # stopped at <|im_end|>, not at the length limit
         assert "<|im_end|>" not in line["response"] and line["response"]
+
+
+def test_validation_scores_generated_answers_against_the_references(smollm2, smollm2_text, tmp_path):
+    """text_metric: rouge generates each validation answer from its prompt (the conversation before the
+    last answer, the assistant's turn opened) and scores it against that answer's text."""
+    from zoo.tasks.rouge import ROUGEScore
+
+    records = RECORDS[1:3] + RECORDS[4:]  # two DialogSum-style records and a messages record
+    data = chat_data(smollm2_text, val_file=str(write_jsonl(tmp_path / "v.jsonl", records)), batch_size=2)
+    task = CausalLM(smollm2[0], decoding=Decoding(max_new_tokens=24, temperature=0.0), text_metric="rouge")
+    scores = cpu_trainer(tmp_path).validate(task, datamodule=data, verbose=False)[0]
+    assert {"val_loss", "val_rouge1", "val_rouge2", "val_rougeL"} <= scores.keys()
+    # the same answers generated one by one from the rendered prompts, scored apart
+    tokenizer, chat = smollm2_text
+    answers, references = [], []
+    for record in records:
+        if "messages" in record:
+            messages, reference = record["messages"][:-1], record["messages"][-1]["content"]
+        else:
+            user = DIALOGSUM["prompt_template"].format_map(record)
+            messages, reference = [{"role": "user", "content": user}], record["summary"]
+        prompt = tokenizer.encode(
+            chat.render(messages, add_generation_prompt=True), add_special_tokens=False
+        ).ids
+        end = tokenizer.token_to_id("<|im_end|>")
+        (ids,) = task.generate([prompt], max_new_tokens=24, temperature=0.0, stop_tokens=[end])
+        answers.append(tokenizer.decode(ids, skip_special_tokens=False).split("<|im_end|>")[0])
+        references.append(reference)
+    metric = ROUGEScore()
+    metric.update(answers, references)
+    expected = metric.compute()
+    for key in ("rouge1", "rouge2", "rougeL"):
+        assert scores[f"val_{key}"] == pytest.approx(100 * expected[key].item(), abs=1e-4)
+    assert max(scores["val_rouge1"], 0) > 0  # the model's summaries share words with the references

@@ -293,6 +293,8 @@ class ChatDataModule(TokenizedDataModule):
                 dropped += 1
                 continue
             truncated += cut
+            if split in ("validate", "test"):
+                example |= self._final_answer(example)
             examples.append(example | {"index": index})
         if predict:
             self._predict_records = [record for _, record in records]
@@ -358,6 +360,16 @@ class ChatDataModule(TokenizedDataModule):
             return {"input_ids": self.encode(self.chat.render(messages, add_generation_prompt=True))}
         return encode_segments(self.tokenizer, chat_segments(self.chat, messages))
 
+    def _final_answer(self, example: dict[str, Any]) -> dict[str, Any]:
+        """The conversation's last answer as a task scores it by generation: ``prompt`` (the ids before the
+        answer: what ``zoo predict`` would send, the assistant's turn opened) and ``reference`` (its text)."""
+        labels = example["labels"]
+        end = next(t for t in range(len(labels) - 1, -1, -1) if labels[t] != IGNORE_INDEX) + 1
+        start = end
+        while start > 0 and labels[start - 1] != IGNORE_INDEX:
+            start -= 1
+        return {"prompt": example["input_ids"][: start + 1], "reference": self.decode(labels[start:end])}
+
     @staticmethod
     def _keep(example: dict[str, Any], predict: bool) -> dict[str, Any] | None:
         """``example``, or ``None`` when it has no answer token to learn."""
@@ -379,7 +391,8 @@ class ChatDataModule(TokenizedDataModule):
 
     def _loader(self, dataset: Examples, batch_size: int, sampler: Any = None) -> DataLoader:
         keys = {"sequence_keys": {"labels": IGNORE_INDEX}, "pad_token_id": pad_token_id(self.tokenizer)}
-        collate = functools.partial(pack_batch, width=self.max_seq_len) if self.pack else pad_batch
+        tokens = functools.partial(pack_batch, width=self.max_seq_len) if self.pack else pad_batch
+        collate = functools.partial(_collate_answers, tokens=tokens, stop_tokens=self.stop_token_ids)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -431,6 +444,23 @@ def _template_fields(owner: str, template: str | None, prompt_field: str) -> tup
             f"{owner}: prompt_template {template!r} does not name prompt_field {{{prompt_field}}}"
         )
     return tuple(dict.fromkeys(names))
+
+
+def _collate_answers(
+    items: list[dict[str, Any]], *, tokens: Callable[..., dict[str, Any]], stop_tokens: list[int], **keys: Any
+) -> dict[str, Any]:
+    """A training or evaluation batch (``tokens``: `pad_batch` or `pack_batch`); validation and test
+    examples add ``prompts``, ``references`` and ``stop_tokens``, for a task that scores its answers by
+    generating them (`zoo.tasks.CausalLM`'s ``text_metric``)."""
+    extra = ("prompt", "reference")
+    batch = tokens([{k: v for k, v in item.items() if k not in extra} for item in items], **keys)
+    if items and "prompt" in items[0]:
+        batch |= {
+            "prompts": [item["prompt"] for item in items],
+            "references": [item["reference"] for item in items],
+            "stop_tokens": stop_tokens,
+        }
+    return batch
 
 
 def _collate_prompts(items: list[dict[str, Any]], stop_tokens: list[int]) -> dict[str, Any]:

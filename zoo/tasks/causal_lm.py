@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,11 @@ class CausalLM(BackboneTask):
             by beam search, which does not sample), ``length_penalty`` (beams are ranked by ``log_prob /
             length ** length_penalty``, ``length`` counting a final stop token) and ``stop_tokens``.
             Default: `Decoding`'s own (200 tokens, sampling at temperature 1).
+        text_metric: Score answers by generating them in validation and test: ``"rouge"`` logs
+            ``{stage}_rouge1``, ``_rouge2`` and ``_rougeL`` (`zoo.tasks.rouge.ROUGEScore`, mean F1 x 100),
+            ``"bleu"`` logs ``{stage}_bleu`` (sacreBLEU, 13a). It reads batches that carry ``prompts``,
+            ``references`` and ``stop_tokens`` (`zoo.data.ChatDataModule`'s validation and test
+            batches) and decodes as ``decoding`` says, up to a batch's stop tokens; ``None``: loss only.
         **kwargs: `BackboneTask`'s other arguments: ``lr_scheduler`` (default
             ``zoo.tasks.base.LR_SCHEDULER``: 100 warm-up steps, cosine to 0.1 of the peak), ``compile``,
             ``activation_checkpointing``, ``lora``.
@@ -65,12 +70,20 @@ class CausalLM(BackboneTask):
         *,
         pretrained: str | None = None,
         decoding: Decoding = DECODING,
+        text_metric: Literal["rouge", "bleu"] | None = None,
         optimizer: OptimizerCallable = OPTIMIZER,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, optimizer=optimizer, **kwargs)
+        if text_metric not in (None, *TEXT_METRICS):
+            raise ValueError(
+                f"CausalLM: text_metric must be one of {sorted(TEXT_METRICS)} or null, got {text_metric!r}"
+            )
         self.pretrained = pretrained
         self._initialised = False
+        self.text_metric = text_metric
+        self.val_text = TEXT_METRICS[text_metric]() if text_metric else None
+        self.test_text = TEXT_METRICS[text_metric]() if text_metric else None
         self.decoding = Decoding.of(decoding)
         self.decoding.check_unused(type(self).__name__, SOURCE_BOUND)
         self.save_hyperparameters({"decoding": self.decoding.plain()})  # plain: weights_only loads
@@ -111,15 +124,41 @@ class CausalLM(BackboneTask):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.val_nll.update(*self.token_nll(batch))
+        self._score_answers(batch, self.val_text)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.test_nll.update(*self.token_nll(batch))
+        self._score_answers(batch, self.test_text)
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val", self.val_nll)
+        self._log_text("val", self.val_text)
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_nll)
+        self._log_text("test", self.test_text)
+
+    def _score_answers(self, batch: dict[str, Any], metric: Metric | None) -> None:
+        """Generate the answers of a batch that carries ``prompts`` and ``references``, and score them."""
+        if metric is None:
+            return
+        if "references" not in batch:
+            raise ValueError(
+                f"text_metric={self.text_metric!r} scores generated answers, but the batches carry no "
+                "prompts and references (zoo.data.ChatDataModule's validation and test batches do)"
+            )
+        answers = self.predict_step(batch, 0)
+        decode = self.trainer.datamodule.decode
+        metric.update([decode(a) for a in answers], list(batch["references"]))
+
+    def _log_text(self, stage: str, metric: Metric | None) -> None:
+        if metric is None or not metric.update_called:
+            return
+        computed = metric.compute()
+        scores = computed if isinstance(computed, dict) else {self.text_metric: computed}
+        for name, value in scores.items():
+            self.log(f"{stage}_{name}", 100 * value, prog_bar=name in ("rougeL", "bleu"), sync_dist=True)
+        metric.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[list[int]]:
         """Continue each prompt in ``batch["prompts"]`` (lists of ids); returns the new ids. A batch's
@@ -187,6 +226,23 @@ class CausalLM(BackboneTask):
         self.log(f"{stage}_ppl", loss.exp(), sync_dist=True)
         self.log(f"{stage}_tokens", tokens.to(loss.dtype), sync_dist=True)
         scores.reset()
+
+
+def _bleu() -> Metric:
+    from torchmetrics.text import SacreBLEUScore
+
+    return SacreBLEUScore(tokenize="13a")
+
+
+def _rouge() -> Metric:
+    from zoo.tasks.rouge import ROUGEScore
+
+    return ROUGEScore()
+
+
+TEXT_METRICS = {"rouge": _rouge, "bleu": _bleu}
+"""``text_metric`` -> the metric it builds: ``update(predictions, references)``, ``compute()`` a score or
+a dict of them (0-1; logged x 100)."""
 
 
 def _packed(batch: dict[str, Tensor]) -> dict[str, Tensor]:

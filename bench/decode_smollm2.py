@@ -28,6 +28,7 @@ above): with more threads the bound is the socket's, not measured here.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import shlex
@@ -37,6 +38,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from zoo.models.llama import Llama
 from zoo.tasks.decoding import generate
@@ -109,8 +111,31 @@ def load():
     return ours, theirs, tokenizer
 
 
+def in_out_layout(model: Llama) -> Llama:
+    """A copy of ``model`` whose matrices with more outputs than inputs (and the square ones) are stored
+    ``[in, out]``: the same ``[out, in]`` weights as strided views of their transposes, so that
+    ``F.linear`` hands the BLAS the transposed layout. Same modules, same values; only memory order."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features >= module.in_features:
+            module.weight.data = module.weight.data.t().contiguous().t()  # (out, in), strides (1, out)
+    return model
+
+
+def matvec_bandwidth(weight: torch.Tensor, repeats: int = 10) -> float:
+    """GB/s of one-row products ``F.linear(x, weight)`` (median of ``repeats``): what the BLAS streams."""
+    x = torch.randn(1, weight.shape[1])
+    F.linear(x, weight)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        F.linear(x, weight)
+        rates.append(weight.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
 def sides(
-    ours, theirs, tokenizer, prompts: list[list[int]], new: int
+    ours, theirs, tokenizer, prompts: list[list[int]], new: int, ours_in_out=None
 ) -> dict[str, Callable[[], list[list[int]]]]:
     """Greedy decoding of ``prompts`` by each side; each returns the ``new`` tokens of every prompt."""
     from transformers import GenerationConfig
@@ -138,7 +163,10 @@ def sides(
         out = theirs.generate(ids, attention_mask=mask, generation_config=config)
         return out[:, width:].tolist()
 
-    return {"zoo": zoo_side, "transformers": hf_side}
+    runs = {"zoo": zoo_side, "transformers": hf_side}
+    if ours_in_out is not None:
+        runs["zoo [in,out]"] = lambda: generate(ours_in_out, prompts, max_new_tokens=new, temperature=0.0)
+    return runs
 
 
 def compare(a: list[list[int]], b: list[list[int]]) -> list[str]:
@@ -153,23 +181,25 @@ def compare(a: list[list[int]], b: list[list[int]]) -> list[str]:
     return lines
 
 
-def run_batch(ours, theirs, tokenizer, prompts, args) -> dict:
-    runs = sides(ours, theirs, tokenizer, prompts, args.new)
+def run_batch(ours, theirs, tokenizer, prompts, args, ours_in_out=None) -> dict:
+    runs = sides(ours, theirs, tokenizer, prompts, args.new, ours_in_out)
     outputs = {name: run() for name, run in runs.items()}  # first call of each side: the warm-up
     for _ in range(args.warmup - 1):
         for run in runs.values():
             run()
-    differences = compare(outputs["zoo"], outputs["transformers"])
-    B = len(prompts)
-    if differences:
-        print(f"batch {B}: tokens DIFFER in {len(differences)} of {B} rows:")
+    B, same = len(prompts), {}
+    for name in runs:
+        if name == "transformers":
+            continue
+        differences = compare(outputs[name], outputs["transformers"])
+        same[name] = "yes" if not differences else f"no ({len(differences)} of {B} rows differ)"
+        print(f"batch {B}, {name} vs transformers: same tokens: {same[name]}")
         for line in differences:
             print("  " + line)
-    else:
-        print(f"batch {B}: same tokens: yes ({B} x {args.new} new tokens identical)")
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(args.rounds):
-        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+    names = list(runs)
+    for r in range(args.rounds):  # each round starts with the next side
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             runs[name]()
             seconds[name].append(time.perf_counter() - start)
@@ -178,17 +208,12 @@ def run_batch(ours, theirs, tokenizer, prompts, args) -> dict:
             + ", ".join(f"{n} {B * args.new / s[-1]:.1f} tok/s" for n, s in seconds.items())
         )
     rates = {name: B * args.new / statistics.median(s) for name, s in seconds.items()}
-    ratios = [t / z for z, t in zip(seconds["zoo"], seconds["transformers"])]
+    ratios = {  # per round: how much faster than transformers in the same round
+        name: [t / z for z, t in zip(seconds[name], seconds["transformers"])] for name in same
+    }
     mean_len = statistics.mean(len(p) for p in prompts) + args.new / 2
     weights, kv = bytes_per_token(ours, B, mean_len)
-    return dict(
-        batch=B,
-        rates=rates,
-        ratio=statistics.median(ratios),
-        ratio_range=(min(ratios), max(ratios)),
-        step_mb=(weights / 1e6, kv / 1e6),
-        same="yes" if not differences else f"no ({len(differences)} of {B} rows differ)",
-    )
+    return dict(batch=B, rates=rates, ratios=ratios, step_mb=(weights / 1e6, kv / 1e6), same=same)
 
 
 def main() -> int:
@@ -204,6 +229,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bw-megabytes", type=int, default=512, help="tensor summed for the bandwidth")
     parser.add_argument("--bw-repeats", type=int, default=10)
+    parser.add_argument(
+        "--in-out-weights",
+        action="store_true",
+        help="a third side: zoo with its wide and square matrices stored [in, out] (see in_out_layout)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -235,32 +265,42 @@ def main() -> int:
         for m in MESSAGES
     ]
     prompts = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    ours_in_out = in_out_layout(ours) if args.in_out_weights else None
     results = []
     for B in args.batches:
         batch = prompts[:B]
         print(f"batch {B}: prompt lengths {[len(p) for p in batch]}")
-        results.append(run_batch(ours, theirs, tokenizer, batch, args))
+        results.append(run_batch(ours, theirs, tokenizer, batch, args, ours_in_out))
     bw += read_bandwidth(args.bw_megabytes, args.bw_repeats)
     bandwidth = statistics.median(bw)
     print(
         f"read bandwidth of this core: median {bandwidth:.1f} GB/s (min {min(bw):.1f}, max {max(bw):.1f}; "
         f"sum of {args.bw_megabytes} MB, {len(bw)} times)"
     )
+    head = ours.lm_head.weight
     print(
-        "| batch | zoo tok/s | transformers tok/s | ratio (median of rounds, range) | same tokens | "
-        "MB read per step (weights + KV) | zoo / bound | transformers / bound |"
+        f"one-row product with the output layer ({head.numel() * 4 / 1e6:.0f} MB): "
+        f"{matvec_bandwidth(head):.1f} GB/s as [out, in], "
+        f"{matvec_bandwidth(head.t().contiguous().t()):.1f} GB/s as [in, out]"
     )
-    print("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+    print(
+        "| batch | side | tok/s | vs transformers (median of rounds, range) | same tokens | "
+        "MB read per step (weights + KV) | fraction of the bandwidth bound |"
+    )
+    print("| ---: | --- | ---: | ---: | --- | ---: | ---: |")
     for r in results:
-        z, t = r["rates"]["zoo"], r["rates"]["transformers"]
-        lo, hi = r["ratio_range"]
         w, kv = r["step_mb"]
         bound = bandwidth * 1e9 / ((w + kv) * 1e6) * r["batch"]  # tok/s if a step only read its bytes
-        print(
-            f"| {r['batch']} | {z:.1f} | {t:.1f} | **{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}x) | "
-            f"{r['same']} | {w:.0f} + {kv:.1f} | {z / bound:.0%} | {t / bound:.0%} |"
-        )
-        print(f"  (bandwidth bound at batch {r['batch']}: {bound:.1f} tok/s)")
+        for name, rate in r["rates"].items():
+            if name in r["ratios"]:
+                ratios = r["ratios"][name]
+                vs = f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}x)"
+            else:
+                vs = "1.00x"
+            print(
+                f"| {r['batch']} | {name} | {rate:.1f} | {vs} | {r['same'].get(name, '')} | "
+                f"{w:.0f} + {kv:.1f} | {rate / bound:.0%} of {bound:.1f} tok/s |"
+            )
     return 0
 
 

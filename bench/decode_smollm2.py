@@ -22,7 +22,9 @@ measures the read bandwidth of the core it runs on (``sum`` of a tensor far larg
 median of ``--bw-repeats``, before and after the rounds) and reports, per side, the fraction of that bound
 reached: (bytes of the weights the step multiplies, the output layer included, plus the KV cache read
 at the mean position) x tokens/s / bandwidth. Run it pinned to one core with one thread (the command
-above): with more threads the bound is the socket's, not measured here.
+above): with more threads the bound is the socket's, not measured here. It also prints the rate of
+one-row products over the model's matrices of each shape in both memory orders, and with ``--profile``
+how each side's time splits between matrix products, the attention kernel and everything else.
 """
 
 from __future__ import annotations
@@ -120,16 +122,53 @@ def in_out_layout(model: Llama) -> Llama:
     return model
 
 
-def matvec_bandwidth(weight: torch.Tensor, repeats: int = 10) -> float:
-    """GB/s of one-row products ``F.linear(x, weight)`` (median of ``repeats``): what the BLAS streams."""
-    x = torch.randn(1, weight.shape[1])
-    F.linear(x, weight)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        F.linear(x, weight)
-        rates.append(weight.numel() * 4 / (time.perf_counter() - start) / 1e9)
-    return statistics.median(rates)
+def matvec_rates(model: Llama, repeats: int = 3) -> list[str]:
+    """Per weight shape (in x out): GB/s of one-row products ``F.linear(x, w)`` over every matrix of that
+    shape in the model, in turn (so they come from memory, as in a step), stored ``[out, in]`` and as
+    ``[in, out]`` copies."""
+    groups: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for linear in model.modules():
+        if isinstance(linear, torch.nn.Linear):
+            groups.setdefault((linear.in_features, linear.out_features), []).append(linear.weight)
+    lines = []
+    for (n_in, n_out), out_in in groups.items():
+        rates = []
+        for weights in (out_in, [w.t().contiguous().t() for w in out_in]):
+            x = torch.randn(1, n_in)
+            seconds = []
+            for _ in range(repeats + 1):  # the first pass warms up
+                start = time.perf_counter()
+                for w in weights:
+                    F.linear(x, w)
+                seconds.append(time.perf_counter() - start)
+            rates.append(sum(w.numel() * 4 for w in weights) / statistics.median(seconds[1:]) / 1e9)
+        lines.append(
+            f"  {n_in} x {n_out} ({len(out_in)} matrices): {rates[0]:.1f} GB/s as [out, in], "
+            f"{rates[1]:.1f} GB/s as [in, out]"
+        )
+    return lines
+
+
+def profile_split(runs: dict[str, Callable[[], list[list[int]]]]) -> list[str]:
+    """Where each side's ``generate`` spends its time (torch.profiler, self CPU time of one call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    lines = []
+    for name, run in runs.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events) / 1e3  # ms
+        mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm")) / 1e3
+        attn = [e for e in events if e.key.startswith("aten::_scaled_dot_product")]
+        attn_ms = sum(e.self_cpu_time_total for e in attn) / 1e3
+        calls = sum(e.count for e in attn) or 1
+        lines.append(
+            f"  {name}: {total:.0f} ms profiled; matrix products {mm / total:.0%}, attention kernel "
+            f"{attn_ms / total:.0%} ({attn_ms * 1e3 / calls:.0f} us per call), other ops "
+            f"{(total - mm - attn_ms) / total:.0%} ({sum(e.count for e in events)} op calls)"
+        )
+    return lines
 
 
 def sides(
@@ -205,6 +244,9 @@ def run_batch(ours, theirs, tokenizer, prompts, args, ours_in_out=None) -> dict:
             f"  round {r + 1}: "
             + ", ".join(f"{n} {B * args.new / s[-1]:.1f} tok/s" for n, s in seconds.items())
         )
+    if args.profile:
+        print(f"batch {B}, one more call per side under torch.profiler:")
+        print("\n".join(profile_split(runs)))
     rates = {name: B * args.new / statistics.median(s) for name, s in seconds.items()}
     ratios = {  # per round: how much faster than transformers in the same round
         name: [t / z for z, t in zip(seconds[name], seconds["transformers"])] for name in same
@@ -227,6 +269,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bw-megabytes", type=int, default=512, help="tensor summed for the bandwidth")
     parser.add_argument("--bw-repeats", type=int, default=10)
+    parser.add_argument(
+        "--profile", action="store_true", help="after the rounds, split one call per side by kind of op"
+    )
     parser.add_argument(
         "--in-out-weights",
         action="store_true",
@@ -276,12 +321,8 @@ def main() -> int:
         f"read bandwidth of this core: median {bandwidth:.1f} GB/s (min {min(bw):.1f}, max {max(bw):.1f}; "
         f"sum of {args.bw_megabytes} MB, {len(bw)} times)"
     )
-    head = ours.lm_head.weight
-    print(
-        f"one-row product with the output layer ({head.numel() * 4 / 1e6:.0f} MB): "
-        f"{matvec_bandwidth(head):.1f} GB/s as [out, in], "
-        f"{matvec_bandwidth(head.t().contiguous().t()):.1f} GB/s as [in, out]"
-    )
+    print("one-row products (F.linear, batch 1) streaming the model's matrices, by shape:")
+    print("\n".join(matvec_rates(ours)))
     print(
         "| batch | side | tok/s | vs transformers (median of rounds, range) | same tokens | "
         "MB read per step (weights + KV) | fraction of the bandwidth bound |"

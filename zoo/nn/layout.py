@@ -4,9 +4,9 @@ Decoding one token per sequence multiplies one activation row by every weight ma
 streams all the weights from memory, and its speed is the rate at which the BLAS's one-row kernel reads
 them. That rate depends on the order of the matrix in memory. On this project's CPU (MKL on one AMD EPYC
 core, fp32) matrices at least as wide as they are tall stream faster stored ``[in, out]``: SmolLM2's
-output layer at 19 GB/s instead of 11, its MLP input projections at about 14 GB/s instead of 8; narrower
-ones (grouped-query keys and values, the MLP's output projection) are as fast or faster as they are
-(see `bench/decode_smollm2.py` and the benchmarks page).
+output layer at 19 GB/s instead of 9.5-11, its MLP input projections at 13-16 GB/s instead of 9-10;
+narrower ones (grouped-query keys and values, the MLP's output projection) are faster as they are
+(`bench/decode_smollm2.py`; 1.3x faster batch-1 decoding, no gain at batch 8: see the benchmarks page).
 
 `set_linear_layout` moves weights between the two orders in place. Nothing else changes: not a module,
 not a parameter's shape (``weight`` stays (out, in), a strided view of its ``[in, out]`` storage) and not

@@ -86,3 +86,18 @@ def test_zoo_fit_trains_llama_with_learned_absolute_positions_and_reloads_them(t
     assert isinstance(model.backbone.absolute_positions, LearnedPositions)
     torch.testing.assert_close(model.backbone.absolute_positions.weight, table)
     assert not any(n.endswith(("q_proj.bias", "cos")) for n in state)  # no biases, no rotary tables
+
+
+def test_last_only_logits_are_the_last_position_of_the_full_logits():
+    torch.manual_seed(0)
+    model = Llama(
+        vocab_size=64, max_seq_len=16, embed_dim=32, num_heads=4, num_kv_heads=2, num_layers=2
+    ).eval()
+    ids = torch.randint(0, 64, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # a left-padded row
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask)  # (3, 9, 64)
+        last = model(ids, attention_mask=mask, last_only=True)  # (3, 1, 64)
+    assert last.shape == (3, 1, 64)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-6)

@@ -141,6 +141,21 @@ def test_cached_batched_greedy_equals_uncached_single_prompt_decoding():
         assert new == _greedy_reference(model, prompt, 12)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decoding_computes_the_output_layer_only_at_the_last_prompt_position(family):
+    model = _decoder(family)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]
+    rows = []  # the rows each call of the output layer multiplies
+    hook = model.lm_head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[:2]))
+    try:
+        got = generate(model, prompts, max_new_tokens=4, temperature=0.0)
+    finally:
+        hook.remove()
+    assert rows == [(3, 1)] * 4  # the prompts (7 positions wide) and each new token: one row per prompt
+    for prompt, new in zip(prompts, got):
+        assert new == _greedy_reference(model, prompt, 4)
+
+
 def test_sliding_window_when_generation_outgrows_the_context():
     model = _model(max_seq_len=8)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]

@@ -56,7 +56,9 @@ class IncrementalDecoder(CausalDecoder, Protocol):
 
     Its ``forward`` also takes ``position_ids`` (B, T) (left-padded prompts) and ``cache`` (from
     ``init_cache``). `zoo.tasks.decoding.generate` decodes incrementally with it (otherwise it re-reads a
-    sliding window every step); fine-tuning tasks read ``hidden_states`` (B, T, C) from it.
+    sliding window every step); fine-tuning tasks read ``hidden_states`` (B, T, C) from it. Optional:
+    a ``forward`` parameter ``last_only`` (logits (B, 1, V) of the last position only), which decoding
+    passes after the prompts when present.
 
     Implemented by: `zoo.models.gpt2.GPT2`, `zoo.models.llama.Llama` (any `zoo.nn.DecoderLM`).
     """

@@ -4,6 +4,7 @@ from zoo.nn.attention import Attention, KVCache, build_attention_mask, document_
 from zoo.nn.block import PostNormBlock, PreNormBlock
 from zoo.nn.embeddings import SinusoidalPositions, TokenEmbedding
 from zoo.nn.heads import last_token_index, pool_first, pool_last, pool_mean, pool_packed, sequence_starts
+from zoo.nn.layout import set_linear_layout
 from zoo.nn.lora import LoRA, LoRALinear, apply_lora, merge_lora
 from zoo.nn.mlp import MLP, GatedMLP
 from zoo.nn.norms import RMSNorm
@@ -41,4 +42,5 @@ __all__ = [
     "pool_mean",
     "pool_packed",
     "sequence_starts",
+    "set_linear_layout",
 ]

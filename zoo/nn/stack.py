@@ -269,17 +269,19 @@ class DecoderLM(nn.Module):
         position_ids: Tensor | None = None,
         cache: DecoderCache | None = None,
         document_ids: Tensor | None = None,
+        last_only: bool = False,
     ) -> Tensor:
-        """Next-token logits (B, T, vocab_size); arguments as `hidden_states`."""
-        return self.lm_head(
-            self.hidden_states(
-                input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                document_ids=document_ids,
-            )
-        )
+        """Next-token logits (B, T, vocab_size), or (B, 1, vocab_size) of the last position with
+        ``last_only`` (decoding after a prompt reads no other: the output layer, the widest matrix, then
+        multiplies one row per sequence instead of T); other arguments as `hidden_states`."""
+        hidden = self.hidden_states(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            document_ids=document_ids,
+        )  # (B, T, C)
+        return self.lm_head(hidden[:, -1:] if last_only else hidden)
 
     def hidden_states(
         self,

@@ -3,6 +3,7 @@ a sliding window) and `Seq2SeqStep` for encoder-decoders (the source encoded onc
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +46,9 @@ class CausalStep:
     of it once).
 
     The backbone is called as ``backbone(input_ids, attention_mask=...)``, plus ``position_ids`` (which
-    start at 0 at each row's first real token) when its ``forward`` accepts them, and ``cache``.
+    start at 0 at each row's first real token) when its ``forward`` accepts them, and ``cache``; and with
+    ``last_only=True`` when its ``forward`` has that parameter (`zoo.nn.DecoderLM`: only the last
+    position's logits, the only ones read after reading the prompts).
 
     Args:
         backbone: The decoder.
@@ -67,6 +70,9 @@ class CausalStep:
         self.use_cache = use_cache and incremental and fits
         # the window passes position ids only to an IncrementalDecoder, whose forward takes them
         self.takes_positions = incremental
+        # a backbone that can compute the last position's logits alone (`zoo.nn.DecoderLM`) is asked to:
+        # after a prompt of P tokens the output layer then multiplies 1 row per sequence, not P
+        self.last_only = {"last_only": True} if _takes(backbone, "last_only") else {}
         self.cache: Any = None
 
     def start(self) -> Tensor:
@@ -87,6 +93,7 @@ class CausalStep:
             attention_mask=self.mask[:, :P] if self.padded else None,
             position_ids=prompt_positions,
             cache=self.cache,
+            **self.last_only,
         )
         return logits[:, -1]
 
@@ -118,7 +125,15 @@ class CausalStep:
         window = slice(-self.max_len, None) if self.max_len else slice(None)
         mask = self.mask[:, window]
         extra = {"position_ids": positions_from_mask(mask)} if self.takes_positions else {}
-        return self.backbone(self.ids[:, window], attention_mask=mask, **extra)[:, -1]
+        return self.backbone(self.ids[:, window], attention_mask=mask, **extra, **self.last_only)[:, -1]
+
+
+def _takes(backbone: nn.Module, argument: str) -> bool:
+    """Whether ``backbone.forward`` has a parameter named ``argument``."""
+    try:
+        return argument in inspect.signature(backbone.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature (a builtin): pass nothing extra
+        return False
 
 
 def _warn_no_cache(backbone: nn.Module) -> None:

@@ -66,6 +66,11 @@ SLOW_RECIPES = {
 # `make test-long` (CI's budget): the GPU recipes, shrunk to CPU size by overrides, and the CPU recipes whose
 # code paths the fast and slow ones cover (SST-2: fine-tuning; bert-mini: masked LM)
 LONG_RECIPES = {
+    # SmolLM2 + LoRA: about 10 s a step on this CPU, so 24 steps and two runs take several minutes
+    "llama/smollm2-dialogsum-lora.yaml": (
+        ["--data.init_args.eval_batch_size=2", "--model.init_args.decoding.max_new_tokens=8"],
+        ["dialogsum/dialogsum.train.jsonl"],
+    ),
     "finetune/conll2003-minilm.yaml": (MINILM, ["conll2003/train.txt"]),
     "finetune/ud-pos-minilm.yaml": (MINILM, ["ud_en_ewt/en_ewt-ud-train.conllu"]),
     "translation/multi30k-de-en.yaml": (
@@ -237,9 +242,9 @@ def test_the_remaining_recipes_resume_bit_identical(recipe, tmp_path):
     kill_and_resume(recipe, *LONG_RECIPES[recipe], tmp_path)
 
 
-# recipes that only score a pretrained model (`zoo test`): nothing trains, so nothing resumes; their run is
-# tested where the model is (tests/test_pretrained_decoder.py)
-SCORING_RECIPES = {"llama/smollm2-wikitext2.yaml"}
+# recipes that score or answer with a pretrained model (`zoo test`, `zoo predict`): nothing trains, so nothing
+# resumes; their runs are tested where the model is (tests/test_pretrained_decoder.py, test_chat_data.py)
+SCORING_RECIPES = {"llama/smollm2-wikitext2.yaml", "llama/smollm2-chat.yaml"}
 
 
 def test_every_recipe_has_a_resume_test():

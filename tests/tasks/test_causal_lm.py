@@ -202,3 +202,32 @@ def test_bad_sampling_arguments_are_refused_at_construction():
     CausalLM(
         gpt2, decoding=Decoding(temperature=0.0, top_k=1, top_p=1.0)
     )  # the edges are allowed: greedy, argmax, no nucleus
+
+
+def test_a_batch_with_unscored_positions_computes_the_output_layer_only_where_it_scores():
+    """Chat fine-tuning scores the answers alone: the loss, its gradients and the summed NLL equal the
+    full-logits computation, and the output layer sees only the scored rows."""
+    torch.manual_seed(0)
+    backbone = GPT2(vocab_size=50, max_seq_len=16, embed_dim=32, num_heads=2, num_layers=2)
+    task = CausalLM(backbone)
+    ids = torch.randint(0, 50, (3, 12))
+    labels = torch.randint(0, 50, (3, 12))
+    labels[:, :7] = -100  # the prompt
+    labels[1, 9:] = -100  # padding
+    batch = {"input_ids": ids, "labels": labels}
+    rows = []
+    hook = backbone.lm_head.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[:-1].numel()))
+    logits, scored = task.scored_logits(batch)
+    hook.remove()
+    assert rows == [int((labels != -100).sum())] and logits.shape[:2] == scored.shape == (1, rows[0])
+    loss = task.loss(logits, scored)
+    loss.backward()
+    grads = [p.grad.clone() for p in backbone.parameters()]
+    backbone.zero_grad()
+    full = task.loss(backbone(ids), labels)
+    full.backward()
+    assert torch.allclose(loss, full, rtol=1e-6, atol=0)
+    for a, p in zip(grads, backbone.parameters()):
+        assert torch.allclose(a, p.grad, rtol=1e-5, atol=1e-7)
+    nll, tokens = task.token_nll(batch)
+    assert tokens == rows[0] and torch.allclose(nll / tokens, full.detach(), rtol=1e-6, atol=0)

@@ -270,10 +270,14 @@ class DecoderLM(nn.Module):
         cache: DecoderCache | None = None,
         document_ids: Tensor | None = None,
         last_only: bool = False,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
         """Next-token logits (B, T, vocab_size), or (B, 1, vocab_size) of the last position with
         ``last_only`` (decoding after a prompt reads no other: the output layer, the widest matrix, then
-        multiplies one row per sequence instead of T); other arguments as `hidden_states`."""
+        multiplies one row per sequence instead of T), or (N, vocab_size) of the N positions where the
+        boolean ``logits_at`` (B, T) is true, in row-major order (a loss that scores only some positions,
+        e.g. the answers of chat fine-tuning, computes the output layer only there); other arguments as
+        `hidden_states`."""
         hidden = self.hidden_states(
             input_ids,
             attention_mask=attention_mask,
@@ -281,6 +285,8 @@ class DecoderLM(nn.Module):
             cache=cache,
             document_ids=document_ids,
         )  # (B, T, C)
+        if logits_at is not None:
+            return self.lm_head(hidden[logits_at])  # (N, V)
         return self.lm_head(hidden[:, -1:] if last_only else hidden)
 
     def hidden_states(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -116,9 +117,30 @@ class CausalLM(BackboneTask):
         """Mean next-token cross-entropy over positions whose label is not ``-100``."""
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
 
+    def scored_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits (B, T, V) and labels (B, T) of the batch; or, when some labels are -100 and the backbone's
+        ``forward`` takes ``logits_at`` (`zoo.nn.DecoderLM`), those of the scored positions alone as one row,
+        (1, N, V) and (1, N): the output layer (49,152 x 576 in SmolLM2) then multiplies the answers' rows
+        only, and `loss` (or a subclass's) sees the shapes it always did."""
+        labels = batch["labels"]
+        scored = labels != IGNORE_INDEX
+        if self._takes_logits_at and not bool(scored.all()):
+            logits = self.backbone(
+                batch["input_ids"],
+                attention_mask=batch.get("attention_mask"),
+                logits_at=scored,
+                **_packed(batch),
+            )
+            return logits.unsqueeze(0), labels[scored].unsqueeze(0)
+        return self(batch["input_ids"], batch.get("attention_mask"), **_packed(batch)), labels
+
+    @property
+    def _takes_logits_at(self) -> bool:
+        return "logits_at" in inspect.signature(self.backbone.forward).parameters
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self(batch["input_ids"], batch.get("attention_mask"), **_packed(batch))
-        loss = self.loss(logits, batch["labels"])
+        logits, labels = self.scored_logits(batch)
+        loss = self.loss(logits, labels)
         self.log("train_loss", loss, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -212,10 +234,9 @@ class CausalLM(BackboneTask):
     def token_nll(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Summed next-token negative log-likelihood of the batch's scored labels (those not -100), in at
         least fp32, and their number: two scalars."""
-        logits = self(batch["input_ids"], batch.get("attention_mask"), **_packed(batch))  # (B, T, V)
-        logits = logits.flatten(0, 1)  # (B*T, V)
-        labels = batch["labels"].flatten()  # (B*T,)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logits, labels = self.scored_logits(batch)
+        logits = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))  # (B*T, V)
+        labels = labels.flatten()  # (B*T,)
         nll = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
         return nll, (labels != IGNORE_INDEX).sum()
 

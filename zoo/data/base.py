@@ -3,6 +3,7 @@ training sampler that resumes mid-epoch."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ class TokenizedDataModule(L.LightningDataModule):
             from_file = spec.startswith(PACKAGE_PREFIX) or Path(spec).expanduser().exists()
             self._chat_template = load_chat_template(spec) if from_file else None
         return self._chat_template
+
+    def _seed(self) -> int:
+        """The training order's seed: the module's ``shuffle_seed`` when it has one set, else the seed given
+        to ``seed_everything`` (0 if none)."""
+        own = getattr(self, "shuffle_seed", None)
+        return own if own is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def _resumable(self, sampler: ResumableSampler) -> ResumableSampler:
         """Register the training sampler, skipping ahead if a checkpoint was restored."""

@@ -17,7 +17,6 @@ a record names ``FILE:LINE``.
 from __future__ import annotations
 
 import functools
-import os
 import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -383,11 +382,6 @@ class ChatDataModule(TokenizedDataModule):
                 f"ChatDataModule: no {SPLITS[split]} given for this stage (or setup() not called)"
             )
         return self._datasets[split]
-
-    def _seed(self) -> int:
-        return (
-            self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        )
 
     def _loader(self, dataset: Examples, batch_size: int, sampler: Any = None) -> DataLoader:
         keys = {"sequence_keys": {"labels": IGNORE_INDEX}, "pad_token_id": pad_token_id(self.tokenizer)}

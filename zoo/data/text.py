@@ -9,7 +9,6 @@ model keeps its documents apart (see `TextDataModule`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -276,11 +275,6 @@ class TextDataModule(TokenizedDataModule):
         return DataLoader(encoded, batch_size=self.eval_batch_size, collate_fn=_collate_prompts)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _seed(self) -> int:
-        return (
-            self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        )
-
     def _document_end(self) -> int | None:
         """The id that ends each document when ``pack_documents`` is on, else ``None``."""
         if not self.pack_documents:

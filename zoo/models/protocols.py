@@ -215,6 +215,15 @@ class EncoderDecoder(Protocol):
     def init_cache(self, batch_size: int, *, target_len: int, source_len: int) -> Any: ...
 
 
+def forward_takes(backbone: Any, argument: str) -> bool:
+    """Whether ``backbone.forward`` has a parameter named ``argument`` (an optional one a task or decoding
+    passes only where it is understood: ``position_ids``, ``last_only``, ``logits_at``)."""
+    try:
+        return argument in inspect.signature(backbone.forward).parameters
+    except (TypeError, ValueError, AttributeError):  # a forward without a signature: pass nothing extra
+        return False
+
+
 def protocol_members(protocol: type) -> dict[str, str]:
     """Every member ``protocol`` requires, own and inherited, in declaration order, each with how it
     reads in a message: ``"mlm_logits(hidden)"`` for a method, ``"embed_dim"`` for an attribute."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -12,7 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from zoo.data.batch import IGNORE_INDEX
-from zoo.models.protocols import CausalDecoder, PackedDecoder
+from zoo.models.protocols import CausalDecoder, PackedDecoder, forward_takes
 from zoo.tasks.base import LR_SCHEDULER as LR_SCHEDULER  # CausalLM's default schedule is BackboneTask's
 from zoo.tasks.base import BackboneTask
 from zoo.tasks.decoding import generate
@@ -82,6 +81,7 @@ class CausalLM(BackboneTask):
             )
         self.pretrained = pretrained
         self._initialised = False
+        self._logits_at = forward_takes(self.backbone, "logits_at")  # zoo.nn.DecoderLM: scored rows only
         self.text_metric = text_metric
         self.val_text = TEXT_METRICS[text_metric]() if text_metric else None
         self.test_text = TEXT_METRICS[text_metric]() if text_metric else None
@@ -124,7 +124,7 @@ class CausalLM(BackboneTask):
         only, and `loss` (or a subclass's) sees the shapes it always did."""
         labels = batch["labels"]
         scored = labels != IGNORE_INDEX
-        if self._takes_logits_at and not bool(scored.all()):
+        if self._logits_at and not bool(scored.all()):
             logits = self.backbone(
                 batch["input_ids"],
                 attention_mask=batch.get("attention_mask"),
@@ -133,10 +133,6 @@ class CausalLM(BackboneTask):
             )
             return logits.unsqueeze(0), labels[scored].unsqueeze(0)
         return self(batch["input_ids"], batch.get("attention_mask"), **_packed(batch)), labels
-
-    @property
-    def _takes_logits_at(self) -> bool:
-        return "logits_at" in inspect.signature(self.backbone.forward).parameters
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits, labels = self.scored_logits(batch)

@@ -3,7 +3,6 @@ a sliding window) and `Seq2SeqStep` for encoder-decoders (the source encoded onc
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from zoo.models.protocols import IncrementalDecoder, missing_members
+from zoo.models.protocols import IncrementalDecoder, forward_takes, missing_members
 
 _WARNED_NO_CACHE: set[type] = set()  # backbone classes already told they decode without a cache
 
@@ -72,7 +71,7 @@ class CausalStep:
         self.takes_positions = incremental
         # a backbone that can compute the last position's logits alone (`zoo.nn.DecoderLM`) is asked to:
         # after a prompt of P tokens the output layer then multiplies 1 row per sequence, not P
-        self.last_only = {"last_only": True} if _takes(backbone, "last_only") else {}
+        self.last_only = {"last_only": True} if forward_takes(backbone, "last_only") else {}
         self.cache: Any = None
 
     def start(self) -> Tensor:
@@ -126,14 +125,6 @@ class CausalStep:
         mask = self.mask[:, window]
         extra = {"position_ids": positions_from_mask(mask)} if self.takes_positions else {}
         return self.backbone(self.ids[:, window], attention_mask=mask, **extra, **self.last_only)[:, -1]
-
-
-def _takes(backbone: nn.Module, argument: str) -> bool:
-    """Whether ``backbone.forward`` has a parameter named ``argument``."""
-    try:
-        return argument in inspect.signature(backbone.forward).parameters
-    except (TypeError, ValueError):  # a forward without a signature (a builtin): pass nothing extra
-        return False
 
 
 def _warn_no_cache(backbone: nn.Module) -> None:

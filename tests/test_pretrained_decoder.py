@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -146,3 +147,28 @@ def test_dialogsum_lora_recipe_trains_and_scores_its_summaries(tmp_path):
     assert checkpoint["hyper_parameters"]["lora"]["rank"] == 16
     adapters = [k for k in checkpoint["state_dict"] if "lora_" in k]
     assert len(adapters) == 2 * 7 * 30  # A and B of 7 projections in 30 layers
+
+
+@needs_smollm2
+def test_chat_recipe_answers_as_the_docs_print_it(tmp_path):
+    """docs/pretrained-decoders.md's `zoo predict` command, typed as printed in a folder holding the
+    page's conversations.jsonl: one JSON answer per line, in order, stopped at the end of the turn."""
+    if not ZOO.is_file():
+        pytest.skip(f"{ZOO} not found: install zoo (pip install -e .) to test the `zoo` command")
+    page = (REPO / "docs" / "pretrained-decoders.md").read_text(encoding="utf-8")
+    printed = "zoo predict --config recipes/llama/smollm2-chat.yaml"
+    command = next(line for line in page.splitlines() if line.startswith(printed))
+    lines = page.split("as `conversations.jsonl`:\n\n```json\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "conversations.jsonl").write_text(lines, encoding="utf-8")
+    (tmp_path / "recipes").symlink_to(REPO / "recipes")
+    proc = subprocess.run(
+        [str(ZOO), *command.split()[1:]], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "2"},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (written,) = (tmp_path / "runs" / "smollm2-chat").glob("logs/version_*/predictions.jsonl")
+    answers = [json.loads(line) for line in written.read_text(encoding="utf-8").splitlines()]
+    asked = [json.loads(line) for line in lines.splitlines()]
+    assert [{k: v for k, v in a.items() if k != "response"} for a in answers] == asked
+    assert "Paris" in answers[0]["response"] and all(a["response"] for a in answers)
+    assert not any("<|im_end|>" in a["response"] for a in answers)

@@ -114,6 +114,43 @@ def load():
     return ours, theirs, tokenizer
 
 
+def compiled_matvec(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ weight.T`` for (out, in) ``weight`` and (rows, in) ``rows``, written as one reduction
+    that ``torch.compile`` (Inductor's C++ backend) turns into a kernel reading each weight row once."""
+    return (weight[:, None, :] * rows[None, :, :]).sum(-1).t()
+
+
+_compiled_matvec = None
+
+
+def _kernel():  # noqa: ANN202 - one kernel, symbolic in every size: no recompile per weight shape
+    global _compiled_matvec
+    if _compiled_matvec is None:
+        _compiled_matvec = torch.compile(compiled_matvec, dynamic=True, fullgraph=True)
+    return _compiled_matvec
+
+
+class CompiledMatvecLinear(torch.nn.Linear):
+    """An experiment, not part of zoo: few-row (at most 8), no-gradient fp32 products through the compiled
+    kernel above; anything else through ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.numel() > 8 * x.shape[-1] or torch.is_grad_enabled():
+            return F.linear(x, self.weight, self.bias)
+        y = _kernel()(self.weight.detach(), x.reshape(-1, x.shape[-1]))
+        y = y if self.bias is None else y + self.bias
+        return y.reshape(*x.shape[:-1], self.weight.shape[0])
+
+
+def compiled_matvec_copy(model: Llama) -> Llama:
+    """A copy of ``model`` whose ``nn.Linear`` layers are `CompiledMatvecLinear` (same parameters)."""
+    model = copy.deepcopy(model)
+    for layer in model.modules():
+        if type(layer) is torch.nn.Linear:
+            layer.__class__ = CompiledMatvecLinear
+    return model
+
+
 def in_out_layout(model: Llama) -> Llama:
     """A copy of ``model`` with its square and wide matrices stored ``[in, out]``
     (`zoo.nn.set_linear_layout`): same modules, same values, another memory order."""
@@ -122,10 +159,10 @@ def in_out_layout(model: Llama) -> Llama:
     return model
 
 
-def matvec_rates(model: Llama, repeats: int = 3) -> list[str]:
+def matvec_rates(model: Llama, repeats: int = 3, compiled: bool = False) -> list[str]:
     """Per weight shape (in x out): GB/s of one-row products ``F.linear(x, w)`` over every matrix of that
     shape in the model, in turn (so they come from memory, as in a step), stored ``[out, in]`` and as
-    ``[in, out]`` copies."""
+    ``[in, out]`` copies; with ``compiled``, also the compiled kernel (`compiled_matvec`) on ``[out, in]``."""
     groups: dict[tuple[int, int], list[torch.Tensor]] = {}
     for linear in model.modules():
         if isinstance(linear, torch.nn.Linear):
@@ -133,18 +170,23 @@ def matvec_rates(model: Llama, repeats: int = 3) -> list[str]:
     lines = []
     for (n_in, n_out), out_in in groups.items():
         rates = []
-        for weights in (out_in, [w.t().contiguous().t() for w in out_in]):
+        kernels = [(F.linear, out_in), (F.linear, [w.t().contiguous().t() for w in out_in])]
+        if compiled:
+            kernel = _kernel()
+            kernels.append((lambda x, w, kernel=kernel: kernel(w.detach(), x), out_in))
+        for product, weights in kernels:
             x = torch.randn(1, n_in)
             seconds = []
-            for _ in range(repeats + 1):  # the first pass warms up
-                start = time.perf_counter()
-                for w in weights:
-                    F.linear(x, w)
-                seconds.append(time.perf_counter() - start)
+            with torch.no_grad():
+                for _ in range(repeats + 1):  # the first pass warms up
+                    start = time.perf_counter()
+                    for w in weights:
+                        product(x, w)
+                    seconds.append(time.perf_counter() - start)
             rates.append(sum(w.numel() * 4 for w in weights) / statistics.median(seconds[1:]) / 1e9)
         lines.append(
             f"  {n_in} x {n_out} ({len(out_in)} matrices): {rates[0]:.1f} GB/s as [out, in], "
-            f"{rates[1]:.1f} GB/s as [in, out]"
+            f"{rates[1]:.1f} GB/s as [in, out]" + (f", {rates[2]:.1f} GB/s compiled" if compiled else "")
         )
     return lines
 
@@ -172,9 +214,10 @@ def profile_split(runs: dict[str, Callable[[], list[list[int]]]]) -> list[str]:
 
 
 def sides(
-    ours, theirs, tokenizer, prompts: list[list[int]], new: int, ours_in_out=None
+    ours, theirs, tokenizer, prompts: list[list[int]], new: int, variants: dict[str, Llama]
 ) -> dict[str, Callable[[], list[list[int]]]]:
-    """Greedy decoding of ``prompts`` by each side; each returns the ``new`` tokens of every prompt."""
+    """Greedy decoding of ``prompts`` by each side (zoo, transformers, then zoo's ``variants``); each
+    returns the ``new`` tokens of every prompt."""
     from transformers import GenerationConfig
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -201,8 +244,8 @@ def sides(
         return out[:, width:].tolist()
 
     runs = {"zoo": zoo_side, "transformers": hf_side}
-    if ours_in_out is not None:
-        runs["zoo [in,out]"] = lambda: generate(ours_in_out, prompts, max_new_tokens=new, temperature=0.0)
+    for name, model in variants.items():
+        runs[name] = lambda model=model: generate(model, prompts, max_new_tokens=new, temperature=0.0)
     return runs
 
 
@@ -218,9 +261,14 @@ def compare(a: list[list[int]], b: list[list[int]]) -> list[str]:
     return lines
 
 
-def run_batch(ours, theirs, tokenizer, prompts, args, ours_in_out=None) -> dict:
-    runs = sides(ours, theirs, tokenizer, prompts, args.new, ours_in_out)
-    outputs = {name: run() for name, run in runs.items()}  # first call of each side: the warm-up
+def run_batch(ours, theirs, tokenizer, prompts, args, variants: dict[str, Llama]) -> dict:
+    runs = sides(ours, theirs, tokenizer, prompts, args.new, variants)
+    outputs, first = {}, {}
+    for name, run in runs.items():  # first call of each side: the warm-up (and the compile, if any)
+        start = time.perf_counter()
+        outputs[name] = run()
+        first[name] = time.perf_counter() - start
+    print(f"batch {len(prompts)}, first call: " + ", ".join(f"{n} {s:.1f} s" for n, s in first.items()))
     for _ in range(args.warmup - 1):
         for run in runs.values():
             run()
@@ -275,8 +323,14 @@ def main() -> int:
     parser.add_argument(
         "--in-out-weights",
         action="store_true",
-        help="a third side: zoo after zoo.nn.set_linear_layout(model, 'in_out') (wide and square matrices "
+        help="another side: zoo after zoo.nn.set_linear_layout(model, 'in_out') (wide and square matrices "
         "stored [in, out])",
+    )
+    parser.add_argument(
+        "--compiled-matvec",
+        action="store_true",
+        help="another side (an experiment, not in zoo): few-row products through one kernel compiled by "
+        "torch.compile (CompiledMatvecLinear); its first call compiles",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -309,12 +363,16 @@ def main() -> int:
         for m in MESSAGES
     ]
     prompts = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    ours_in_out = in_out_layout(ours) if args.in_out_weights else None
+    variants = {}
+    if args.in_out_weights:
+        variants["zoo [in,out]"] = in_out_layout(ours)
+    if args.compiled_matvec:
+        variants["zoo compiled matvec"] = compiled_matvec_copy(ours)
     results = []
     for B in args.batches:
         batch = prompts[:B]
         print(f"batch {B}: prompt lengths {[len(p) for p in batch]}")
-        results.append(run_batch(ours, theirs, tokenizer, batch, args, ours_in_out))
+        results.append(run_batch(ours, theirs, tokenizer, batch, args, variants))
     bw += read_bandwidth(args.bw_megabytes, args.bw_repeats)
     bandwidth = statistics.median(bw)
     print(
@@ -322,7 +380,7 @@ def main() -> int:
         f"sum of {args.bw_megabytes} MB, {len(bw)} times)"
     )
     print("one-row products (F.linear, batch 1) streaming the model's matrices, by shape:")
-    print("\n".join(matvec_rates(ours)))
+    print("\n".join(matvec_rates(ours, compiled=args.compiled_matvec)))
     print(
         "| batch | side | tok/s | vs transformers (median of rounds, range) | same tokens | "
         "MB read per step (weights + KV) | fraction of the bandwidth bound |"

@@ -44,6 +44,16 @@ VARIANTS = {  # name: (recipe, batching override or None for the recipe's own)
 }
 SST2 = ROOT.parent / "shared/data/sst2"
 PEER = "transformers Trainer (group_by_length)"
+TRAINER_BENCH_ARGS = dict(  # the benches' TrainingArguments: fastest batching, CPU, quiet
+    train_sampling_strategy="group_by_length",
+    use_cpu=True,
+    report_to=[],
+    save_strategy="no",
+    eval_strategy="no",
+    dataloader_num_workers=0,
+    disable_tqdm=True,
+    seed=1337,
+)
 PEER_LORA = "transformers Trainer + peft LoRA (group_by_length)"
 
 
@@ -168,15 +178,8 @@ def run_hf(train: Path, steps: int, warmup: int, workdir: Path, lora: bool = Fal
         warmup_steps=min(200, steps // 10),
         lr_scheduler_type="cosine",
         max_grad_norm=1.0,
-        train_sampling_strategy="group_by_length",
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        eval_strategy="no",
         logging_strategy="no",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        seed=1337,
+        **TRAINER_BENCH_ARGS,
     )
     clock = Clock()
     collator = DataCollatorWithPadding(tok)
@@ -243,18 +246,22 @@ def main() -> None:
         if args.peer_lora:
             results[PEER_LORA] = run_hf(train, args.steps, args.warmup, work, lora=True)
         for variant in args.zoo:
-            results[f"zoo ({variant})"] = run_zoo(
-                train, args.steps, args.warmup, variant, work, args.zoo_arg
-            )
-    peer = timed / results[PEER]["seconds"] if PEER in results else float("nan")
+            results[f"zoo ({variant})"] = run_zoo(train, args.steps, args.warmup, variant, work, args.zoo_arg)
     print(f"\n{args.steps} steps of 32 SST-2 sentences, {args.threads} thread(s), fp32; timed: steps "
           f"{args.warmup + 1}-{args.steps}; dev accuracy on 872 sentences")  # fmt: skip
-    print(
-        "| side | samples/s | vs transformers | padding | dev accuracy |\n| --- | ---: | ---: | ---: | ---: |"
-    )
+    print_rates(results, timed, PEER, "transformers", ("dev accuracy", "accuracy"), digits=1)
+
+
+def print_rates(
+    results: dict[str, dict], timed: int, peer: str, vs: str, last: tuple[str, str], digits: int
+) -> None:
+    """A Markdown table of each side's samples/s (``timed`` samples over its ``seconds``), its ratio to
+    ``peer``'s row (``nan`` without one), its padding share and the result named by ``last``."""
+    base = timed / results[peer]["seconds"] if peer in results else float("nan")
+    print(f"| side | samples/s | vs {vs} | padding | {last[0]} |\n| --- | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         rate = timed / r["seconds"]
-        print(f"| {name} | {rate:.1f} | {rate / peer:.2f}x | {r['padding']:.1%} | {r['accuracy']:.3f} |")
+        print(f"| {name} | {rate:.{digits}f} | {rate / base:.2f}x | {r['padding']:.1%} | {r[last[1]]:.3f} |")
 
 
 if __name__ == "__main__":

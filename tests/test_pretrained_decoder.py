@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from conftest import needs_gguf, needs_smollm2, shared_file
 
 from zoo.cli import _fill_pretrained_architecture
@@ -119,6 +120,32 @@ def test_architecture_from_a_hugging_face_directory_and_a_zoo_checkpoint(minilm_
     assert source_architecture(Llama, ckpt) == {"embed_dim": 64, "num_heads": 4}
     with pytest.raises(ValueError, match="holds a zoo.models.llama.Llama, not a Bert"):
         source_architecture(Bert, ckpt)
+
+
+@needs_gguf
+@needs_smollm2
+def test_print_config_shows_the_architecture_the_run_will_record(monkeypatch, capsys):
+    """`zoo fit --config <recipe> --print_config` prints the backbone filled from the GGUF file, as the
+    run's config.yaml records it (the recipe names only the class), and still exits without running."""
+    from zoo.__main__ import main
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", "recipes/llama/smollm2-dialogsum-lora.yaml", "--print_config"])
+    assert exited.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    backbone = printed["model"]["init_args"]["backbone"]["init_args"]
+    shaped = {k: v for k, v in ARCHITECTURE.items() if k != "vocab_size"}  # vocab_size: linked from data
+    assert {k: backbone[k] for k in shaped} == shaped
+    # from Python, without a subcommand (run=False), the same fill
+    from zoo.cli import ZooArgumentParser, ZooCLI
+
+    cli = ZooCLI(
+        parser_class=ZooArgumentParser, subclass_mode_model=True, subclass_mode_data=True, run=False,
+        args=["--config", "recipes/llama/smollm2-dialogsum-lora.yaml"],
+    )  # fmt: skip
+    assert {k: cli.config.model.init_args.backbone.init_args[k] for k in shaped} == shaped
+    assert len(cli.model.backbone.layers) == 30
 
 
 @needs_smollm2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -66,11 +67,21 @@ class ZooCLI(LightningCLI):
         migrated = migrate_args(_migrated_config_files(self._given_args, task), task)  # old spellings
         if migrated is not self._given_args:
             self._given_args = args = migrated
-        super().parse_arguments(parser, args)
+        printing = _print_config_action()
+        with printing.skip_print_config() if printing else contextlib.nullcontext():
+            super().parse_arguments(parser, args)  # --print_config waits for the fill below
         subcommand = self.config.get("subcommand")
-        if subcommand:
-            place_run_outputs(self.config[subcommand].trainer)
-            _fill_pretrained_architecture(self.config[subcommand].get("model"))
+        config = self.config[subcommand] if subcommand else self.config  # run=False: no subcommand
+        if config.get("trainer") is not None:
+            place_run_outputs(config.trainer)
+        try:
+            _fill_pretrained_architecture(config.get("model"))
+        except OSError as err:  # a source not here (offline hub name): a run needs it, a look does not
+            if subcommand and not (printing and printing.is_print_config_requested(parser)):
+                raise
+            say(f"zoo: the backbone's architecture is left as configured: {err}")
+        if printing:
+            printing.print_config_if_requested(parser, self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """``trainer.strategy: fsdp`` means `zoo.strategies.FSDP`, which wraps the blocks the model
@@ -150,6 +161,17 @@ class ZooCLI(LightningCLI):
         except BaseException:
             remove_empty_log_dirs(self.trainer, before)
             raise
+
+
+def _print_config_action() -> Any:
+    """jsonargparse's ``--print_config`` action, whose printing `ZooCLI` defers until the architecture
+    is filled; ``None`` for a jsonargparse without it (``--print_config`` then prints the config unfilled)."""
+    try:
+        from jsonargparse._actions import _ActionPrintConfig
+    except ImportError:
+        return None
+    needed = ("skip_print_config", "is_print_config_requested", "print_config_if_requested")
+    return _ActionPrintConfig if all(hasattr(_ActionPrintConfig, name) for name in needed) else None
 
 
 def _fill_pretrained_architecture(model: Any) -> None:

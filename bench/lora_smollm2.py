@@ -141,8 +141,9 @@ def run_peer(examples: list[dict], steps: int, warmup: int, precision: str, work
     name = next(directory.glob("*.gguf")).name
 
     class Clock(TrainerCallback):
-        start = end = None
-        losses: list[float] = []
+        def __init__(self) -> None:
+            self.start = self.end = None
+            self.losses: list[float] = []  # this run's own (a class-level list would pool the peers')
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             if state.global_step == warmup:
